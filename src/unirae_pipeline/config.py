@@ -1,0 +1,33 @@
+"""Typed views of params.yaml: every group becomes a validated dataclass before any heavy work runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .data.images import DataConfig
+from .data.latents import CacheConfig
+from .diffusion import SamplerConfig, TransportConfig
+from .evaluation.classifier import ClassifierConfig
+from .models import DecoderConfig, DiTConfig, EncoderConfig
+from .params import build
+from .training.fit import TrainerConfig
+from .training.optim import OptimConfig
+
+# params.yaml group -> the dataclass that validates it
+GROUPS: dict[str, type] = {
+    "data": DataConfig, "latents": CacheConfig, "encoder": EncoderConfig, "decoder": DecoderConfig, "dit": DiTConfig,
+    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample.sampler": SamplerConfig,
+    "train_rae": OptimConfig, "train_dit": OptimConfig, "fid.classifier": ClassifierConfig, "fid.train": OptimConfig,
+}
+
+
+def validate_params(params: dict) -> None:
+    """Build every group once; the first invalid value raises, naming its key."""
+    for name, cls in GROUPS.items():
+        value: Any = params
+        for part in name.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise ValueError(f"params.yaml has no {name!r} group")
+            value = value[part]
+        build(cls, value, name)
+

@@ -1,0 +1,1 @@
+"""Pure torch/PIL data: the built-in shapes set, ImageFolder indexing, latent shards and statistics."""

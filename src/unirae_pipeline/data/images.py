@@ -1,0 +1,168 @@
+"""Image sets on disk: an index of (file, label) per split over an ImageFolder tree, and a torch Dataset on it."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .shapes import ShapesConfig
+
+SPLITS = ("train", "val")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """`source` is `shapes` (the built-in set, sized by `shapes`) or `imagefolder` (an ImageNet-style tree at `root`)."""
+
+    source: str
+    image_size: int
+    root: str | None
+    shapes: dict | None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("shapes", "imagefolder"):
+            raise ValueError(f"data.source must be 'shapes' or 'imagefolder', got {self.source!r}")
+        if self.image_size < 8:
+            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
+        if self.source == "shapes":
+            self.shapes_config()
+        elif not self.root or not Path(self.root).is_dir():
+            raise FileNotFoundError(f"data.root: ImageFolder path {self.root!r} does not exist or is not a directory")
+
+    def shapes_config(self) -> ShapesConfig:
+        if not isinstance(self.shapes, dict):
+            raise ValueError("data.shapes must hold the built-in data set's sizes when data.source is 'shapes'")
+        try:
+            return ShapesConfig(image_size=self.image_size, **self.shapes)
+        except TypeError as err:
+            raise ValueError(f"data.shapes: {err}") from None
+
+
+@dataclass
+class ImageSplit:
+    files: list[str]  # relative to the image set's root, or absolute
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass
+class ImageSet:
+    """Class names plus a train and a val index; `root` resolves relative file names."""
+
+    root: Path
+    class_names: list[str]
+    splits: dict[str, ImageSplit]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def scan_image_folder(root: str | Path, param: str = "data.root") -> ImageSet:
+    """Index `root/{train,val}/<class>/*` (the ImageNet layout). Fails early, naming `param`, on a bad tree."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{param}: ImageFolder path {str(root)!r} does not exist or is not a directory")
+    splits, names = {}, None
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"{param}: expected a '{split}' folder in {str(root)!r}")
+        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        if not classes:
+            raise ValueError(f"{param}: no class folders in {str(split_dir)!r}")
+        if names is not None and classes != names:
+            raise ValueError(f"{param}: train and val have different class folders")
+        names = classes
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            found = sorted(str(p.relative_to(root)) for p in (split_dir / name).iterdir()
+                           if p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not found:
+                raise ValueError(f"{param}: class folder {str(split_dir / name)!r} holds no images")
+            files += found
+            labels += [label] * len(found)
+        splits[split] = ImageSplit(files, np.asarray(labels, dtype=np.int64))
+    return ImageSet(root, names, splits)
+
+
+@dataclass
+class GeneratedImages:
+    """An in-memory image set (the built-in data) waiting to be written as an ImageFolder tree."""
+
+    class_names: list[str]
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (uint8 (N, H, W, 3), int64 labels)
+
+
+def write_image_folder(root: Path, images: GeneratedImages) -> None:
+    """Write the arrays as `root/<split>/<class>/<n>.png`."""
+    for split, (arrays, labels) in images.arrays.items():
+        for name in images.class_names:
+            (root / split / name).mkdir(parents=True)
+        for i, (img, label) in enumerate(zip(arrays, labels)):
+            Image.fromarray(img).save(root / split / images.class_names[label] / f"{i:06d}.png", compress_level=1)
+
+
+def save_index(image_set: ImageSet, path: Path, root: str) -> None:
+    """Index files: classes.json, <split>.csv (file,label) and root.txt (relative roots resolve against `path`)."""
+    (path / "classes.json").write_text(json.dumps(image_set.class_names, indent=1))
+    (path / "root.txt").write_text(root)
+    for split, data in image_set.splits.items():
+        with open(path / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "label"])
+            writer.writerows(zip(data.files, data.labels.tolist()))
+
+
+def load_index(path: Path) -> ImageSet:
+    splits = {}
+    for split in SPLITS:
+        with open(path / f"{split}.csv", newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        splits[split] = ImageSplit([r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64))
+    root = Path((path / "root.txt").read_text())
+    return ImageSet(root if root.is_absolute() else path / root, json.loads((path / "classes.json").read_text()), splits)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """ADM center crop: box-halve while the short side is >= 2x size, bicubic resize, then crop the centre."""
+    while min(img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """(image float (3, S, S) in [0, 1], label, row) for one split; images are RGB-converted and centre-cropped."""
+
+    def __init__(self, image_set: ImageSet, split: str, size: int) -> None:
+        self.root, self.split, self.size = image_set.root, image_set.splits[split], size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        with Image.open(self.root / self.split.files[i]) as img:
+            img = img.convert("RGB")
+            if img.size != (self.size, self.size):
+                img = center_crop(img, self.size)
+            arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
+        return arr.permute(2, 0, 1).float() / 255, int(self.split.labels[i]), i
+
+
+def load_split_uint8(image_set: ImageSet, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole split in memory as uint8 (N, 3, S, S) plus labels; for the small sets of the embedded default."""
+    ds = ImageDataset(image_set, split, size)
+    images = torch.stack([(ds[i][0] * 255).round().to(torch.uint8) for i in range(len(ds))])
+    return images, torch.from_numpy(ds.split.labels)

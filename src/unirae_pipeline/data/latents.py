@@ -1,0 +1,161 @@
+"""Cached RAE latents: sharded safetensors with labels, source rows, flip flags and the encoder fingerprint."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..fileio import atomic_dir
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Shard:
+    split: str
+    latents: torch.Tensor  # (n, C, h, w), raw encoder output
+    labels: torch.Tensor   # (n,) int64
+    rows: torch.Tensor     # (n,) int64 row in the image index
+    flip: torch.Tensor     # (n,) uint8, 1 = horizontally flipped image
+
+
+def encode_shards(encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple], split: str,
+                  shard_size: int, flips: bool, dtype: torch.dtype) -> Iterator[Shard]:
+    """Encode (images, labels, rows) batches once; with `flips`, each image is also encoded mirrored."""
+    pending: list[Shard] = []
+    count = 0
+    for images, labels, rows in batches:
+        variants = [(images, 0)] + ([(images.flip(-1), 1)] if flips else [])
+        for imgs, flag in variants:
+            z = encode(imgs).to(dtype).cpu()
+            pending.append(Shard(split, z, labels.long(), rows.long(), torch.full((len(z),), flag, dtype=torch.uint8)))
+            count += len(z)
+        while count >= shard_size:
+            shard, pending, count = _take(pending, shard_size, split)
+            yield shard
+    if count:
+        yield _take(pending, count, split)[0]
+
+
+def _take(pending: list[Shard], n: int, split: str) -> tuple[Shard, list[Shard], int]:
+    fields = {k: torch.cat([getattr(s, k) for s in pending]) for k in ("latents", "labels", "rows", "flip")}
+    head = Shard(split, **{k: v[:n] for k, v in fields.items()})
+    rest = Shard(split, **{k: v[n:] for k, v in fields.items()})
+    return head, ([rest] if len(rest.labels) else []), len(rest.labels)
+
+
+class LatentStore:
+    """A directory `<split>/shard_NNNNN.safetensors` + `manifest.json` (fingerprint, shape, counts)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def manifest(self) -> dict:
+        file = self.path / "manifest.json"
+        if not file.is_file():
+            raise FileNotFoundError(f"no latent cache at {self.path} (run the cache_latents stage)")
+        return json.loads(file.read_text())
+
+    def write(self, shards: Iterable[Shard], meta: dict) -> None:
+        """Stream shards into a temp dir next to the store, then swap it in: never a half-written cache."""
+        counts: dict[str, list[int]] = {}
+        with atomic_dir(self.path) as tmp:
+            for shard in shards:
+                sizes = counts.setdefault(shard.split, [])
+                (tmp / shard.split).mkdir(exist_ok=True)
+                tensors = {"latents": shard.latents.contiguous(), "labels": shard.labels, "rows": shard.rows,
+                           "flip": shard.flip}
+                save_file(tensors, str(tmp / shard.split / f"shard_{len(sizes):05d}.safetensors"),
+                          metadata={"fingerprint": meta["fingerprint"]})
+                sizes.append(len(shard.labels))
+                log.info("cached %s shard %d (%d latents)", shard.split, len(sizes) - 1, sizes[-1])
+            manifest = {**meta, "splits": {k: {"count": sum(v), "shards": v} for k, v in counts.items()}}
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+    def shard_files(self, split: str) -> list[Path]:
+        info = self.manifest["splits"].get(split)
+        if info is None:
+            raise KeyError(f"latent cache at {self.path} has no split {split!r}")
+        return [self.path / split / f"shard_{i:05d}.safetensors" for i in range(len(info["shards"]))]
+
+    def iter_shards(self, split: str) -> Iterator[dict[str, torch.Tensor]]:
+        fingerprint = self.manifest["fingerprint"]
+        for file in self.shard_files(split):
+            with safe_open(str(file), framework="pt") as f:
+                if f.metadata().get("fingerprint") != fingerprint:
+                    raise ValueError(f"{file}: encoder fingerprint differs from the cache manifest")
+                yield {k: f.get_tensor(k) for k in f.keys()}
+
+    def load(self, split: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """A whole split in memory (the embedded default's data sets are small)."""
+        parts = list(self.iter_shards(split))
+        out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        out["latents"] = out["latents"].to(dtype)
+        return out
+
+
+class RunningMoments:
+    """Exact streaming mean/variance per element (Chan et al. parallel merge, float64 accumulators)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def update(self, batch: torch.Tensor) -> None:
+        x = batch.double()
+        n = x.shape[0]
+        mean = x.mean(0)
+        m2 = ((x - mean) ** 2).sum(0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = n, mean, m2
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta ** 2 * (self.count * n / total)
+        self.count = total
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, population variance) as float32, like the reference's `stat.pt`."""
+        if self.mean is None:
+            raise ValueError("no samples seen")
+        return self.mean.float(), (self.m2 / self.count).float()
+
+
+# The reference's epsilon inside the square root: z_norm = (z - mean) / sqrt(var + 1e-5).
+STATS_EPS = 1e-5
+
+
+def normalize(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    return (z - mean) / torch.sqrt(var + STATS_EPS)
+
+
+def denormalize(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    return z * torch.sqrt(var + STATS_EPS) + mean
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How `cache_latents` runs: encoder batch, latents per shard, storage dtype, image-decoding workers."""
+
+    batch_size: int
+    shard_size: int
+    dtype: str
+    num_workers: int
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"latents.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        if self.batch_size < 1 or self.shard_size < 1 or self.num_workers < 0:
+            raise ValueError("latents.batch_size and latents.shard_size must be >= 1, latents.num_workers >= 0")

@@ -1,0 +1,1 @@
+"""Feature extractors, reference statistics and Fréchet distances."""

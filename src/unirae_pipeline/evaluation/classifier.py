@@ -1,0 +1,85 @@
+"""The embedded default's evaluation network: a small CNN whose penultimate features define its FD."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..models.serialization import Blob, blob_meta, load_weights
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    width: int
+    feature_dim: int
+    blur_sigma: float   # augmentation: Gaussian blur with sigma ~ U(0, blur_sigma)
+    noise_std: float    # augmentation: additive noise with std ~ U(0, noise_std)
+
+    def __post_init__(self) -> None:
+        if min(self.width, self.feature_dim) < 1 or self.blur_sigma < 0 or self.noise_std < 0:
+            raise ValueError(f"fid.classifier: sizes must be positive and augmentations >= 0, got {asdict(self)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ShapeClassifier(nn.Module):
+    """Three conv stages and an MLP; `features` (B, feature_dim) is the FD embedding."""
+
+    def __init__(self, cfg: ClassifierConfig, num_classes: int) -> None:
+        super().__init__()
+        w = cfg.width
+        self.cfg, self.num_classes = cfg, num_classes
+        self.body = nn.Sequential(
+            nn.Conv2d(3, w, 3, padding=1), nn.GELU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.GELU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+            nn.Linear(32 * w, cfg.feature_dim), nn.GELU())
+        self.head = nn.Linear(cfg.feature_dim, num_classes)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """images in [0, 1], (B, 3, H, W)."""
+        return self.body(images * 2 - 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def augment(images: torch.Tensor, cfg: ClassifierConfig, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Blur, noise and flips, so that the classifier judges generated images by shape, not by sharpness."""
+    b = images.shape[0]
+    sigma = torch.rand(b, generator=generator) * cfg.blur_sigma
+    radius = max(1, int(2 * cfg.blur_sigma + 0.5))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-offsets[None] ** 2 / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)                                   # (B, k)
+    x = images.transpose(0, 1)                                                       # (3, B, H, W): per-sample kernels
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=b)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="replicate"), kernel[:, None, :, None], groups=b)
+    x = x.transpose(0, 1)
+    x = x + torch.randn(x.shape, generator=generator) * torch.rand(b, 1, 1, 1, generator=generator) * cfg.noise_std
+    flip = torch.rand(b, generator=generator) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    return x.clamp(0, 1)
+
+
+@torch.no_grad()
+def predict(model: ShapeClassifier, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, predicted labels) for uint8 or float images."""
+    model.eval()
+    feats, preds = [], []
+    for chunk in images.split(batch_size):
+        x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk
+        f = model.features(x)
+        feats.append(f)
+        preds.append(model.head(f).argmax(-1))
+    return torch.cat(feats), torch.cat(preds)
+
+
+def classifier_from_blob(blob: Blob) -> ShapeClassifier:
+    meta = blob_meta(blob)
+    return load_weights(ShapeClassifier(ClassifierConfig(**meta["config"]), meta["num_classes"]), blob)

@@ -1,0 +1,1 @@
+"""Kedro datasets (the only package besides pipelines/ that imports Kedro)."""

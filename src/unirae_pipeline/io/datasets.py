@@ -1,0 +1,137 @@
+"""Kedro datasets for the pipeline's artefacts; every save is atomic (see `fileio`)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from kedro.io import AbstractDataset, DatasetError
+from safetensors import safe_open
+from PIL import Image
+from safetensors.torch import save_file
+
+from ..data.images import GeneratedImages, ImageSet, load_index, save_index, scan_image_folder, write_image_folder
+from ..data.latents import LatentStore
+from ..fileio import atomic_dir, atomic_file
+from ..models.serialization import Blob
+
+
+class _PathDataset(AbstractDataset):
+    """Common part: one file or folder at `filepath`."""
+
+    def __init__(self, *, filepath: str, metadata: dict | None = None) -> None:
+        self._filepath = Path(filepath)
+        self.metadata = metadata
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "type": type(self).__name__}
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _require(self) -> Path:
+        if not self._filepath.exists():
+            raise DatasetError(f"{self._filepath} does not exist: run the stage that produces it first")
+        return self._filepath
+
+
+class ImageSetDataset(_PathDataset):
+    """An image index folder. Saving a `GeneratedImages` also writes its PNG tree under `images/`;
+    saving an `ImageSet` (an external ImageFolder) writes only the index with its absolute root."""
+
+    def save(self, data: GeneratedImages | ImageSet) -> None:
+        with atomic_dir(self._filepath) as tmp:
+            if isinstance(data, GeneratedImages):
+                write_image_folder(tmp / "images", data)
+                save_index(scan_image_folder(tmp / "images"), tmp, "images")
+            else:
+                save_index(data, tmp, str(Path(data.root).resolve()))
+
+    def load(self) -> ImageSet:
+        return load_index(self._require())
+
+
+@dataclass
+class LatentCache:
+    """What `cache_latents` returns: a lazy stream of shards (encoded while saving) and the manifest fields."""
+
+    shards: Any  # Iterable[Shard]
+    meta: dict
+
+
+class LatentStoreDataset(_PathDataset):
+    """Sharded safetensors latents (see `data.latents.LatentStore`), streamed to disk shard by shard."""
+
+    def save(self, data: LatentCache) -> None:
+        LatentStore(self._filepath).write(data.shards, data.meta)
+
+    def load(self) -> LatentStore:
+        self._require()
+        return LatentStore(self._filepath)
+
+
+class SafetensorsDataset(_PathDataset):
+    """(tensors, str metadata) in one safetensors file: model weights and latent statistics."""
+
+    def save(self, data: Blob) -> None:
+        tensors, meta = data
+        with atomic_file(self._filepath) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+
+    def load(self) -> Blob:
+        with safe_open(str(self._require()), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+class NpzDataset(_PathDataset):
+    """A dict of numpy arrays (samples as uint8 NHWC, reference statistics)."""
+
+    def save(self, data: dict[str, np.ndarray]) -> None:
+        with atomic_file(self._filepath) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **data)
+
+    def load(self) -> dict[str, np.ndarray]:
+        with np.load(self._require(), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+
+
+class JSONDataset(_PathDataset):
+    """Metrics as JSON (DVC metrics files)."""
+
+    def save(self, data: dict) -> None:
+        with atomic_file(self._filepath) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def load(self) -> dict:
+        return json.loads(self._require().read_text())
+
+
+class CSVDataset(_PathDataset):
+    """A table (loss curves: DVC plots)."""
+
+    def save(self, data: pd.DataFrame) -> None:
+        with atomic_file(self._filepath) as tmp:
+            data.to_csv(tmp, index=False)
+
+    def load(self) -> pd.DataFrame:
+        return pd.read_csv(self._require())
+
+
+class PNGDataset(_PathDataset):
+    """One image (sample and reconstruction grids)."""
+
+    def save(self, data: Image.Image) -> None:
+        with atomic_file(self._filepath) as tmp:
+            data.save(tmp, format="PNG")
+
+    def load(self) -> Image.Image:
+        with Image.open(self._require()) as img:
+            return img.copy()
+
+
+__all__ = ["CSVDataset", "PNGDataset", "ImageSetDataset", "JSONDataset", "LatentCache", "LatentStoreDataset", "NpzDataset", "SafetensorsDataset"]

@@ -1,0 +1,93 @@
+"""ViT pixel decoder of RAE (MAE-decoder style): raw encoder tokens -> image in [0, 1] (unclamped)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Literal
+
+import torch
+from timm.layers import Mlp
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .encoder import IMAGENET_MEAN, IMAGENET_STD
+from .layers import check_heads, sincos_pos_embed_2d
+from .serialization import Blob, blob_meta, load_weights
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Decoder size (presets in `conf/decoder/`) and its training-time noise augmentation."""
+
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int
+    noise_tau: float
+    noise_dist: Literal["uniform", "half_normal"]
+
+    def __post_init__(self) -> None:
+        check_heads("decoder.hidden_size / decoder.num_heads", self.hidden_size, self.num_heads)
+        if (self.hidden_size % 4) or self.depth < 1 or self.patch_size < 1 or self.mlp_dim < 1:
+            raise ValueError(f"decoder: invalid sizes {asdict(self)} (hidden_size must be divisible by 4)")
+        if self.noise_dist not in ("uniform", "half_normal"):
+            raise ValueError(f"decoder.noise_dist must be 'uniform' or 'half_normal', got {self.noise_dist!r}")
+        if self.noise_tau < 0:
+            raise ValueError(f"decoder.noise_tau must be >= 0, got {self.noise_tau}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ViTDecoder(nn.Module):
+    """Linear in, trainable CLS, fixed sin-cos positions, pre-LN ViT, final LN, linear to p*p*3, unpatchify."""
+
+    def __init__(self, cfg: DecoderConfig, latent_dim: int, grid: int) -> None:
+        super().__init__()
+        self.cfg, self.latent_dim, self.grid = cfg, latent_dim, grid
+        d = cfg.hidden_size
+        self.decoder_embed = nn.Linear(latent_dim, d)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        pos = torch.cat([torch.zeros(1, d), sincos_pos_embed_2d(d, grid)])  # CLS row is zero, never trained
+        self.register_buffer("pos_embed", pos[None], persistent=False)
+        norm = partial(nn.LayerNorm, eps=1e-12)
+        self.blocks = nn.Sequential(*(
+            Block(d, cfg.num_heads, mlp_ratio=cfg.mlp_dim / d, qkv_bias=True, norm_layer=norm, mlp_layer=Mlp)
+            for _ in range(cfg.depth)))
+        self.norm = norm(d)
+        self.decoder_pred = nn.Linear(d, cfg.patch_size ** 2 * 3)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return self.grid * self.cfg.patch_size
+
+    def add_noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Noise augmentation of the raw latent: sigma = tau*U(0,1) (reference code) or |N(0, tau^2)| (paper)."""
+        b = z.shape[0]
+        draw = torch.rand if self.cfg.noise_dist == "uniform" else torch.randn
+        sigma = (self.cfg.noise_tau * draw(b, generator=generator, device=z.device)).abs().view(b, 1, 1, 1)
+        return z + sigma * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: raw (un-normalized) encoder latent (B, C, h, w) -> image (B, 3, H, W), ~[0, 1]."""
+        if z.shape[1:] != (self.latent_dim, self.grid, self.grid):
+            raise ValueError(f"decoder expects latents of shape {(self.latent_dim, self.grid, self.grid)}, "
+                             f"got {tuple(z.shape[1:])}")
+        if self.training and self.cfg.noise_tau > 0:
+            z = self.add_noise(z)
+        x = self.decoder_embed(z.flatten(2).transpose(1, 2))                     # (B, N, D)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = self.decoder_pred(self.norm(self.blocks(x)))[:, 1:]                   # (B, N, p*p*3)
+        p, g = self.cfg.patch_size, self.grid
+        x = x.reshape(-1, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(-1, 3, g * p, g * p)
+        return x * self.std + self.mean
+
+
+def decoder_from_blob(blob: Blob) -> ViTDecoder:
+    meta = blob_meta(blob)
+    channels, grid, _ = meta["latent_shape"]
+    return load_weights(ViTDecoder(DecoderConfig(**meta["config"]), channels, grid), blob)

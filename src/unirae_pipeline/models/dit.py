@@ -1,0 +1,190 @@
+"""DiT-DH: a DiT backbone plus a wide, shallow "DDT head" (RAE paper, section 4; reference `DiTwDDTHead`).
+
+Conventions: x (B, C, H, W) is a normalized RAE latent, t in [0, 1] with 1 = pure noise, y in [0, num_classes]
+where `num_classes` is the null (unconditional) label. The output is the flow-matching velocity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .serialization import Blob, blob_meta, load_weights
+from .layers import RMSNorm, Rope2D, SwiGLU, check_heads, gate, modulate, sincos_pos_embed_2d, swiglu_hidden, xavier_flat_
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Architecture of DiT-DH; the presets (tiny/S/B/L/XL) live in `conf/dit/`."""
+
+    hidden_size: int
+    depth: int
+    num_heads: int
+    head_hidden_size: int
+    head_depth: int
+    head_num_heads: int
+    mlp_ratio: float
+    patch_size: int
+    class_dropout_prob: float
+    label_init_std: float
+    fourier_features: int
+
+    def __post_init__(self) -> None:
+        check_heads("dit.hidden_size / dit.num_heads", self.hidden_size, self.num_heads)
+        check_heads("dit.head_hidden_size / dit.head_num_heads", self.head_hidden_size, self.head_num_heads)
+        for name in ("depth", "head_depth", "patch_size", "fourier_features"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"dit.{name} must be >= 1, got {getattr(self, name)}")
+        for name, width, heads in (("dit", self.hidden_size, self.num_heads),
+                                   ("dit.head", self.head_hidden_size, self.head_num_heads)):
+            if (width // heads) % 4:
+                raise ValueError(f"{name}: head dimension {width // heads} must be divisible by 4 for 2-D RoPE")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"dit.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FourierTimeEmbed(nn.Module):
+    """Fixed Gaussian Fourier features of t (not scaled by 1000) followed by an MLP."""
+
+    def __init__(self, dim: int, num_freqs: int) -> None:
+        super().__init__()
+        # Stored as a frozen parameter (not a buffer) so the frequencies travel with every checkpoint.
+        self.freqs = nn.Parameter(torch.randn(num_freqs), requires_grad=False)
+        self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = 2 * math.pi * t.float()[:, None] * self.freqs[None]
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, 2-D RoPE on q and k, no qk-norm."""
+
+    def __init__(self, dim: int, heads: int, rope: Rope2D) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rope = rope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, N, hd)
+        out = F.scaled_dot_product_attention(self.rope(q), self.rope(k), v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class DiTBlock(nn.Module):
+    """Pre-RMSNorm transformer block with 6-way adaLN from a per-sample (B, D) or per-token (B, N, D) condition."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, rope: Rope2D) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = Attention(dim, heads, rope)
+        self.norm2 = RMSNorm(dim)
+        self.mlp = SwiGLU(dim, swiglu_hidden(dim, mlp_ratio))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
+        x = x + gate(self.attn(modulate(self.norm1(x), shift1, scale1)), gate1)
+        return x + gate(self.mlp(modulate(self.norm2(x), shift2, scale2)), gate2)
+
+
+class FinalLayer(nn.Module):
+    """RMSNorm, per-token shift/scale (no gate), linear to patch pixels."""
+
+    def __init__(self, dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = RMSNorm(dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class DiTDH(nn.Module):
+    """DiT backbone (global adaLN from t and y) feeding a DDT head whose adaLN is per token."""
+
+    def __init__(self, cfg: DiTConfig, in_channels: int, input_size: int, num_classes: int) -> None:
+        super().__init__()
+        if input_size % cfg.patch_size:
+            raise ValueError(f"dit.patch_size {cfg.patch_size} does not divide the latent size {input_size}")
+        self.cfg, self.in_channels, self.input_size, self.num_classes = cfg, in_channels, input_size, num_classes
+        p, d, dh = cfg.patch_size, cfg.hidden_size, cfg.head_hidden_size
+        grid = input_size // p
+
+        self.t_embedder = FourierTimeEmbed(d, cfg.fourier_features)
+        self.y_embedder = nn.Embedding(num_classes + 1, d)  # last row = null class for CFG
+        self.x_embedder = nn.Conv2d(in_channels, d, p, p)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None], persistent=False)
+        rope = Rope2D(d // cfg.num_heads, grid)
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.depth))
+
+        self.s_projector = nn.Linear(d, dh) if d != dh else nn.Identity()
+        self.s_embedder = nn.Conv2d(in_channels, dh, p, p)  # the head re-reads x_t; RoPE only, no absolute pos
+        head_rope = Rope2D(dh // cfg.head_num_heads, grid)
+        self.head_blocks = nn.ModuleList(
+            DiTBlock(dh, cfg.head_num_heads, cfg.mlp_ratio, head_rope) for _ in range(cfg.head_depth))
+        self.final_layer = FinalLayer(dh, p * p * in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """Reference init: xavier patch embeds, N(0, std) label table, N(0, .02) time MLP, zero adaLN and output."""
+        xavier_flat_(self.x_embedder)
+        xavier_flat_(self.s_embedder)
+        nn.init.normal_(self.y_embedder.weight, std=self.cfg.label_init_std)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in (*self.blocks, *self.head_blocks, self.final_layer):
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def drop_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """Classifier-free-guidance training: replace labels by the null class with the configured probability."""
+        if not self.training or self.cfg.class_dropout_prob == 0:
+            return y
+        drop = torch.rand(y.shape, device=y.device) < self.cfg.class_dropout_prob
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        p, c, g = self.cfg.patch_size, self.in_channels, self.input_size // self.cfg.patch_size
+        x = x.view(x.shape[0], g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(x.shape[0], c, g * p, g * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t_emb = self.t_embedder(t)                                    # (B, D)
+        c = F.silu(t_emb + self.y_embedder(self.drop_labels(y)))      # (B, D)
+        s = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        for block in self.blocks:
+            s = block(s, c)
+        s = self.s_projector(F.silu(t_emb[:, None] + s))              # (B, N, Dh): per-token head condition
+        h = self.s_embedder(x).flatten(2).transpose(1, 2)             # (B, N, Dh)
+        for block in self.head_blocks:
+            h = block(h, s)
+        return self.unpatchify(self.final_layer(h, s))                # (B, C, H, W)
+
+
+def build_dit(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int, seed: int) -> DiTDH:
+    """Seeded construction, so training and the untrained baseline of `sample` start from the same weights."""
+    channels, size, _ = latent_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return DiTDH(cfg, channels, size, num_classes)
+
+
+def dit_from_blob(blob: Blob) -> DiTDH:
+    meta = blob_meta(blob)
+    model = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"], seed=0)
+    return load_weights(model, blob)

@@ -1,0 +1,99 @@
+"""Frozen representation encoder: a timm ViT (DINOv2-with-registers family or a tiny seeded one).
+
+The reference RAE keeps the encoder's final LayerNorm but removes its affine parameters, drops the CLS and
+register tokens, and reshapes the patch tokens to a (B, C, h, w) latent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """`weights` is `none` (seeded random init), `hub` (timm's pretrained id, needs the network) or a file path."""
+
+    model: str
+    weights: str
+    input_size: int
+    overrides: dict = field(default_factory=dict)  # timm constructor overrides (the tiny default's sizes)
+
+    def __post_init__(self) -> None:
+        if self.input_size < 1:
+            raise ValueError(f"encoder.input_size must be positive, got {self.input_size}")
+        if self.weights not in ("none", "hub") and not Path(self.weights).is_file():
+            raise FileNotFoundError(
+                f"encoder.weights points to {self.weights!r}, which is not a file; "
+                "set encoder.weights to a local checkpoint, 'hub' or 'none'")
+        try:
+            timm.models.get_arch_name(self.model)
+            known = timm.is_model(self.model)
+        except Exception:  # noqa: BLE001 - timm raises different errors for malformed names
+            known = False
+        if not known:
+            raise ValueError(f"encoder.model {self.model!r} is not a timm model name")
+
+
+class FrozenEncoder(nn.Module):
+    """Images in [0, 1] of any square size -> raw latent (B, C, h, w); never trained."""
+
+    def __init__(self, cfg: EncoderConfig, seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        kwargs = {"img_size": cfg.input_size, **cfg.overrides}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", num_classes=0, **kwargs)
+        if cfg.weights not in ("none", "hub"):
+            vit.load_state_dict(_load_weights(Path(cfg.weights)), strict=True)
+        # Affine-free final norm: every token is standardized over its channels, nothing learned on top.
+        vit.norm = nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps, elementwise_affine=False)
+        self.vit = vit.eval().requires_grad_(False)
+        self.num_prefix_tokens = vit.num_prefix_tokens
+        self.grid = vit.patch_embed.grid_size[0]
+        self.channels = vit.embed_dim
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> FrozenEncoder:
+        return super().train(False)  # frozen: eval mode always, whatever the caller asks
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.channels, self.grid, self.grid
+
+    def fingerprint(self) -> str:
+        """Hash of the configuration and every weight, stored with the latents it produced."""
+        h = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode())
+        for name, tensor in sorted(self.vit.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-1] != self.cfg.input_size or images.shape[-2] != self.cfg.input_size:
+            images = F.interpolate(images, size=(self.cfg.input_size,) * 2, mode="bicubic", align_corners=False)
+        tokens = self.vit.forward_features((images - self.mean) / self.std)[:, self.num_prefix_tokens:]
+        b, n, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
+
+
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,17 @@
+"""The eight stage pipelines; each is also a DVC stage of the same name (see dvc_stages.py)."""
+
+from kedro.framework.project import find_pipelines
+from kedro.pipeline import Pipeline
+
+# DAG order, so that dvc.yaml reads top to bottom.
+STAGES = ("prepare_data", "cache_latents", "latent_stats", "fid_reference", "train_rae", "train_dit", "sample",
+          "evaluate")
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    # Kedro 1.7 may import only the pipelines a run asks for, so `found` can be a subset of STAGES.
+    found = find_pipelines(raise_errors=True)
+    found.pop("__default__", None)
+    pipelines = {name: found[name] for name in STAGES if name in found}
+    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    return pipelines

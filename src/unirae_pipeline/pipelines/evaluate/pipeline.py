@@ -1,0 +1,8 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import evaluate
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline([Node(evaluate, ["samples", "samples_untrained", "classifier", "reference_stats"], "metrics",
+                          name="evaluate")])

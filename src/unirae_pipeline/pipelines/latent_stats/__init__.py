@@ -1,0 +1,5 @@
+"""The latent_stats stage."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

@@ -1,0 +1,5 @@
+"""The prepare_data stage."""
+
+from .pipeline import create_pipeline
+
+__all__ = ["create_pipeline"]

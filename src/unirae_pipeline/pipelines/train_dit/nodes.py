@@ -1,0 +1,39 @@
+"""train_dit: DiT-DH (stage 2) by flow matching on the cached, normalized latents; no encoder in the loop."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import pandas as pd
+
+from ...params import build
+from ...data.latents import LatentStore, normalize
+from ...diffusion import TransportConfig, shift_factor
+from ...models import DiTConfig, build_dit
+from ...models.serialization import Blob, check_fingerprints, to_blob
+from ...training.data import TensorBatches
+from ...training.fit import TrainerConfig, fit
+from ...training.modules import TrainModule, dit_objective
+from ...training.optim import OptimConfig
+
+
+def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: dict, diffusion: dict, trainer: dict,
+              seed: int) -> tuple[Blob, pd.DataFrame]:
+    cfg = build(DiTConfig, dit, "dit")
+    optim = build(OptimConfig, train_dit, "train_dit")
+    transport = build(TransportConfig, diffusion, "diffusion")
+    trainer_cfg = build(TrainerConfig, trainer, "trainer")
+    manifest = latents.manifest
+    fingerprint = check_fingerprints(latents=manifest["fingerprint"],
+                                     latent_stats=json.loads(latent_stats[1]["fingerprint"]))
+    shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
+    cache = latents.load("train")
+    x = normalize(cache["latents"], latent_stats[0]["mean"], latent_stats[0]["var"])
+    model = build_dit(cfg, shape, num_classes, seed)
+    shift = shift_factor(shape, transport.shift_base)
+    module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift))
+    curve = fit(module, TensorBatches((x, cache["labels"]), optim.batch_size, seed), trainer_cfg, "train_dit", seed)
+    blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes,
+                   fingerprint=fingerprint, seed=seed)
+    return blob, curve

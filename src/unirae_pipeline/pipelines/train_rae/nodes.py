@@ -1,0 +1,77 @@
+"""train_rae: train the ViT decoder (stage 1) from cached latents to pixels; PSNR and reconstruction FD on val."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from ...params import build
+from ...data.images import ImageSet, load_split_uint8
+from ...data.latents import LatentStore
+from ...evaluation.classifier import classifier_from_blob, predict
+from ...evaluation.fd import feature_stats, frechet_distance
+from ...evaluation.report import image_grid, to_uint8_nhwc
+from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
+from ...models.serialization import Blob, blob_meta, to_blob
+from ...training.data import TensorBatches
+from ...training.fit import TrainerConfig, fit
+from ...training.modules import TrainModule, decoder_objective
+from ...training.optim import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw latents and the uint8 images they were encoded from (mirrored where the latent was)."""
+    cache = latents.load(split)
+    images, _ = load_split_uint8(image_set, split, latents.manifest["image_size"])
+    images = images[cache["rows"]]
+    flip = cache["flip"].bool()
+    images[flip] = images[flip].flip(-1)
+    return cache["latents"], images
+
+
+def train_decoder(latents: LatentStore, image_set: ImageSet, decoder: dict, train_rae: dict, trainer: dict,
+                  seed: int) -> tuple[Blob, pd.DataFrame]:
+    cfg = build(DecoderConfig, decoder, "decoder")
+    optim = build(OptimConfig, train_rae, "train_rae")
+    manifest = latents.manifest
+    channels, grid, _ = manifest["latent_shape"]
+    if grid * cfg.patch_size != manifest["image_size"]:
+        raise ValueError(f"decoder.patch_size {cfg.patch_size} x latent grid {grid} != data.image_size "
+                         f"{manifest['image_size']}")
+    z, images = _targets(latents, image_set, "train")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ViTDecoder(cfg, channels, grid)
+    module = TrainModule(model, optim, decoder_objective)
+    curve = fit(module, TensorBatches((z, images), optim.batch_size, seed), build(TrainerConfig, trainer, "trainer"),
+                "train_rae", seed)
+    blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
+                   fingerprint=manifest["fingerprint"])
+    return blob, curve
+
+
+def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, classifier: Blob,
+                     reference_stats: dict[str, np.ndarray]) -> tuple[dict, Image.Image]:
+    """Reconstruct val (no noise): PSNR on [0, 1], FD vs real val in the classifier's space, accuracy, a grid."""
+    if blob_meta(decoder)["fingerprint"] != latents.manifest["fingerprint"]:
+        raise ValueError("the decoder was trained on latents from another encoder; re-run train_rae")
+    model = decoder_from_blob(decoder)
+    z, images = _targets(latents, image_set, "val")
+    with torch.no_grad():
+        recon = torch.cat([model(chunk).clamp(0, 1) for chunk in z.split(256)])
+    mse = ((recon - images.float() / 255) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
+    features, preds = predict(classifier_from_blob(classifier), recon)
+    labels = torch.from_numpy(image_set.splits["val"].labels)[latents.load("val")["rows"]]
+    metrics = {"psnr": float((10 * torch.log10(1 / mse)).mean()),
+               "recon_fd": frechet_distance(feature_stats(features), reference_stats),
+               "recon_accuracy": float((preds == labels).float().mean())}
+    log.info("decoder on val: %s", metrics)
+    real = images[:16].float() / 255
+    rows = torch.cat([real[:8], recon[:8], real[8:], recon[8:16]])  # a row of originals above its reconstructions
+    return metrics, image_grid(to_uint8_nhwc(rows), ncol=8)

@@ -1,0 +1,12 @@
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import evaluate_decoder, train_decoder
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline([
+        Node(train_decoder, ["latents", "image_set", "params:decoder", "params:train_rae", "params:trainer",
+                             "params:seed"], ["decoder", "rae_loss"], name="train_decoder"),
+        Node(evaluate_decoder, ["decoder", "latents", "image_set", "classifier", "reference_stats"],
+             ["rae_metrics", "reconstructions"], name="evaluate_decoder"),
+    ])

@@ -1,0 +1,1 @@
+"""Lightning modules, EMA, schedules and the shared fit loop."""

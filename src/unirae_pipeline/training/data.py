@@ -1,0 +1,33 @@
+"""In-memory batch streams for Lightning: whole-batch indexing instead of per-sample collation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class TensorBatches(torch.utils.data.IterableDataset):
+    """Endless shuffled batches of aligned tensors; a new seeded permutation every epoch, last partial dropped."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+        super().__init__()
+        n = len(tensors[0])
+        if any(len(t) != n for t in tensors):
+            raise ValueError("all tensors must have the same length")
+        if n < batch_size:
+            raise ValueError(f"batch size {batch_size} exceeds the data set size {n}")
+        self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        n, epoch = len(self.tensors[0]), 0
+        while True:
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            for i in range(0, n - self.batch_size + 1, self.batch_size):
+                idx = perm[i: i + self.batch_size]
+                yield tuple(t[idx] for t in self.tensors)
+            epoch += 1
+
+
+def loader(batches: TensorBatches) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(batches, batch_size=None, num_workers=0)

@@ -1,0 +1,60 @@
+"""The one Lightning module of every training stage, and the stages' objectives (plain functions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..diffusion import TransportConfig, flow_matching_loss, sample_time
+from ..evaluation.classifier import ClassifierConfig, augment
+from .optim import EMA, OptimConfig, build_optimizer
+
+Objective = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+class TrainModule(L.LightningModule):
+    """AdamW + per-step schedule, EMA after every optimizer step, `loss` logged per step."""
+
+    def __init__(self, model: nn.Module, optim: OptimConfig, objective: Objective) -> None:
+        super().__init__()
+        self.model, self.optim, self.objective = model, optim, objective
+        self.ema = EMA(model, optim.ema_decay)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        loss = self.objective(self.model, batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        opt, sched = build_optimizer(self.optim, self.model.parameters())
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self.ema.update(self.model)  # once per optimizer step, not per micro-batch
+
+
+def dit_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, transport: TransportConfig,
+                  shift: float) -> torch.Tensor:
+    """Velocity loss on normalized latents with shifted training times."""
+    x, y = batch
+    t = sample_time(transport, x.shape[0], shift, device=x.device)
+    return flow_matching_loss(model, x, y, t, torch.randn_like(x))
+
+
+def decoder_objective(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """L1 between the source image and the decoding of its raw latent (noise-augmented inside the decoder)."""
+    z, images = batch
+    return F.l1_loss(model(z), images.float() / 255)
+
+
+def classifier_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, cfg: ClassifierConfig) -> torch.Tensor:
+    """Cross-entropy on blurred, noised, flipped real images."""
+    images, labels = batch
+    return F.cross_entropy(model(augment(images.float() / 255, cfg)), labels)

@@ -1,0 +1,36 @@
+"""Shared fixtures: the committed params (tiny default) and small on-disk image sets."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def params() -> dict:
+    """params.yaml as committed (a deep copy per use keeps tests independent)."""
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+@pytest.fixture
+def p(params) -> dict:
+    return copy.deepcopy(params)
+
+
+def write_folder(root: Path, classes: dict[str, int], size: int = 16, seed: int = 0) -> Path:
+    """An ImageFolder tree with `classes[name]` random PNGs per class in both train/ and val/."""
+    rng = np.random.default_rng(seed)
+    for split in ("train", "val"):
+        for name, count in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -1,0 +1,127 @@
+"""Data: the built-in set, ImageFolder indexing and its errors, latent shards, exact streaming statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unirae_pipeline.data.images import DataConfig, ImageDataset, center_crop, scan_image_folder
+from unirae_pipeline.data.latents import (CacheConfig, LatentStore, RunningMoments, denormalize, encode_shards,
+                                          normalize)
+from unirae_pipeline.data.shapes import SHAPES, ShapesConfig, generate
+from unirae_pipeline.params import build
+
+from .conftest import write_folder
+
+
+def shapes_cfg(params) -> ShapesConfig:
+    return build(DataConfig, params["data"], "data").shapes_config()
+
+
+def test_shapes_are_deterministic_balanced_and_flip_symmetric(params):
+    cfg = shapes_cfg(params)
+    a, b, c = generate(cfg, 0), generate(cfg, 0), generate(cfg, 1)
+    assert np.array_equal(a["train"][0], b["train"][0]) and not np.array_equal(a["train"][0], c["train"][0])
+    images, labels = a["train"]
+    assert images.shape == (cfg.train_per_class * cfg.num_classes, 16, 16, 3) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [cfg.train_per_class] * cfg.num_classes
+    assert len(SHAPES) >= 10 == cfg.num_classes
+    u = np.linspace(-1.2, 1.2, 97)
+    uu, vv = np.meshgrid(u, u)
+    for shape in SHAPES.values():  # the class survives the h-flip used by the latent cache
+        assert np.array_equal(shape(uu, vv), shape(-uu, vv))
+
+
+def test_image_folder_scan_and_errors(tmp_path):
+    root = write_folder(tmp_path / "ok", {"cat": 2, "dog": 3})
+    image_set = scan_image_folder(root)
+    assert image_set.class_names == ["cat", "dog"]
+    assert image_set.splits["train"].labels.tolist() == [0, 0, 1, 1, 1]
+    img, label, row = ImageDataset(image_set, "train", 8)[4]
+    assert img.shape == (3, 8, 8) and label == 1 and row == 4
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        scan_image_folder(tmp_path / "nowhere")
+    empty = write_folder(tmp_path / "empty", {"cat": 1})
+    (empty / "train" / "dog").mkdir()
+    (empty / "val" / "dog").mkdir()
+    with pytest.raises(ValueError, match="data.root: class folder .*dog.* holds no images"):
+        scan_image_folder(empty)
+
+
+def test_data_config_requires_an_existing_root(params, tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        build(DataConfig, {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x")}, "data")
+    with pytest.raises(ValueError, match="data.source"):
+        build(DataConfig, {**params["data"], "source": "lsun"}, "data")
+
+
+def test_center_crop_is_adm_style():
+    from PIL import Image
+
+    img = Image.fromarray(np.arange(40 * 64 * 3, dtype=np.uint8).reshape(40, 64, 3))
+    assert center_crop(img, 16).size == (16, 16)
+
+
+def _shards(n: int, shard_size: int, flips: bool):
+    images = torch.rand(n, 3, 4, 4)
+    batches = [(images[i:i + 3], torch.arange(i, min(i + 3, n)) % 2, torch.arange(i, min(i + 3, n)))
+               for i in range(0, n, 3)]
+    encode = lambda x: x.mean(1, keepdim=True)  # noqa: E731  a stand-in encoder: (B, 1, 4, 4)
+    return images, list(encode_shards(encode, batches, "train", shard_size, flips, torch.float32))
+
+
+def test_encode_shards_fixed_size_with_flips():
+    images, shards = _shards(10, 4, flips=True)
+    assert [len(s.labels) for s in shards] == [4, 4, 4, 4, 4]
+    latents = torch.cat([s.latents for s in shards])
+    flips = torch.cat([s.flip for s in shards]).bool()
+    rows = torch.cat([s.rows for s in shards])
+    assert flips.sum() == 10 and sorted(rows[flips].tolist()) == list(range(10))
+    mirrored = images[rows[flips]].flip(-1).mean(1, keepdim=True)
+    assert torch.allclose(latents[flips], mirrored)
+
+
+def test_latent_store_roundtrip_and_fingerprint_check(tmp_path):
+    _, shards = _shards(7, 3, flips=False)
+    store = LatentStore(tmp_path / "latents")
+    store.write(iter(shards), {"fingerprint": "abc", "latent_shape": [1, 4, 4]})
+    assert store.manifest["splits"]["train"] == {"count": 7, "shards": [3, 3, 1]}
+    loaded = store.load("train")
+    assert torch.allclose(loaded["latents"], torch.cat([s.latents for s in shards]))
+    manifest = store.manifest
+    manifest["fingerprint"] = "other"
+    (tmp_path / "latents" / "manifest.json").write_text(__import__("json").dumps(manifest))
+    with pytest.raises(ValueError, match="fingerprint"):
+        store.load("train")
+
+
+def test_failed_write_leaves_no_store(tmp_path):
+    def broken():
+        yield from _shards(4, 2, flips=False)[1]
+        raise RuntimeError("killed")
+
+    store = LatentStore(tmp_path / "latents")
+    with pytest.raises(RuntimeError):
+        store.write(broken(), {"fingerprint": "abc"})
+    assert not (tmp_path / "latents").exists()
+    assert list(tmp_path.iterdir()) == []  # the temp folder is gone too
+
+
+def test_running_moments_equal_two_pass():
+    torch.manual_seed(0)
+    data = torch.randn(1003, 3, 2, 2, dtype=torch.float64) * 5 + 100  # a large mean stresses naive formulas
+    moments = RunningMoments()
+    for chunk in data.split(97):
+        moments.update(chunk)
+    mean, var = moments.result()
+    assert torch.allclose(mean.double(), data.mean(0), rtol=1e-6)
+    assert torch.allclose(var.double(), data.var(0, unbiased=False), rtol=1e-5)
+    assert moments.count == 1003
+
+
+def test_normalize_roundtrip_and_cache_config_errors():
+    z, mean, var = torch.randn(2, 3, 2, 2), torch.randn(3, 2, 2), torch.rand(3, 2, 2)
+    assert torch.allclose(denormalize(normalize(z, mean, var), mean, var), z, atol=1e-6)
+    with pytest.raises(ValueError, match="latents.dtype"):
+        CacheConfig(256, 1024, "int8", 0)

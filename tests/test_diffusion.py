@@ -1,0 +1,91 @@
+"""Transport and samplers: shift, time distributions, loss target, Euler/Heun accuracy, CFG and its interval."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from unirae_pipeline.diffusion import (SamplerConfig, TransportConfig, flow_matching_loss, guided_velocity,
+                                       sample_ode, sample_time, shift_factor, shift_time, time_grid)
+from unirae_pipeline.diffusion.transport import T_MAX
+
+
+def test_shift_factor_and_map():
+    assert shift_factor((768, 16, 16), 4096) == pytest.approx(math.sqrt(48))
+    s = math.sqrt(48)
+    t = shift_time(torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]), s)
+    assert torch.allclose(t, torch.tensor([0.0, 0.698, 0.874, 0.954, 1.0]), atol=1e-3)  # noise-ward at 256 px
+
+
+@pytest.mark.parametrize("dist", ["uniform", "logit_normal"])
+def test_time_distributions_stay_in_range(dist):
+    cfg = TransportConfig(dist, 4096, 0.0, 1.0)
+    t = sample_time(cfg, 20000, 1.0, generator=torch.Generator().manual_seed(0))
+    assert t.min() >= 0 and t.max() <= T_MAX
+    if dist == "uniform":
+        assert abs(t.mean() - T_MAX / 2) < 0.01
+    else:
+        assert abs(t.median() - 0.5) < 0.02  # sigmoid(N(0,1)) is symmetric around 1/2
+
+
+def test_loss_is_zero_for_the_true_velocity():
+    x, noise = torch.randn(8, 4, 2, 2), torch.randn(8, 4, 2, 2)
+    t = torch.rand(8)
+    # x_t = (1-t) x + t eps; the velocity eps - x can be recovered exactly when the model knows x and eps.
+    oracle = lambda x_t, t_, y: noise - x  # noqa: E731
+    assert flow_matching_loss(oracle, x, torch.zeros(8, dtype=torch.long), t, noise) == 0
+    zero = lambda x_t, t_, y: torch.zeros_like(x_t)  # noqa: E731
+    assert flow_matching_loss(zero, x, None, t, noise) == pytest.approx(float((noise - x).pow(2).mean()))
+
+
+def test_time_grid_matches_the_reference_grid():
+    grid = time_grid(50, 1.0)
+    assert len(grid) == 50 and grid[0] == 1.0 and grid[-1] == pytest.approx(1 - T_MAX)
+    shifted = time_grid(50, math.sqrt(48))
+    assert shifted[-1] == pytest.approx(shift_time(torch.tensor(1 - T_MAX, dtype=torch.float64), math.sqrt(48)))
+
+
+@pytest.mark.parametrize("method,tol", [("euler", 1e-6), ("heun", 1e-6)])
+def test_samplers_transport_noise_to_data_on_a_straight_path(method, tol):
+    # For a single data point x0 the exact velocity field is (x_t - x0) / t: straight lines to x0.
+    x0 = torch.tensor([[1.5, -2.0]])
+    velocity = lambda x, t, y: (x - x0) / t[:, None]  # noqa: E731
+    noise = torch.tensor([[0.3, 0.7]])
+    grid = torch.cat([torch.linspace(1, 0.01, 20, dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64)])
+    out = sample_ode(velocity, noise, None, grid[:-1], method)
+    expected = x0 + (noise - x0) * 0.01  # still at t = 0.01 on the line
+    assert torch.allclose(out, expected, atol=tol)
+
+
+def test_heun_beats_euler_on_a_curved_field():
+    velocity = lambda x, t, y: -x * t[:, None] * 4  # noqa: E731  dx/dt = -4 t x  ->  x(t) = x1 exp(2 (1 - t^2))
+    x1 = torch.tensor([[1.0]], dtype=torch.float64)
+    grid = torch.linspace(1, 0, 11, dtype=torch.float64)
+    exact = x1 * math.exp(2.0)
+    err = {m: (sample_ode(velocity, x1, None, grid, m) - exact).abs().item() for m in ("euler", "heun")}
+    assert err["heun"] < err["euler"] / 5
+
+
+def test_cfg_combines_on_the_interval_only():
+    calls = []
+
+    def model(x, t, y):
+        calls.append(len(y))
+        return torch.where(y[:, None] == 10, torch.zeros_like(x), torch.ones_like(x))  # null -> 0, cond -> 1
+
+    v = guided_velocity(model, null_label=10, scale=3.0, t_min=0.2, t_max=0.6)
+    x, y = torch.zeros(4, 2), torch.tensor([0, 1, 2, 3])
+    assert torch.allclose(v(x, torch.full((4,), 0.5), y), torch.full((4, 2), 3.0))  # 0 + 3 (1 - 0)
+    assert calls[-1] == 8  # conditional and null halves in one batch
+    assert torch.allclose(v(x, torch.full((4,), 0.9), y), torch.ones(4, 2))  # outside: conditional only
+    assert calls[-1] == 4
+    assert guided_velocity(model, 10, 1.0, 0, 1) is model  # scale 1 costs no extra forward
+
+
+def test_sampler_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="sample.method"):
+        SamplerConfig("rk4", 50, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="cfg_t_min"):
+        SamplerConfig("euler", 50, 1.0, 0.8, 0.2)
