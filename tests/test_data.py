@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from unirae_pipeline.data.images import DataConfig, ImageDataset, center_crop, scan_image_folder
-from unirae_pipeline.data.latents import (CacheConfig, LatentStore, RunningMoments, denormalize, encode_shards,
-                                          normalize)
+from unirae_pipeline.data.latents import CacheConfig, LatentStore, RunningMoments, denormalize, encode_shards, normalize
 from unirae_pipeline.data.shapes import SHAPES, ShapesConfig, generate
 from unirae_pipeline.params import build
 

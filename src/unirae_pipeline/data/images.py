@@ -19,7 +19,7 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 @dataclass(frozen=True)
 class DataConfig:
-    """`source` is `shapes` (the built-in set, sized by `shapes`) or `imagefolder` (an ImageNet-style tree at `root`)."""
+    """`source`: `shapes` (the built-in set, sized by `shapes`) or `imagefolder` (an ImageNet-style tree at `root`)."""
 
     source: str
     image_size: int
@@ -130,7 +130,8 @@ def load_index(path: Path) -> ImageSet:
             rows = list(csv.reader(f))[1:]
         splits[split] = ImageSplit([r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64))
     root = Path((path / "root.txt").read_text())
-    return ImageSet(root if root.is_absolute() else path / root, json.loads((path / "classes.json").read_text()), splits)
+    names = json.loads((path / "classes.json").read_text())
+    return ImageSet(root if root.is_absolute() else path / root, names, splits)
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:

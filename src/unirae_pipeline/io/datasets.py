@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
-from safetensors import safe_open
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..data.images import GeneratedImages, ImageSet, load_index, save_index, scan_image_folder, write_image_folder
@@ -134,4 +134,5 @@ class PNGDataset(_PathDataset):
             return img.copy()
 
 
-__all__ = ["CSVDataset", "PNGDataset", "ImageSetDataset", "JSONDataset", "LatentCache", "LatentStoreDataset", "NpzDataset", "SafetensorsDataset"]
+__all__ = ["CSVDataset", "ImageSetDataset", "JSONDataset", "LatentCache", "LatentStoreDataset", "NpzDataset",
+           "PNGDataset", "SafetensorsDataset"]

@@ -13,8 +13,18 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .layers import (
+    RMSNorm,
+    Rope2D,
+    SwiGLU,
+    check_heads,
+    gate,
+    modulate,
+    sincos_pos_embed_2d,
+    swiglu_hidden,
+    xavier_flat_,
+)
 from .serialization import Blob, blob_meta, load_weights
-from .layers import RMSNorm, Rope2D, SwiGLU, check_heads, gate, modulate, sincos_pos_embed_2d, swiglu_hidden, xavier_flat_
 
 
 @dataclass(frozen=True)

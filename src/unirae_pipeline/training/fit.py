@@ -42,12 +42,14 @@ class LossHistory(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
+        if step == 1 or step % self.every == 0 or step == trainer.max_steps:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr})
 
 
 def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: str, seed: int) -> pd.DataFrame:
+    if not log.isEnabledFor(logging.DEBUG):
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning resets it to INFO on import
     L.seed_everything(seed, workers=True, verbose=False)
     history = LossHistory(cfg.log_every_n_steps)
     trainer = L.Trainer(
@@ -60,6 +62,7 @@ def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: s
     with warnings.catch_warnings():
         # The EMA copy is in eval mode on purpose; Lightning warns about any such submodule.
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
         trainer.fit(module, loader(batches))
     seconds = time.perf_counter() - start
     log.info("%s: %d steps of batch %d in %.1f s (%.0f samples/s), final loss %.4f", name, module.optim.steps,

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import torch
 
-from ...params import build
 from ...data.images import ImageDataset, ImageSet
 from ...data.latents import DTYPES, CacheConfig, Shard, encode_shards
 from ...io.datasets import LatentCache
 from ...models import EncoderConfig, FrozenEncoder
+from ...params import build
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...params import build
 from ...data.images import ImageSet, load_split_uint8
 from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifier_from_blob, predict
 from ...evaluation.fd import feature_stats
 from ...models.serialization import Blob, to_blob
+from ...params import build
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit
 from ...training.modules import TrainModule, classifier_objective
@@ -32,8 +32,8 @@ def train_classifier(image_set: ImageSet, image_size: int, fid: dict, trainer: d
         torch.manual_seed(seed)
         model = ShapeClassifier(cfg, image_set.num_classes)
     module = TrainModule(model, optim, partial(classifier_objective, cfg=cfg))
-    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), build(TrainerConfig, trainer, "trainer"),
-                "classifier", seed)
+    trainer_cfg = build(TrainerConfig, trainer, "trainer")
+    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg, "classifier", seed)
     return to_blob(module.ema.module, config=cfg.to_dict(), num_classes=image_set.num_classes), curve
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ...params import build
 from ...data.images import DataConfig, GeneratedImages, ImageSet, scan_image_folder
 from ...data.shapes import class_names, generate
+from ...params import build
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...params import build
 from ...data.latents import denormalize
 from ...diffusion import SamplerConfig, TransportConfig, guided_velocity, sample_ode, shift_factor, time_grid
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints
+from ...params import build
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,10 @@ def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor
     """Exactly `per_class` of each class, in a seeded random order (the reference's 'equal' labels)."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
+
+
+def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    return model.in_channels, model.input_size, model.input_size
 
 
 @torch.no_grad()
@@ -41,15 +45,12 @@ def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, 
     return np.concatenate(out)
 
 
-def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    return model.in_channels, model.input_size, model.input_size
-
-
-def sample(dit: Blob, decoder: Blob, latent_stats: Blob, sample: dict, diffusion: dict,
+def sample(dit: Blob, decoder: Blob, latent_stats: Blob, params: dict, diffusion: dict,
            seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Image.Image]:
-    sampler = build(SamplerConfig, sample["sampler"], "sample.sampler")
+    """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class."""
+    sampler = build(SamplerConfig, params["sampler"], "sample.sampler")
     transport = build(TransportConfig, diffusion, "diffusion")
-    if sample["num_per_class"] < 1 or sample["batch_size"] < 1:
+    if params["num_per_class"] < 1 or params["batch_size"] < 1:
         raise ValueError("sample.num_per_class and sample.batch_size must be >= 1")
     meta = blob_meta(dit)
     check_fingerprints(dit=meta["fingerprint"], decoder=blob_meta(decoder)["fingerprint"],
@@ -57,13 +58,13 @@ def sample(dit: Blob, decoder: Blob, latent_stats: Blob, sample: dict, diffusion
     model, dec, stats = dit_from_blob(dit), decoder_from_blob(decoder), latent_stats[0]
     untrained = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"], meta["seed"])
     shift = shift_factor(tuple(meta["latent_shape"]), transport.shift_base)
-    labels = balanced_labels(meta["num_classes"], sample["num_per_class"], seed)
+    labels = balanced_labels(meta["num_classes"], params["num_per_class"], seed)
     start = time.perf_counter()
-    images = generate(model, dec, stats, labels, sampler, shift, sample["batch_size"], seed)
+    images = generate(model, dec, stats, labels, sampler, shift, params["batch_size"], seed)
     log.info("sampled %d images (%s, %d grid points, cfg %.2f) in %.1f s", len(labels), sampler.method,
              sampler.num_steps, sampler.cfg_scale, time.perf_counter() - start)
-    baseline = generate(untrained, dec, stats, labels, sampler, shift, sample["batch_size"], seed)
-    order = torch.argsort(labels, stable=True).view(meta["num_classes"], -1)[:, : sample["grid_per_class"]]
+    baseline = generate(untrained, dec, stats, labels, sampler, shift, params["batch_size"], seed)
+    order = torch.argsort(labels, stable=True).view(meta["num_classes"], -1)[:, : params["grid_per_class"]]
     grid = image_grid(images[order.flatten().numpy()], ncol=order.shape[1])  # one row per class
     labels_np = labels.numpy()
     return {"images": images, "labels": labels_np}, {"images": baseline, "labels": labels_np}, grid

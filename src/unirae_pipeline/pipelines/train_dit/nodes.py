@@ -7,11 +7,11 @@ from functools import partial
 
 import pandas as pd
 
-from ...params import build
 from ...data.latents import LatentStore, normalize
 from ...diffusion import TransportConfig, shift_factor
 from ...models import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
+from ...params import build
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit
 from ...training.modules import TrainModule, dit_objective

@@ -9,7 +9,6 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ...params import build
 from ...data.images import ImageSet, load_split_uint8
 from ...data.latents import LatentStore
 from ...evaluation.classifier import classifier_from_blob, predict
@@ -17,6 +16,7 @@ from ...evaluation.fd import feature_stats, frechet_distance
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, to_blob
+from ...params import build
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit
 from ...training.modules import TrainModule, decoder_objective

@@ -1,0 +1,145 @@
+"""Throughput of the DiT-DH training step and of Euler + CFG sampling on cached-latent shapes.
+
+Pure torch (runs on the GPU image without kedro/dvc): `PYTHONPATH=src python bench/bench_dit.py --device cuda`.
+Every variant is reported as a ratio against the baseline (eager fp32 with foreach AdamW) measured in the same run.
+Results go to bench/results/<device>-<date>.json. On CPU, `--sizes tiny` checks that the script runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from unirae_pipeline.diffusion import TransportConfig, flow_matching_loss, guided_velocity, sample_ode, sample_time
+from unirae_pipeline.diffusion import shift_factor, time_grid
+from unirae_pipeline.models import DiTConfig, build_dit
+from unirae_pipeline.training.optim import EMA
+
+log = logging.getLogger("bench")
+
+HEAD = dict(head_hidden_size=2048, head_depth=2, head_num_heads=16)
+COMMON = dict(mlp_ratio=4.0, patch_size=1, class_dropout_prob=0.1, label_init_std=0.02, fourier_features=256)
+SIZES = {  # name: (backbone width/depth/heads, head, latent shape, classes)
+    "tiny": (dict(hidden_size=128, depth=4, num_heads=4, head_hidden_size=128, head_depth=1, head_num_heads=4),
+             (64, 4, 4), 10),
+    "S": (dict(hidden_size=384, depth=12, num_heads=6, **HEAD), (768, 16, 16), 1000),
+    "XL": (dict(hidden_size=1152, depth=28, num_heads=16, **HEAD), (768, 16, 16), 1000),
+}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, compiled: bool, fused: bool,
+               steps: int, warmup: int) -> float:
+    """Images per second of forward + backward + AdamW + EMA."""
+    arch, shape, classes = SIZES[size]
+    model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).train()
+    ema = EMA(model, 0.9995)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0,
+                            **({"fused": True} if fused else {"foreach": True}))
+    net = torch.compile(model) if compiled else model
+    transport, s = TransportConfig("logit_normal", 4096, 0.0, 1.0), shift_factor(shape, 4096)
+    x = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    autocast = torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            loss = flow_matching_loss(net, x, y, sample_time(transport, batch, s, device=device), torch.randn_like(x))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(model)
+
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def sample_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, compiled: bool, num_steps: int) -> float:
+    """Images per second of a `num_steps`-point Euler ODE with CFG (two forwards per step), latents only."""
+    arch, shape, classes = SIZES[size]
+    model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).eval()
+    net = torch.compile(model) if compiled else model
+    autocast = torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
+    velocity = guided_velocity(lambda x, t, y: net(x, t, y).float(), classes, 1.5, 0.0, 1.0)
+    grid = time_grid(num_steps, shift_factor(shape, 4096)).float()
+    noise = torch.randn(batch, *shape, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
+    with autocast:
+        sample_ode(velocity, noise, y, grid[:3], "euler")  # warm-up / compile
+        sync(device)
+        start = time.perf_counter()
+        sample_ode(velocity, noise, y, grid, "euler")
+        sync(device)
+    return batch / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sizes", nargs="+", default=["S", "XL"], choices=list(SIZES))
+    parser.add_argument("--batch", type=int, nargs="+", default=None, help="one batch per size")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--sample-batch", type=int, default=64)
+    parser.add_argument("--sample-steps", type=int, default=50)
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    dev = args.device
+    bf16 = torch.bfloat16 if dev == "cuda" else None
+    batches = args.batch or [{"tiny": 32, "S": 256, "XL": 128}[s] for s in args.sizes]
+    name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
+    results = {"device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "train": {},
+               "sample": {}}
+    for size, batch in zip(args.sizes, batches):
+        variants = {"eager_fp32_foreach": (None, False, False), "eager_bf16_fused": (bf16, False, dev == "cuda")}
+        if not args.no_compile:
+            variants["compiled_bf16_fused"] = (bf16, True, dev == "cuda")
+        rates = {}
+        for label, (dtype, compiled, fused) in variants.items():
+            try:
+                rates[label] = train_rate(size, batch, dev, dtype, compiled, fused, args.steps, args.warmup)
+            except torch.OutOfMemoryError:
+                rates[label] = None
+            if dev == "cuda":
+                torch.cuda.empty_cache()
+            log.info("train %s batch %d %s: %s img/s", size, batch, label, rates[label])
+        base = rates["eager_fp32_foreach"]
+        results["train"][size] = {"batch": batch, "img_per_s": rates,
+                                  "ratio_vs_eager_fp32": {k: (v / base if v and base else None) for k, v in rates.items()}}
+        srates = {"eager_bf16": sample_rate(size, args.sample_batch, dev, bf16, False, args.sample_steps)}
+        if not args.no_compile:
+            srates["compiled_bf16"] = sample_rate(size, args.sample_batch, dev, bf16, True, args.sample_steps)
+        log.info("sample %s (%d-point Euler + CFG): %s img/s", size, args.sample_steps, srates)
+        results["sample"][size] = {"batch": args.sample_batch, "num_steps": args.sample_steps, "img_per_s": srates}
+    args.out.mkdir(parents=True, exist_ok=True)
+    tag = name.replace(" ", "_").replace("/", "_")
+    out = args.out / f"dit-{tag}-{results['date']}.json"
+    out.write_text(json.dumps(results, indent=2))
+    log.info("wrote %s", out)
+
+
+if __name__ == "__main__":
+    main()

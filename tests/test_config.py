@@ -1,0 +1,108 @@
+"""One source of truth: params.yaml is the Hydra composition, Kedro reads it, dvc.yaml is generated and fresh."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from hydra.errors import MissingConfigException
+
+from unirae_pipeline.compose import compose_params, dump
+from unirae_pipeline.config import validate_params
+from unirae_pipeline.pipeline_registry import STAGES
+
+from .conftest import ROOT, write_folder
+
+
+def test_params_yaml_is_the_hydra_composition(params):
+    composed = compose_params(conf_dir=ROOT / "conf")
+    assert composed == params
+    assert dump(composed) == (ROOT / "params.yaml").read_text()  # byte-identical to what DVC writes
+
+
+def test_presets_and_overrides_compose():
+    xl = compose_params(["dit=XL", "decoder=XL", "encoder=dinov2_b"], conf_dir=ROOT / "conf")
+    assert (xl["dit"]["hidden_size"], xl["dit"]["depth"], xl["dit"]["head_hidden_size"]) == (1152, 28, 2048)
+    assert xl["decoder"]["hidden_size"] == 1152 and xl["encoder"]["model"] == "vit_base_patch14_reg4_dinov2"
+    deeper = compose_params(["dit=S", "dit.depth=8"], conf_dir=ROOT / "conf")
+    assert deeper["dit"]["depth"] == 8 and deeper["dit"]["hidden_size"] == 384
+    smoke = compose_params(["profile=smoke"], conf_dir=ROOT / "conf")
+    assert smoke["train_dit"]["steps"] < 100 and smoke["dit"] == compose_params(conf_dir=ROOT / "conf")["dit"]
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(MissingConfigException, match="dit/XXL"):
+        compose_params(["dit=XXL"], conf_dir=ROOT / "conf")
+
+
+def test_kedro_reads_params_yaml(params):
+    from kedro.framework.session import KedroSession
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(ROOT)
+    with KedroSession.create(project_path=ROOT) as session:
+        assert session.load_context().params == params
+
+
+def test_dvc_yaml_is_generated_and_fresh():
+    result = subprocess.run([sys.executable, "-m", "unirae_pipeline.dvc_stages", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dvc_stages_are_the_kedro_pipelines():
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(dvc) == list(STAGES)
+    for name, stage in dvc.items():
+        assert stage["cmd"] == f"kedro run --pipelines {name}"
+    # `dvc exp run -S dit.depth=N` reruns exactly train_dit -> sample -> evaluate: only train_dit reads `dit`,
+    # and the other two depend on its output.
+    readers = {name for name, stage in dvc.items() if any(p in ("dit", "dit.depth") for p in stage["params"])}
+    assert readers == {"train_dit"}
+    assert "data/06_models/dit.safetensors" in dvc["sample"]["deps"]
+    assert "data/07_model_output/samples.npz" in dvc["evaluate"]["deps"]
+    stats = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for stage in dvc.values():
+        for key in stage["params"]:
+            node = stats
+            for part in key.split("."):
+                node = node[part]  # every declared key exists in params.yaml
+
+
+@pytest.mark.parametrize("path,value,message", [
+    ("dit.hidden_size", 130, "dit.hidden_size / dit.num_heads"),
+    ("decoder.num_heads", 3, "decoder.hidden_size / decoder.num_heads"),
+    ("train_dit.schedule", "step", "schedule"),
+    ("sample.sampler.method", "rk45", "sample.method"),
+    ("latents.dtype", "int8", "latents.dtype"),
+    ("trainer.precision", "64", "trainer.precision"),
+    ("dit.depth", 0, "dit.depth"),
+])
+def test_invalid_params_fail_early_naming_the_key(p, path, value, message):
+    node = p
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    with pytest.raises(ValueError, match=message.replace(".", r"\.")):
+        validate_params(p)
+
+
+def test_imagefolder_errors_name_data_root(p, tmp_path):
+    p["data"].update(source="imagefolder", root=str(tmp_path / "missing"), shapes=None)
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        validate_params(p)
+    p["data"]["root"] = str(write_folder(tmp_path / "ok", {"a": 1}))
+    validate_params(p)
+
+
+def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
+    """Through the real CLI: a params override that cannot work fails in the hook, naming the key."""
+    result = subprocess.run(["kedro", "run", "--pipelines", "train_dit", "--params", "dit.num_heads=3"], cwd=ROOT,
+                            capture_output=True, text=True, env={**__import__("os").environ,
+                                                                 "KEDRO_DISABLE_TELEMETRY": "true"})
+    assert result.returncode != 0
+    assert "dit.hidden_size / dit.num_heads" in result.stdout + result.stderr
+    assert "Running node" not in result.stdout + result.stderr

@@ -1,0 +1,105 @@
+"""Kedro pipelines on an in-memory catalog (the smoke profile): every node runs, outputs are well formed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from unirae_pipeline.compose import compose_params
+from unirae_pipeline.io.datasets import ImageSetDataset, LatentStoreDataset
+from unirae_pipeline.pipelines import (
+    cache_latents,
+    evaluate,
+    fid_reference,
+    latent_stats,
+    prepare_data,
+    sample,
+    train_dit,
+    train_rae,
+)
+
+from .conftest import ROOT
+
+
+class KeptDataset(MemoryDataset):
+    """Keeps its data after the run, so that the tests can read intermediate outputs."""
+
+    def _release(self) -> None:
+        pass
+
+
+def _catalog(tmp_path, params: dict) -> DataCatalog:
+    # Only the two folder-shaped artefacts need a disk; everything else stays in memory.
+    catalog = DataCatalog({"image_set": ImageSetDataset(filepath=str(tmp_path / "image_set")),
+                           "latents": LatentStoreDataset(filepath=str(tmp_path / "latents"))})
+    flat = {"params:seed": params["seed"], "params:data.image_size": params["data"]["image_size"]}
+    flat.update({f"params:{k}": v for k, v in params.items()})
+    for name, value in flat.items():
+        catalog[name] = KeptDataset(value)
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("chain")
+    params = compose_params(["profile=smoke"], conf_dir=ROOT / "conf")
+    catalog = _catalog(tmp, params)
+    slices = [m.create_pipeline() for m in (prepare_data, cache_latents, latent_stats, fid_reference, train_rae,
+                                            train_dit, sample, evaluate)]
+    memory = {name for pipe in slices for name in pipe.all_outputs()} - {"image_set", "latents"}
+    for name in memory:
+        catalog[name] = KeptDataset()
+    for pipe in slices:  # stage by stage, as `dvc repro` runs them
+        SequentialRunner().run(pipe, catalog)
+    return params, catalog, {name: catalog.load(name) for name in memory}
+
+
+def test_latent_cache_holds_train_plain_and_flipped_plus_val(chain):
+    params, catalog, _ = chain
+    store = catalog.load("latents")
+    shapes = params["data"]["shapes"]
+    manifest = store.manifest
+    assert manifest["splits"]["train"]["count"] == 2 * 10 * shapes["train_per_class"]
+    assert manifest["splits"]["val"]["count"] == 10 * shapes["val_per_class"]
+    assert manifest["latent_shape"] == [64, 4, 4] and len(manifest["fingerprint"]) == 16
+    train = store.load("train")
+    assert train["flip"].sum() == 10 * shapes["train_per_class"]
+
+
+def test_stats_match_the_cached_latents(chain):
+    _, catalog, outputs = chain
+    z = catalog.load("latents").load("train")["latents"].double()
+    tensors, _ = outputs["latent_stats"]
+    assert np.allclose(tensors["mean"].numpy(), z.mean(0).numpy(), atol=1e-5)
+    assert np.allclose(tensors["var"].numpy(), z.var(0, unbiased=False).numpy(), atol=1e-5)
+
+
+def test_samples_are_class_balanced_uint8(chain):
+    params, _, outputs = chain
+    samples = outputs["samples"]
+    n = params["sample"]["num_per_class"]
+    assert samples["images"].shape == (10 * n, 16, 16, 3) and samples["images"].dtype == np.uint8
+    assert np.bincount(samples["labels"]).tolist() == [n] * 10
+    assert outputs["samples_untrained"]["images"].shape == samples["images"].shape
+
+
+def test_metrics_and_reports(chain):
+    _, _, outputs = chain
+    metrics = outputs["metrics"]
+    assert set(metrics) >= {"class_accuracy", "fd", "fd_untrained", "fd_ratio"}
+    assert 0 <= metrics["class_accuracy"] <= 1 and metrics["fd"] >= 0
+    assert set(outputs["rae_metrics"]) == {"psnr", "recon_fd", "recon_accuracy"}
+    assert list(outputs["dit_loss"].columns) == ["step", "loss", "lr"]
+    assert outputs["sample_grid"].size[0] >= 512 and outputs["reconstructions"].size[0] >= 512
+
+
+def test_sample_refuses_artefacts_of_another_encoder(chain):
+    from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
+
+    params, _, outputs = chain
+    tensors, meta = outputs["decoder"]
+    forged = (tensors, {**meta, "fingerprint": '"0000000000000000"'})
+    with pytest.raises(ValueError, match="fingerprints differ"):
+        sample_node(outputs["dit"], forged, outputs["latent_stats"], params["sample"], params["diffusion"], 0)

@@ -1,0 +1,79 @@
+"""Training: LR schedules, EMA, batch streams and a real (short) Lightning fit that lowers the loss."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from unirae_pipeline.diffusion import TransportConfig
+from unirae_pipeline.models import DiTConfig, build_dit
+from unirae_pipeline.params import build
+from unirae_pipeline.training.data import TensorBatches
+from unirae_pipeline.training.fit import TrainerConfig, fit
+from unirae_pipeline.training.modules import TrainModule, dit_objective
+from unirae_pipeline.training.optim import EMA, OptimConfig, lr_factor
+
+
+def optim(**over) -> OptimConfig:
+    base = dict(steps=100, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0,
+                warmup_steps=10, schedule="cosine", ema_decay=0.9, grad_clip=1.0)
+    return OptimConfig(**{**base, **over})
+
+
+def test_lr_schedules():
+    cfg = optim()
+    assert lr_factor(cfg, 0) == pytest.approx(0.1) and lr_factor(cfg, 9) == pytest.approx(1.0)
+    assert lr_factor(cfg, 100) == pytest.approx(1e-2)  # final_lr / lr
+    assert lr_factor(optim(schedule="linear"), 55) == pytest.approx(1 + (1e-2 - 1) * 0.5)
+    assert lr_factor(optim(schedule="constant"), 99) == 1.0
+    with pytest.raises(ValueError, match="schedule"):
+        optim(schedule="step")
+
+
+def test_ema_update_is_a_lerp():
+    model = nn.Linear(2, 2)
+    ema = EMA(model, decay=0.9)
+    before = ema.module.weight.clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.module.weight, 0.9 * before + 0.1 * model.weight)
+    assert not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_tensor_batches_are_seeded_and_cover_each_epoch():
+    data = torch.arange(10)
+    first = [b[0] for _, b in zip(range(3), TensorBatches((data,), 3, seed=0))]
+    again = [b[0] for _, b in zip(range(3), TensorBatches((data,), 3, seed=0))]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert len(torch.cat(first).unique()) == 9  # one epoch: 3 full batches, no repeats
+    with pytest.raises(ValueError, match="batch size"):
+        TensorBatches((data,), 11, seed=0)
+
+
+def test_short_dit_fit_lowers_the_loss(params):
+    torch.manual_seed(0)
+    # Two classes, each a fixed latent: a tiny DiT must learn to move noise towards them.
+    x = torch.randn(2, 64, 4, 4).repeat(64, 1, 1, 1)
+    y = torch.arange(2).repeat(64)
+    model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 2, seed=0)
+    transport = TransportConfig("uniform", 4096, 0.0, 1.0)
+    module = TrainModule(model, optim(steps=60, batch_size=32, lr=2e-3, warmup_steps=5),
+                         partial(dit_objective, transport=transport, shift=1.0))
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    curve = fit(module, TensorBatches((x, y), 32, seed=0), trainer, "test", seed=0)
+    assert curve["step"].iloc[0] == 1 and curve["step"].iloc[-1] == 60
+    assert curve["loss"].iloc[-1] < 0.5 * curve["loss"].iloc[0]
+    assert not torch.equal(module.ema.module.final_layer.linear.weight, model.final_layer.linear.weight)
+
+
+def test_non_finite_loss_stops_training(params):
+    model = nn.Linear(2, 1)
+    module = TrainModule(model, optim(steps=5, batch_size=2, warmup_steps=0),
+                         lambda m, batch: m(batch[0]).sum() * float("nan"))
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        fit(module, TensorBatches((torch.randn(4, 2),), 2, seed=0), trainer, "test", seed=0)
