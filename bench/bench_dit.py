@@ -17,8 +17,15 @@ from pathlib import Path
 
 import torch
 
-from unirae_pipeline.diffusion import TransportConfig, flow_matching_loss, guided_velocity, sample_ode, sample_time
-from unirae_pipeline.diffusion import shift_factor, time_grid
+from unirae_pipeline.diffusion import (
+    TransportConfig,
+    flow_matching_loss,
+    guided_velocity,
+    sample_ode,
+    sample_time,
+    shift_factor,
+    time_grid,
+)
 from unirae_pipeline.models import DiTConfig, build_dit
 from unirae_pipeline.training.optim import EMA
 
@@ -109,14 +116,19 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     dev = args.device
     bf16 = torch.bfloat16 if dev == "cuda" else None
-    batches = args.batch or [{"tiny": 32, "S": 256, "XL": 128}[s] for s in args.sizes]
+    batches = args.batch or [{"tiny": 32, "S": 256, "XL": 64}[s] for s in args.sizes]
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     results = {"device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "train": {},
                "sample": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"dit-{name.replace(' ', '_').replace('/', '_')}-{results['date']}.json"
+    # variant: (autocast dtype, torch.compile, fused AdamW); the first one is the baseline of the ratios
+    variants = {"eager_fp32_foreach": (None, False, False)}
+    if dev == "cuda":
+        variants["eager_bf16_fused"] = (bf16, False, True)
+    if not args.no_compile:
+        variants[f"compiled_{'bf16_fused' if dev == 'cuda' else 'fp32_foreach'}"] = (bf16, True, dev == "cuda")
     for size, batch in zip(args.sizes, batches):
-        variants = {"eager_fp32_foreach": (None, False, False), "eager_bf16_fused": (bf16, False, dev == "cuda")}
-        if not args.no_compile:
-            variants["compiled_bf16_fused"] = (bf16, True, dev == "cuda")
         rates = {}
         for label, (dtype, compiled, fused) in variants.items():
             try:
@@ -126,18 +138,16 @@ def main() -> None:
             if dev == "cuda":
                 torch.cuda.empty_cache()
             log.info("train %s batch %d %s: %s img/s", size, batch, label, rates[label])
-        base = rates["eager_fp32_foreach"]
-        results["train"][size] = {"batch": batch, "img_per_s": rates,
-                                  "ratio_vs_eager_fp32": {k: (v / base if v and base else None) for k, v in rates.items()}}
+            base = rates["eager_fp32_foreach"]
+            results["train"][size] = {"batch": batch, "img_per_s": rates, "ratio_vs_eager_fp32":
+                                      {k: (v / base if v and base else None) for k, v in rates.items()}}
+            out.write_text(json.dumps(results, indent=2))  # a killed run keeps what it measured
         srates = {"eager_bf16": sample_rate(size, args.sample_batch, dev, bf16, False, args.sample_steps)}
         if not args.no_compile:
             srates["compiled_bf16"] = sample_rate(size, args.sample_batch, dev, bf16, True, args.sample_steps)
         log.info("sample %s (%d-point Euler + CFG): %s img/s", size, args.sample_steps, srates)
         results["sample"][size] = {"batch": args.sample_batch, "num_steps": args.sample_steps, "img_per_s": srates}
-    args.out.mkdir(parents=True, exist_ok=True)
-    tag = name.replace(" ", "_").replace("/", "_")
-    out = args.out / f"dit-{tag}-{results['date']}.json"
-    out.write_text(json.dumps(results, indent=2))
+        out.write_text(json.dumps(results, indent=2))
     log.info("wrote %s", out)
 
 
