@@ -142,9 +142,10 @@ def main() -> None:
             results["train"][size] = {"batch": batch, "img_per_s": rates, "ratio_vs_eager_fp32":
                                       {k: (v / base if v and base else None) for k, v in rates.items()}}
             out.write_text(json.dumps(results, indent=2))  # a killed run keeps what it measured
-        srates = {"eager_bf16": sample_rate(size, args.sample_batch, dev, bf16, False, args.sample_steps)}
+        precision = "bf16" if bf16 else "fp32"
+        srates = {f"eager_{precision}": sample_rate(size, args.sample_batch, dev, bf16, False, args.sample_steps)}
         if not args.no_compile:
-            srates["compiled_bf16"] = sample_rate(size, args.sample_batch, dev, bf16, True, args.sample_steps)
+            srates[f"compiled_{precision}"] = sample_rate(size, args.sample_batch, dev, bf16, True, args.sample_steps)
         log.info("sample %s (%d-point Euler + CFG): %s img/s", size, args.sample_steps, srates)
         results["sample"][size] = {"batch": args.sample_batch, "num_steps": args.sample_steps, "img_per_s": srates}
         out.write_text(json.dumps(results, indent=2))
