@@ -32,7 +32,7 @@ def test_dit_dh_parameter_counts_match_reference(size, expected):
     cfg = build(DiTConfig, compose_params([f"dit={size}"])["dit"], "dit")
     with torch.device("meta"):
         model = DiTDH(cfg, in_channels=768, input_size=16, num_classes=1000)
-    total = count_params(model) + model.pos_embed.numel()  # the reference counts its frozen pos-embed parameter
+    total = count_params(model) + model.pos_embed.numel()  # the reference stores pos_embed as a frozen parameter
     assert abs(total - expected) / expected < 0.005
 
 
@@ -50,8 +50,8 @@ def test_dit_seeded_build_and_blob_roundtrip(params):
     a = build_dit(dit_cfg(params), (64, 4, 4), 10, seed=3)
     b = build_dit(dit_cfg(params), (64, 4, 4), 10, seed=3)
     c = build_dit(dit_cfg(params), (64, 4, 4), 10, seed=4)
-    assert torch.equal(a.y_embedder.weight, b.y_embedder.weight)
-    assert not torch.equal(a.y_embedder.weight, c.y_embedder.weight)
+    assert torch.equal(a.y_embedder.embedding_table.weight, b.y_embedder.embedding_table.weight)
+    assert not torch.equal(a.y_embedder.embedding_table.weight, c.y_embedder.embedding_table.weight)
     with torch.no_grad():
         a.final_layer.linear.weight.normal_()
     blob = to_blob(a, config=a.cfg.to_dict(), latent_shape=[64, 4, 4], num_classes=10)

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
+from timm.layers import PatchEmbed
 from torch import nn
 from torch.nn import functional as F
 
@@ -65,13 +66,24 @@ class FourierTimeEmbed(nn.Module):
 
     def __init__(self, dim: int, num_freqs: int) -> None:
         super().__init__()
-        # Stored as a frozen parameter (not a buffer) so the frequencies travel with every checkpoint.
-        self.freqs = nn.Parameter(torch.randn(num_freqs), requires_grad=False)
+        # A frozen parameter (not a buffer) so the frequencies travel with every checkpoint; named as the reference.
+        self.W = nn.Parameter(torch.randn(num_freqs), requires_grad=False)
         self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = 2 * math.pi * t.float()[:, None] * self.freqs[None]
+        angles = 2 * math.pi * t.float()[:, None] * self.W[None]
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra row, the null class of classifier-free guidance."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(y)
 
 
 class Attention(nn.Module):
@@ -113,17 +125,21 @@ class FinalLayer(nn.Module):
 
     def __init__(self, dim: int, out_dim: int) -> None:
         super().__init__()
-        self.norm = RMSNorm(dim)
+        self.norm_final = RMSNorm(dim)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.linear = nn.Linear(dim, out_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class DiTDH(nn.Module):
-    """DiT backbone (global adaLN from t and y) feeding a DDT head whose adaLN is per token."""
+    """DiT backbone (global adaLN from t and y) feeding a DDT head whose adaLN is per token.
+
+    Module names follow the reference checkpoints: `s_embedder`/`pos_embed` feed the backbone ("s" stream),
+    `x_embedder` the head, and `blocks` holds the backbone blocks followed by the head blocks.
+    """
 
     def __init__(self, cfg: DiTConfig, in_channels: int, input_size: int, num_classes: int) -> None:
         super().__init__()
@@ -134,28 +150,26 @@ class DiTDH(nn.Module):
         grid = input_size // p
 
         self.t_embedder = FourierTimeEmbed(d, cfg.fourier_features)
-        self.y_embedder = nn.Embedding(num_classes + 1, d)  # last row = null class for CFG
-        self.x_embedder = nn.Conv2d(in_channels, d, p, p)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None], persistent=False)
-        rope = Rope2D(d // cfg.num_heads, grid)
-        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.depth))
-
+        self.y_embedder = LabelEmbedder(num_classes, d)
+        self.s_embedder = PatchEmbed(input_size, p, in_channels, d, bias=True)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None])  # fixed, but saved like the reference
+        rope, head_rope = Rope2D(d // cfg.num_heads, grid), Rope2D(dh // cfg.head_num_heads, grid)
+        self.blocks = nn.ModuleList(
+            [DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.depth)]
+            + [DiTBlock(dh, cfg.head_num_heads, cfg.mlp_ratio, head_rope) for _ in range(cfg.head_depth)])
         self.s_projector = nn.Linear(d, dh) if d != dh else nn.Identity()
-        self.s_embedder = nn.Conv2d(in_channels, dh, p, p)  # the head re-reads x_t; RoPE only, no absolute pos
-        head_rope = Rope2D(dh // cfg.head_num_heads, grid)
-        self.head_blocks = nn.ModuleList(
-            DiTBlock(dh, cfg.head_num_heads, cfg.mlp_ratio, head_rope) for _ in range(cfg.head_depth))
+        self.x_embedder = PatchEmbed(input_size, p, in_channels, dh, bias=True)  # the head re-reads x_t, RoPE only
         self.final_layer = FinalLayer(dh, p * p * in_channels)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """Reference init: xavier patch embeds, N(0, std) label table, N(0, .02) time MLP, zero adaLN and output."""
-        xavier_flat_(self.x_embedder)
-        xavier_flat_(self.s_embedder)
-        nn.init.normal_(self.y_embedder.weight, std=self.cfg.label_init_std)
+        xavier_flat_(self.x_embedder.proj)
+        xavier_flat_(self.s_embedder.proj)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=self.cfg.label_init_std)
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
-        for block in (*self.blocks, *self.head_blocks, self.final_layer):
+        for block in (*self.blocks, self.final_layer):
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
@@ -174,14 +188,15 @@ class DiTDH(nn.Module):
         return x.reshape(x.shape[0], c, g * p, g * p)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        depth = self.cfg.depth
         t_emb = self.t_embedder(t)                                    # (B, D)
         c = F.silu(t_emb + self.y_embedder(self.drop_labels(y)))      # (B, D)
-        s = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
-        for block in self.blocks:
+        s = self.s_embedder(x) + self.pos_embed                       # (B, N, D)
+        for block in self.blocks[:depth]:
             s = block(s, c)
         s = self.s_projector(F.silu(t_emb[:, None] + s))              # (B, N, Dh): per-token head condition
-        h = self.s_embedder(x).flatten(2).transpose(1, 2)             # (B, N, Dh)
-        for block in self.head_blocks:
+        h = self.x_embedder(x)                                        # (B, N, Dh)
+        for block in self.blocks[depth:]:
             h = block(h, s)
         return self.unpatchify(self.final_layer(h, s))                # (B, C, H, W)
 

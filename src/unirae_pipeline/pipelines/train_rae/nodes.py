@@ -72,6 +72,7 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, c
                "recon_fd": frechet_distance(feature_stats(features), reference_stats),
                "recon_accuracy": float((preds == labels).float().mean())}
     log.info("decoder on val: %s", metrics)
-    real = images[:16].float() / 255
-    rows = torch.cat([real[:8], recon[:8], real[8:], recon[8:16]])  # a row of originals above its reconstructions
+    pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over val, which is ordered by class
+    real, fake = images[pick].float() / 255, recon[pick]
+    rows = torch.cat([real[:8], fake[:8], real[8:], fake[8:]])  # a row of originals above its reconstructions
     return metrics, image_grid(to_uint8_nhwc(rows), ncol=8)

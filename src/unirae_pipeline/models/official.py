@@ -1,0 +1,169 @@
+"""Converters for the released RAE checkpoints (bytetriper/RAE): DiT-DH, ViT decoders, latent statistics.
+
+Each function takes an already loaded state dict (use `read_checkpoint`, which never unpickles code) and the
+official config's keyword arguments, checks every key, and returns our module with identical outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .decoder import DecoderConfig, ViTDecoder
+from .dit import DiTConfig, DiTDH
+from .layers import Rope2D
+
+_WRAPPERS = ("module.", "_orig_mod.")  # DDP and torch.compile prefixes
+
+
+def read_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("ema", "model", "state_dict")) -> dict[str, Any]:
+    """Load a .pt/.pth (weights only) or .safetensors file; return the first of `prefer` found, else the dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    for key in prefer:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            return obj[key]
+    return obj
+
+
+def _strip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state_dict.items():
+        for prefix in _WRAPPERS:
+            key = key.removeprefix(prefix)
+        out[key] = value
+    return out
+
+
+def _pair(value: Any, name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return int(value[0]), int(value[1])
+    raise ValueError(f"official {name} must be an int or a [backbone, head] pair, got {value!r}")
+
+
+def _load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unknown = sorted(set(state_dict) - set(expected))
+    if missing or unknown:
+        raise KeyError(f"{what}: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                       f"unknown keys {unknown[:8]}{'...' if len(unknown) > 8 else ''}")
+    wrong = [k for k, v in state_dict.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{what}: shape mismatch for {[(k, tuple(state_dict[k].shape)) for k in wrong[:8]]}")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def _check_table(name: str, given: torch.Tensor, ours: torch.Tensor) -> None:
+    if given.shape != ours.shape or not torch.allclose(given.float(), ours.float(), atol=1e-5):
+        raise ValueError(f"{name} in the checkpoint differs from the fixed table this configuration implies")
+
+
+def load_official_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, patch_size: Any = 1,
+                      in_channels: int = 768, hidden_size: Any = (1152, 2048), depth: Any = (28, 2),
+                      num_heads: Any = (16, 16), mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
+                      num_classes: int = 1000, use_qknorm: bool = False, use_swiglu: bool = True,
+                      use_rope: bool = True, use_rmsnorm: bool = True, wo_shift: bool = False,
+                      use_pos_embed: bool = True) -> DiTDH:
+    """Our DiT-DH from an official `DiTwDDTHead` state dict; keyword names and defaults are the official config's."""
+    unsupported = {"use_qknorm": (use_qknorm, False), "use_swiglu": (use_swiglu, True), "use_rope": (use_rope, True),
+                   "use_rmsnorm": (use_rmsnorm, True), "wo_shift": (wo_shift, False),
+                   "use_pos_embed": (use_pos_embed, True)}
+    for key, (value, released) in unsupported.items():
+        if bool(value) != released:
+            raise ValueError(f"official DiT-DH with {key}={value} is not supported (released models: {released})")
+    if _pair(patch_size, "patch_size") != (1, 1):
+        raise ValueError(f"official DiT-DH patch_size {patch_size!r} is not supported (the released models use 1)")
+    if class_dropout_prob <= 0:
+        raise ValueError("official DiT-DH with class_dropout_prob=0 has no null-class row; not supported")
+    state = _strip(state_dict)
+    (d, dh), (depth_s, depth_h), (heads_s, heads_h) = (_pair(hidden_size, "hidden_size"), _pair(depth, "depth"),
+                                                        _pair(num_heads, "num_heads"))
+    if "t_embedder.W" not in state:
+        raise KeyError("official DiT-DH state dict has no 't_embedder.W' (is this a DiT-DH checkpoint?)")
+    cfg = DiTConfig(hidden_size=d, depth=depth_s, num_heads=heads_s, head_hidden_size=dh, head_depth=depth_h,
+                    head_num_heads=heads_h, mlp_ratio=mlp_ratio, patch_size=1, class_dropout_prob=class_dropout_prob,
+                    label_init_std=0.02, fourier_features=state["t_embedder.W"].shape[0])
+    model = DiTDH(cfg, in_channels, input_size, num_classes)
+    # RoPE tables are recomputed by our model; check that the checkpoint's agree, then drop them.
+    ropes = {"enc_feat_rope": Rope2D(d // heads_s, input_size), "dec_feat_rope": Rope2D(dh // heads_h, input_size)}
+    for name, rope in ropes.items():
+        for part, ours in (("freqs_cos", rope.cos), ("freqs_sin", rope.sin)):
+            if f"{name}.{part}" in state:
+                _check_table(f"{name}.{part}", state.pop(f"{name}.{part}"), ours)
+    _check_table("pos_embed", state.get("pos_embed", model.pos_embed), model.pos_embed)
+    _load_strict(model, state, "official DiT-DH")
+    return model.eval()
+
+
+def _decoder_key(key: str) -> str | None:
+    """Official (HF ViTMAE-style) decoder key -> ours; None for the q/k/v parts fused separately."""
+    fixed = {"trainable_cls_token": "cls_token", "decoder_norm.weight": "norm.weight", "decoder_norm.bias": "norm.bias"}
+    if key in fixed:
+        return fixed[key]
+    if not key.startswith("decoder_layers."):
+        return key
+    _, index, rest = key.split(".", 2)
+    mapping = {"layernorm_before": "norm1", "layernorm_after": "norm2", "attention.output.dense": "attn.proj",
+               "intermediate.dense": "mlp.fc1", "output.dense": "mlp.fc2"}
+    for src, dst in mapping.items():
+        if rest.startswith(src + "."):
+            return f"blocks.{index}.{dst}.{rest[len(src) + 1:]}"
+    if rest.startswith("attention.attention."):
+        return None
+    return key
+
+
+def load_official_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int, depth: int, num_heads: int,
+                          mlp_dim: int, patch_size: int, latent_dim: int, num_patches: int) -> ViTDecoder:
+    """Our ViT decoder from an official `GeneralDecoder` state dict (e.g. the released ViT-XL `model.pt`).
+
+    The result maps raw encoder latents (B, latent_dim, h, w) to images, with the official de-normalization.
+    """
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise ValueError(f"num_patches {num_patches} is not a square grid")
+    cfg = DecoderConfig(hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
+                        patch_size=patch_size, noise_tau=0.0, noise_dist="uniform")
+    model = ViTDecoder(cfg, latent_dim, grid)
+    state = _strip(state_dict)
+    if "decoder_pos_embed" in state:
+        _check_table("decoder_pos_embed", state.pop("decoder_pos_embed"), model.pos_embed)
+    converted = {}
+    for key, value in state.items():
+        new = _decoder_key(key)
+        if new is not None:
+            converted[new] = value
+    for i in range(depth):
+        parts = [f"decoder_layers.{i}.attention.attention.{p}" for p in ("query", "key", "value")]
+        for suffix in ("weight", "bias"):
+            names = [f"{p}.{suffix}" for p in parts]
+            if all(n in state for n in names):
+                converted[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat([state[n] for n in names])
+    _load_strict(model, converted, "official decoder")
+    return model.eval()
+
+
+def load_official_stats(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """{'mean', 'var'} of the full latent shape from an official `stat.pt` dict; a missing mean (the released
+    DINOv2-B statistics are variance only) becomes zeros, as the reference treats it."""
+    var = obj.get("var")
+    if not isinstance(var, torch.Tensor):
+        raise KeyError("official latent statistics need a 'var' tensor")
+    mean = obj.get("mean")
+    if mean is None:
+        mean = torch.zeros_like(var)
+    if mean.shape != var.shape:
+        raise ValueError(f"official statistics: mean {tuple(mean.shape)} and var {tuple(var.shape)} differ")
+    return {"mean": mean.float(), "var": var.float()}
