@@ -12,6 +12,7 @@ from unirae_pipeline.diffusion import (
     TransportConfig,
     flow_matching_loss,
     guided_velocity,
+    integrate,
     sample_ode,
     sample_time,
     shift_factor,
@@ -99,6 +100,68 @@ def test_cfg_combines_on_the_interval_only():
 
 def test_sampler_config_errors_name_the_key():
     with pytest.raises(ValueError, match="sample.method"):
-        SamplerConfig("rk4", 50, 1.0, 0.0, 1.0)
+        SamplerConfig("rk4", 50, 1.0, 0.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="cfg_t_min"):
-        SamplerConfig("euler", 50, 1.0, 0.8, 0.2)
+        SamplerConfig("euler", 50, 1.0, 0.8, 0.2, 1.0)
+
+
+def gaussian_velocity(mu: float, s: float):
+    """Exact flow-matching velocity for 1-D data N(mu, s^2) on x_t = (1 - t) x0 + t eps."""
+
+    def velocity(x, t, y):
+        t = t[:, None]
+        var = (1 - t) ** 2 * s ** 2 + t ** 2
+        centred = x - (1 - t) * mu
+        x0 = mu + (1 - t) * s ** 2 / var * centred
+        eps = t / var * centred
+        return eps - x0
+
+    return velocity
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "euler_maruyama"])
+def test_samplers_reach_the_data_distribution(method):
+    mu, s = 2.0, 0.5
+    cfg = SamplerConfig(method, 101, 1.0, 0.0, 1.0, 1.0)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(20000, 1, generator=generator, dtype=torch.float64)
+    grid = time_grid(cfg.num_steps, 1.0)
+    out = integrate(gaussian_velocity(mu, s), noise, None, grid, cfg, generator)
+    assert abs(out.mean() - mu) < 0.02 and abs(out.std() - s) < 0.02
+
+
+def test_sde_differs_from_ode_only_by_noise():
+    cfg = SamplerConfig("euler_maruyama", 21, 1.0, 0.0, 1.0, 0.0)  # zero diffusion: exactly the Euler ODE
+    noise, grid, v = torch.randn(5, 1), time_grid(21, 1.0).float(), gaussian_velocity(0.0, 1.0)
+    assert torch.allclose(integrate(v, noise, None, grid, cfg), sample_ode(v, noise, None, grid, "euler"))
+
+
+def test_autoguidance_extrapolates_from_the_guide():
+    from unirae_pipeline.diffusion import autoguided_velocity
+
+    main = lambda x, t, y: torch.ones_like(x)  # noqa: E731
+    guide = lambda x, t, y: torch.zeros_like(x)  # noqa: E731
+    v = autoguided_velocity(main, guide, scale=1.42, t_min=0.0, t_max=0.5)
+    x = torch.zeros(2, 3)
+    assert torch.allclose(v(x, torch.full((2,), 0.3), None), torch.full((2, 3), 1.42))
+    assert torch.allclose(v(x, torch.full((2,), 0.8), None), torch.ones(2, 3))  # outside the interval: main only
+    assert autoguided_velocity(main, guide, 1.0, 0.0, 1.0) is main
+
+
+def test_bf16_autocast_sampling_matches_fp32(params):
+    from unirae_pipeline.models import DiTConfig, build_dit
+    from unirae_pipeline.params import build
+
+    model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 10, seed=0).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.02)  # leave the zero init, so the velocity is not trivially 0
+    v = guided_velocity(lambda x, t, y: model(x, t, y).float(), 10, 2.0, 0.0, 1.0)
+    noise, y, grid = torch.randn(4, 64, 4, 4), torch.arange(4), time_grid(6, 0.5).float()
+    fp32 = sample_ode(v, noise, y, grid, "euler")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = sample_ode(v, noise, y, grid, "euler")
+    assert bf16.dtype == torch.float32 and torch.isfinite(bf16).all()
+    assert (bf16 - fp32).abs().max() / fp32.abs().max() < 0.05
+    assert not torch.equal(bf16, fp32)  # autocast really ran in bf16

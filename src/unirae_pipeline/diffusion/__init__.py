@@ -1,7 +1,7 @@
 """Pure torch flow matching: time shift, time distributions, samplers and guidance."""
 
-from .sampling import SamplerConfig, guided_velocity, sample_ode, time_grid
+from .sampling import SamplerConfig, autoguided_velocity, guided_velocity, integrate, sample_ode, sample_sde, time_grid
 from .transport import TransportConfig, flow_matching_loss, sample_time, shift_factor, shift_time
 
-__all__ = ["SamplerConfig", "TransportConfig", "flow_matching_loss", "guided_velocity", "sample_ode",
-           "sample_time", "shift_factor", "shift_time", "time_grid"]
+__all__ = ["SamplerConfig", "TransportConfig", "autoguided_velocity", "flow_matching_loss", "guided_velocity",
+           "integrate", "sample_ode", "sample_sde", "sample_time", "shift_factor", "shift_time", "time_grid"]

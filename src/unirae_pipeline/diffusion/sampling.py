@@ -12,17 +12,24 @@ from .transport import T_MAX, VelocityFn, shift_time
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """`num_steps` grid points (the reference's 50 points = 49 Euler steps); guidance on t in [t_min, t_max]."""
+    """`num_steps` grid points (the reference's 50 points = 49 Euler steps); guidance on t in [t_min, t_max].
 
-    method: Literal["euler", "heun"]
+    `euler`/`heun` integrate the probability-flow ODE; `euler_maruyama` the reverse SDE with diffusion
+    w(t) = sde_norm * t (vanishing at the data end), its last step without noise.
+    """
+
+    method: Literal["euler", "heun", "euler_maruyama"]
     num_steps: int
     cfg_scale: float
     cfg_t_min: float
     cfg_t_max: float
+    sde_norm: float
 
     def __post_init__(self) -> None:
-        if self.method not in ("euler", "heun"):
-            raise ValueError(f"sample.method must be 'euler' or 'heun', got {self.method!r}")
+        if self.method not in ("euler", "heun", "euler_maruyama"):
+            raise ValueError(f"sample.method must be 'euler', 'heun' or 'euler_maruyama', got {self.method!r}")
+        if self.sde_norm < 0:
+            raise ValueError(f"sample.sde_norm must be >= 0, got {self.sde_norm}")
         if self.num_steps < 2:
             raise ValueError(f"sample.num_steps must be >= 2 (grid points), got {self.num_steps}")
         if not 0 <= self.cfg_t_min <= self.cfg_t_max <= 1:
@@ -40,14 +47,35 @@ def guided_velocity(model: VelocityFn, null_label: int, scale: float, t_min: flo
         return model
 
     def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        inside = bool(((t >= t_min) & (t <= t_max)).all())
-        if not inside:
+        if not _inside(t, t_min, t_max):
             return model(x, t, y)
         both = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
         cond, uncond = both.chunk(2)
         return uncond + scale * (cond - uncond)
 
     return velocity
+
+
+def autoguided_velocity(model: VelocityFn, guide: VelocityFn, scale: float, t_min: float,
+                        t_max: float) -> VelocityFn:
+    """AutoGuidance (Karras et al. 2024): v = v_g + w (v_main - v_g), the guide a smaller, under-trained model
+    conditioned on the same labels; one forward of each model, no doubled batch."""
+    if scale == 1.0:
+        return model
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        main = model(x, t, y)
+        if not _inside(t, t_min, t_max):
+            return main
+        weak = guide(x, t, y)
+        return weak + scale * (main - weak)
+
+    return velocity
+
+
+def _inside(t: torch.Tensor, t_min: float, t_max: float) -> bool:
+    """Whether the (shared) time of a batch lies in the guidance interval, inclusive as the reference."""
+    return bool(((t >= t_min) & (t <= t_max)).all())
 
 
 @torch.no_grad()
@@ -64,3 +92,33 @@ def sample_ode(velocity: VelocityFn, noise: torch.Tensor, y: torch.Tensor, grid:
             x_next = x + (t_next - t_cur) * 0.5 * (v + v_next)
         x = x_next
     return x
+
+
+@torch.no_grad()
+def sample_sde(velocity: VelocityFn, noise: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, norm: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Euler-Maruyama on the reverse SDE dx = [v - w/2 score] dt + sqrt(w) dW with w(t) = norm * t.
+
+    On the linear path eps = x_t + (1 - t) v, so score = -(x_t + (1 - t) v) / t; w * score stays finite as t -> 0.
+    Any w gives the same marginals as the ODE; the noise corrects integration error. The last step adds none.
+    """
+    x = noise
+    steps = list(zip(grid[:-1].tolist(), grid[1:].tolist()))
+    for i, (t_cur, t_next) in enumerate(steps):
+        t = torch.full((x.shape[0],), t_cur, device=x.device, dtype=x.dtype)
+        v = velocity(x, t, y)
+        w_score = -norm * (x + (1 - t_cur) * v)  # w(t) * score, the 1/t cancelled
+        dt = t_next - t_cur  # negative: from noise towards data
+        x = x + (v - 0.5 * w_score) * dt
+        if i < len(steps) - 1:
+            x = x + (norm * t_cur * -dt) ** 0.5 * torch.randn(x.shape, generator=generator, device=x.device,
+                                                              dtype=x.dtype)
+    return x
+
+
+def integrate(velocity: VelocityFn, noise: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, cfg: SamplerConfig,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Run the configured sampler over `grid`."""
+    if cfg.method == "euler_maruyama":
+        return sample_sde(velocity, noise, y, grid, cfg.sde_norm, generator)
+    return sample_ode(velocity, noise, y, grid, cfg.method)

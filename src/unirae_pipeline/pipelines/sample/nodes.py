@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ...data.latents import denormalize
-from ...diffusion import SamplerConfig, TransportConfig, guided_velocity, sample_ode, shift_factor, time_grid
+from ...diffusion import SamplerConfig, TransportConfig, guided_velocity, integrate, shift_factor, time_grid
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints
@@ -39,8 +39,9 @@ def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, 
     grid = time_grid(sampler.num_steps, shift).float()
     out = []
     for i, y in enumerate(labels.split(batch_size)):
-        noise = torch.randn((len(y), *model_shape(model)), generator=torch.Generator().manual_seed(seed + i))
-        z = sample_ode(velocity, noise, y, grid, sampler.method)
+        generator = torch.Generator().manual_seed(seed + i)
+        noise = torch.randn((len(y), *model_shape(model)), generator=generator)
+        z = integrate(velocity, noise, y, grid, sampler, generator)
         out.append(to_uint8_nhwc(decoder(denormalize(z, stats["mean"], stats["var"]))))
     return np.concatenate(out)
 
