@@ -20,6 +20,8 @@ from unirae_pipeline.models.layers import Rope2D, count_params, sincos_pos_embed
 from unirae_pipeline.models.serialization import to_blob
 from unirae_pipeline.params import build
 
+from .conftest import ROOT
+
 
 def dit_cfg(params: dict, **over) -> DiTConfig:
     return build(DiTConfig, {**params["dit"], **over}, "dit")
@@ -29,7 +31,7 @@ def dit_cfg(params: dict, **over) -> DiTConfig:
 def test_dit_dh_parameter_counts_match_reference(size, expected):
     from unirae_pipeline.compose import compose_params
 
-    cfg = build(DiTConfig, compose_params([f"dit={size}"])["dit"], "dit")
+    cfg = build(DiTConfig, compose_params([f"dit={size}"], conf_dir=ROOT / "conf")["dit"], "dit")
     with torch.device("meta"):
         model = DiTDH(cfg, in_channels=768, input_size=16, num_classes=1000)
     total = count_params(model) + model.pos_embed.numel()  # the reference stores pos_embed as a frozen parameter
@@ -169,3 +171,28 @@ def test_decoder_noise_sigma_distributions(params):
         noise = ViTDecoder(cfg, 64, 4).add_noise(z.expand(4000, 64, 1, 1).contiguous())
         sigma = noise.std(dim=1).flatten()
         assert abs(sigma.mean() - expected_mean) < 0.05
+
+
+def test_lightning_dit_option(params):
+    from unirae_pipeline.models.dit import LightningDiT
+
+    cfg = dit_cfg(params, head_depth=0)
+    model = build_dit(cfg, (64, 4, 4), 10, seed=0)
+    assert isinstance(model, LightningDiT) and not hasattr(model, "s_projector")
+    x = torch.randn(2, 64, 4, 4)
+    assert torch.count_nonzero(model(x, torch.rand(2), torch.tensor([1, 10]))) == 0  # zero-init output
+    with torch.no_grad():
+        model.final_layer.linear.weight.normal_()
+    blob = to_blob(model, config=cfg.to_dict(), latent_shape=[64, 4, 4], num_classes=10)
+    assert isinstance(dit_from_blob(blob), LightningDiT)
+    assert torch.allclose(dit_from_blob(blob)(x, torch.rand(2) * 0 + 0.5, torch.tensor([1, 2])),
+                          model.eval()(x, torch.full((2,), 0.5), torch.tensor([1, 2])))
+
+
+def test_lightning_dit_xl_parameter_count():
+    from unirae_pipeline.compose import compose_params
+
+    cfg = build(DiTConfig, {**compose_params(["dit=XL"], conf_dir=ROOT / "conf")["dit"], "head_depth": 0}, "dit")
+    with torch.device("meta"):
+        model = build_dit(cfg, (768, 16, 16), 1000, seed=0)
+    assert abs(count_params(model) + model.pos_embed.numel() - 677.2e6) / 677.2e6 < 0.005

@@ -93,3 +93,26 @@ def test_read_checkpoint_prefers_ema_and_rejects_missing_files(tmp_path):
     assert torch.equal(read_checkpoint(tmp_path / "ckpt.pt")["w"], torch.ones(1))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_sampling_with_official_checkpoints_through_the_catalog(official, tmp_path):
+    """The official-weights profile: catalog entries of type OfficialModelDataset feed the sample node."""
+    from unirae_pipeline.io.datasets import OfficialModelDataset
+    from unirae_pipeline.pipelines.sample.nodes import sample
+
+    _, meta, dit_state, decoder_state = official
+    torch.save({"ema": dit_state, "model": {}}, tmp_path / "dit.pt")
+    torch.save(decoder_state, tmp_path / "decoder.pt")
+    torch.save({"mean": None, "var": torch.rand(32, 4, 4) + 0.5}, tmp_path / "stat.pt")
+    dit = OfficialModelDataset(filepath=str(tmp_path / "dit.pt"), kind="dit", params=meta["dit"]).load()
+    decoder = OfficialModelDataset(filepath=str(tmp_path / "decoder.pt"), kind="decoder", params=meta["decoder"]).load()
+    stats = OfficialModelDataset(filepath=str(tmp_path / "stat.pt"), kind="stats").load()
+    params = {"num_per_class": 2, "batch_size": 8, "grid_per_class": 2, "device": "cpu", "precision": "bf16",
+              "untrained_baseline": False, "sampler": {"method": "euler", "num_steps": 4, "cfg_scale": 1.5, "cfg_t_min": 0.0, "cfg_t_max": 1.0,
+                          "sde_norm": 1.0}}
+    diffusion = {"time_dist": "uniform", "shift_base": 4096, "logit_mean": 0.0, "logit_std": 1.0}
+    samples, baseline, grid = sample(dit, decoder, stats, params, diffusion, seed=0)
+    assert samples["images"].shape == (20, 16, 16, 3) and sorted(set(samples["labels"].tolist())) == list(range(10))
+    assert len(baseline["images"]) == 0  # no untrained twin of a large model unless asked for
+    with pytest.raises(Exception, match="does not overwrite"):
+        OfficialModelDataset(filepath=str(tmp_path / "dit.pt"), kind="dit").save(dit)

@@ -6,17 +6,18 @@ from typing import Any
 
 from .data.images import DataConfig
 from .data.latents import CacheConfig
-from .diffusion import SamplerConfig, TransportConfig
+from .diffusion import TransportConfig
 from .evaluation.classifier import ClassifierConfig
 from .models import DecoderConfig, DiTConfig, EncoderConfig
 from .params import build
+from .pipelines.sample.nodes import SampleConfig
 from .training.fit import TrainerConfig
 from .training.optim import OptimConfig
 
 # params.yaml group -> the dataclass that validates it
 GROUPS: dict[str, type] = {
     "data": DataConfig, "latents": CacheConfig, "encoder": EncoderConfig, "decoder": DecoderConfig, "dit": DiTConfig,
-    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample.sampler": SamplerConfig,
+    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig,
     "train_rae": OptimConfig, "train_dit": OptimConfig, "fid.classifier": ClassifierConfig, "fid.train": OptimConfig,
 }
 

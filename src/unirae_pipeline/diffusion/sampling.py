@@ -111,8 +111,8 @@ def sample_sde(velocity: VelocityFn, noise: torch.Tensor, y: torch.Tensor, grid:
         dt = t_next - t_cur  # negative: from noise towards data
         x = x + (v - 0.5 * w_score) * dt
         if i < len(steps) - 1:
-            x = x + (norm * t_cur * -dt) ** 0.5 * torch.randn(x.shape, generator=generator, device=x.device,
-                                                              dtype=x.dtype)
+            # drawn on the CPU generator, so a seed gives the same noise on every device
+            x = x + (norm * t_cur * -dt) ** 0.5 * torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     return x
 
 

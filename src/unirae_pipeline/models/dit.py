@@ -47,9 +47,11 @@ class DiTConfig:
     def __post_init__(self) -> None:
         check_heads("dit.hidden_size / dit.num_heads", self.hidden_size, self.num_heads)
         check_heads("dit.head_hidden_size / dit.head_num_heads", self.head_hidden_size, self.head_num_heads)
-        for name in ("depth", "head_depth", "patch_size", "fourier_features"):
+        for name in ("depth", "patch_size", "fourier_features"):
             if getattr(self, name) < 1:
                 raise ValueError(f"dit.{name} must be >= 1, got {getattr(self, name)}")
+        if self.head_depth < 0:
+            raise ValueError(f"dit.head_depth must be >= 0 (0 = plain LightningDiT), got {self.head_depth}")
         for name, width, heads in (("dit", self.hidden_size, self.num_heads),
                                    ("dit.head", self.head_hidden_size, self.head_num_heads)):
             if (width // heads) % 4:
@@ -201,12 +203,56 @@ class DiTDH(nn.Module):
         return self.unpatchify(self.final_layer(h, s))                # (B, C, H, W)
 
 
+class LightningDiT(DiTDH):
+    """Plain LightningDiT (RAE paper section 3), selected by `dit.head_depth: 0`: one stream, c = t_emb + y_emb
+    without the extra SiLU, a per-sample final layer, xavier-initialised Linears. Same block ingredients."""
+
+    def __init__(self, cfg: DiTConfig, in_channels: int, input_size: int, num_classes: int) -> None:
+        nn.Module.__init__(self)
+        if input_size % cfg.patch_size:
+            raise ValueError(f"dit.patch_size {cfg.patch_size} does not divide the latent size {input_size}")
+        self.cfg, self.in_channels, self.input_size, self.num_classes = cfg, in_channels, input_size, num_classes
+        p, d, grid = cfg.patch_size, cfg.hidden_size, input_size // cfg.patch_size
+        self.x_embedder = PatchEmbed(input_size, p, in_channels, d, bias=True)
+        self.t_embedder = FourierTimeEmbed(d, cfg.fourier_features)
+        self.y_embedder = LabelEmbedder(num_classes, d)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None])
+        rope = Rope2D(d // cfg.num_heads, grid)
+        self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.depth))
+        self.final_layer = FinalLayer(d, p * p * in_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        xavier_flat_(self.x_embedder.proj)
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=self.cfg.label_init_std)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in (*self.blocks, self.final_layer):
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        c = self.t_embedder(t) + self.y_embedder(self.drop_labels(y))  # (B, D)
+        h = self.x_embedder(x) + self.pos_embed                         # (B, N, D)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.unpatchify(self.final_layer(h, c))
+
+
 def build_dit(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int, seed: int) -> DiTDH:
-    """Seeded construction, so training and the untrained baseline of `sample` start from the same weights."""
+    """Seeded construction, so training and the untrained baseline of `sample` start from the same weights.
+
+    `dit.head_depth: 0` builds the plain LightningDiT baseline, anything else DiT-DH."""
     channels, size, _ = latent_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return DiTDH(cfg, channels, size, num_classes)
+        return (LightningDiT if cfg.head_depth == 0 else DiTDH)(cfg, channels, size, num_classes)
 
 
 def dit_from_blob(blob: Blob) -> DiTDH:

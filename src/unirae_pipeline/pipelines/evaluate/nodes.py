@@ -25,8 +25,10 @@ def evaluate(samples: dict[str, np.ndarray], samples_untrained: dict[str, np.nda
              reference_stats: dict[str, np.ndarray]) -> dict:
     model = classifier_from_blob(classifier)
     accuracy, fd = _score(samples, model, reference_stats)
-    accuracy_untrained, fd_untrained = _score(samples_untrained, model, reference_stats)
-    metrics = {"class_accuracy": accuracy, "fd": fd, "class_accuracy_untrained": accuracy_untrained,
-               "fd_untrained": fd_untrained, "fd_ratio": fd / fd_untrained, "num_samples": len(samples["labels"])}
+    metrics = {"class_accuracy": accuracy, "fd": fd, "num_samples": len(samples["labels"])}
+    if len(samples_untrained["labels"]):  # absent when sample.untrained_baseline is off
+        accuracy_untrained, fd_untrained = _score(samples_untrained, model, reference_stats)
+        metrics.update(class_accuracy_untrained=accuracy_untrained, fd_untrained=fd_untrained,
+                       fd_ratio=fd / fd_untrained)
     log.info("evaluation: %s", metrics)
     return metrics
