@@ -196,3 +196,28 @@ def test_lightning_dit_xl_parameter_count():
     with torch.device("meta"):
         model = build_dit(cfg, (768, 16, 16), 1000, seed=0)
     assert abs(count_params(model) + model.pos_embed.numel() - 677.2e6) / 677.2e6 < 0.005
+
+
+@pytest.mark.parametrize("size", [32, 24])
+def test_encoder_matches_the_reference_hf_dinov2(params, tmp_path, size):
+    """A HF Dinov2WithRegistersModel (the reference RAE encoder) file loads into our timm encoder with equal
+    outputs, at its native grid and through the position-embedding interpolation (tests/fixtures)."""
+    import json
+    from pathlib import Path
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(Path(__file__).parent / "fixtures" / "hf_dinov2_tiny.safetensors"), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        hf = json.loads(f.metadata()["config"])
+    save_file({k[3:]: v for k, v in tensors.items() if k.startswith("hf.")}, str(tmp_path / "hf.safetensors"))
+    overrides = {"patch_size": hf["patch_size"], "embed_dim": hf["hidden_size"], "depth": hf["num_hidden_layers"],
+                 "num_heads": hf["num_attention_heads"]}
+    cfg = EncoderConfig(params["encoder"]["model"], str(tmp_path / "hf.safetensors"), size, overrides)
+    enc = FrozenEncoder(cfg, seed=0)
+    # Our encoder takes [0, 1] images and normalizes them; the fixture fed normalized pixels to HF directly.
+    images = tensors[f"images_{size}"] * enc.std + enc.mean
+    ours = enc(images).flatten(2).transpose(1, 2)
+    ref = tensors[f"tokens_{size}"]
+    assert (ours - ref).abs().max() / ref.abs().max() < 1e-5

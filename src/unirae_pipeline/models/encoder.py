@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.nn import functional as F
 
@@ -56,7 +58,16 @@ class FrozenEncoder(nn.Module):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", num_classes=0, **kwargs)
         if cfg.weights not in ("none", "hub"):
-            vit.load_state_dict(_load_weights(Path(cfg.weights)), strict=True)
+            state = _load_weights(Path(cfg.weights))
+            if any(k.startswith("embeddings.") for k in state):
+                state = hf_dinov2_to_timm(state)
+            expected = set(vit.state_dict())
+            missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+            if missing or unknown:
+                raise KeyError(f"encoder.weights {cfg.weights!r}: missing keys {missing[:6]}, "
+                               f"unknown keys {unknown[:6]}")
+            state["pos_embed"] = _resample_positions(state["pos_embed"], vit.pos_embed.shape[1])
+            vit.load_state_dict(state, strict=True)
         # Affine-free final norm: every token is standardized over its channels, nothing learned on top.
         vit.norm = nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps, elementwise_affine=False)
         self.vit = vit.eval().requires_grad_(False)
@@ -89,6 +100,54 @@ class FrozenEncoder(nn.Module):
         tokens = self.vit.forward_features((images - self.mean) / self.std)[:, self.num_prefix_tokens:]
         b, n, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
+
+
+def _resample_positions(pos_embed: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Patch position table resized to this input size: bicubic with antialiasing, in fp32, as HF DINOv2 does."""
+    if pos_embed.shape[1] == num_patches:
+        return pos_embed
+    old, new = math.isqrt(pos_embed.shape[1]), math.isqrt(num_patches)
+    return resample_abs_pos_embed(pos_embed.float(), new_size=(new, new), old_size=(old, old), num_prefix_tokens=0,
+                                  interpolation="bicubic", antialias=True).to(pos_embed.dtype)
+
+
+_HF_LAYER = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+             "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
+             "attention.o_proj": "attn.proj", "attention.output.dense": "attn.proj"}
+_HF_QKV = (("attention.q_proj", "attention.k_proj", "attention.v_proj"),  # transformers >= 5
+           ("attention.attention.query", "attention.attention.key", "attention.attention.value"))  # 4.x, the hub files
+
+
+def hf_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A Hugging Face `Dinov2WithRegistersModel` state dict (the reference RAE encoder) in timm's layout.
+
+    The CLS position embedding is folded into the CLS token (timm's DINOv2 adds positions to patches only);
+    q/k/v are fused. Unknown keys are kept, so that the caller's strict check names them.
+    """
+    state = dict(state)
+    out = {}
+    pos = state.pop("embeddings.position_embeddings")
+    out["cls_token"] = state.pop("embeddings.cls_token") + pos[:, :1]
+    out["pos_embed"] = pos[:, 1:]
+    out["reg_token"] = state.pop("embeddings.register_tokens")
+    out["patch_embed.proj.weight"] = state.pop("embeddings.patch_embeddings.projection.weight")
+    out["patch_embed.proj.bias"] = state.pop("embeddings.patch_embeddings.projection.bias")
+    state.pop("embeddings.mask_token", None)
+    out["norm.weight"], out["norm.bias"] = state.pop("layernorm.weight"), state.pop("layernorm.bias")
+    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layer.")})
+    for i in layers:
+        prefix = f"encoder.layer.{i}."
+        for names in _HF_QKV:
+            if f"{prefix}{names[0]}.weight" in state:
+                for suffix in ("weight", "bias"):
+                    parts = [state.pop(f"{prefix}{n}.{suffix}") for n in names]
+                    out[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat(parts)
+        for key in [k for k in state if k.startswith(prefix)]:
+            rest = key[len(prefix):]
+            for src, dst in _HF_LAYER.items():
+                if rest == src or rest.startswith(src + "."):
+                    out[f"blocks.{i}.{dst}{rest[len(src):]}"] = state.pop(key)
+    return {**out, **state}
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
