@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
@@ -102,4 +103,20 @@ def test_sample_refuses_artefacts_of_another_encoder(chain):
     tensors, meta = outputs["decoder"]
     forged = (tensors, {**meta, "fingerprint": '"0000000000000000"'})
     with pytest.raises(ValueError, match="fingerprints differ"):
-        sample_node(outputs["dit"], forged, outputs["latent_stats"], params["sample"], params["diffusion"], 0)
+        sample_node(outputs["dit"], outputs["dit_guide"], forged, outputs["latent_stats"], params["sample"],
+                    params["diffusion"], 0)
+
+
+def test_autoguidance_uses_the_guide_snapshot(chain):
+    from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
+
+    params, _, outputs = chain
+    guide_meta = outputs["dit_guide"][1]
+    assert guide_meta["step"] == str(params["train_dit"]["guide_step"])
+    assert not all(torch.equal(outputs["dit"][0][k], outputs["dit_guide"][0][k]) for k in outputs["dit"][0])
+    sample_params = {**params["sample"], "untrained_baseline": False,
+                     "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
+    guided, _, _ = sample_node(outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
+                               sample_params, params["diffusion"], 0)
+    assert guided["images"].shape == outputs["samples"]["images"].shape
+    assert not np.array_equal(guided["images"], outputs["samples"]["images"])  # the guide changed the samples

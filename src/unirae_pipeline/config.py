@@ -12,13 +12,13 @@ from .models import DecoderConfig, DiTConfig, EncoderConfig
 from .params import build
 from .pipelines.sample.nodes import SampleConfig
 from .training.fit import TrainerConfig
-from .training.optim import OptimConfig
+from .training.optim import DiTTrainConfig, OptimConfig
 
 # params.yaml group -> the dataclass that validates it
 GROUPS: dict[str, type] = {
     "data": DataConfig, "latents": CacheConfig, "encoder": EncoderConfig, "decoder": DecoderConfig, "dit": DiTConfig,
     "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig,
-    "train_rae": OptimConfig, "train_dit": OptimConfig, "fid.classifier": ClassifierConfig, "fid.train": OptimConfig,
+    "train_rae": OptimConfig, "train_dit": DiTTrainConfig, "fid.classifier": ClassifierConfig, "fid.train": OptimConfig,
 }
 
 

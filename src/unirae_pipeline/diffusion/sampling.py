@@ -12,7 +12,9 @@ from .transport import T_MAX, VelocityFn, shift_time
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """`num_steps` grid points (the reference's 50 points = 49 Euler steps); guidance on t in [t_min, t_max].
+    """`num_steps` grid points (the reference's 50 points = 49 Euler steps); `guidance` is classifier-free (`cfg`,
+    the null class as the weak model) or `autoguidance` (a smaller or less trained guide model), applied on
+    t in [guidance_t_min, guidance_t_max] with weight `guidance_scale` (1 = no guidance).
 
     `euler`/`heun` integrate the probability-flow ODE; `euler_maruyama` the reverse SDE with diffusion
     w(t) = sde_norm * t (vanishing at the data end), its last step without noise.
@@ -20,20 +22,31 @@ class SamplerConfig:
 
     method: Literal["euler", "heun", "euler_maruyama"]
     num_steps: int
-    cfg_scale: float
-    cfg_t_min: float
-    cfg_t_max: float
+    guidance: Literal["cfg", "autoguidance"]
+    guidance_scale: float
+    guidance_t_min: float
+    guidance_t_max: float
     sde_norm: float
 
     def __post_init__(self) -> None:
         if self.method not in ("euler", "heun", "euler_maruyama"):
             raise ValueError(f"sample.method must be 'euler', 'heun' or 'euler_maruyama', got {self.method!r}")
+        if self.guidance not in ("cfg", "autoguidance"):
+            raise ValueError(f"sample.guidance must be 'cfg' or 'autoguidance', got {self.guidance!r}")
         if self.sde_norm < 0:
             raise ValueError(f"sample.sde_norm must be >= 0, got {self.sde_norm}")
         if self.num_steps < 2:
             raise ValueError(f"sample.num_steps must be >= 2 (grid points), got {self.num_steps}")
-        if not 0 <= self.cfg_t_min <= self.cfg_t_max <= 1:
-            raise ValueError("sample.cfg_t_min/cfg_t_max must satisfy 0 <= t_min <= t_max <= 1")
+        if not 0 <= self.guidance_t_min <= self.guidance_t_max <= 1:
+            raise ValueError("sample.guidance_t_min/guidance_t_max must satisfy 0 <= t_min <= t_max <= 1")
+
+    def velocity(self, model: VelocityFn, null_label: int, guide: VelocityFn | None = None) -> VelocityFn:
+        """The model's velocity with the configured guidance."""
+        if self.guidance == "cfg":
+            return guided_velocity(model, null_label, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
+        if guide is None:
+            raise ValueError("sample.guidance is 'autoguidance' but no guide model was given")
+        return autoguided_velocity(model, guide, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
 
 
 def time_grid(num_steps: int, s: float) -> torch.Tensor:

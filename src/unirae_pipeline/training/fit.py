@@ -47,7 +47,19 @@ class LossHistory(L.Callback):
             self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr})
 
 
-def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: str, seed: int) -> pd.DataFrame:
+class EMASnapshot(L.Callback):
+    """A copy of the EMA weights right after optimizer step `step` (an under-trained guide for AutoGuidance)."""
+
+    def __init__(self, step: int) -> None:
+        self.step, self.state = step, None
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.state is None:
+            self.state = {k: v.detach().cpu().clone() for k, v in module.ema.module.state_dict().items()}
+
+
+def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: str, seed: int,
+        callbacks: tuple[L.Callback, ...] = ()) -> pd.DataFrame:
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning resets it to INFO on import
     L.seed_everything(seed, workers=True, verbose=False)
@@ -55,7 +67,7 @@ def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: s
     trainer = L.Trainer(
         max_steps=module.optim.steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
         num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=cfg.precision,
-        gradient_clip_val=module.optim.grad_clip or None, callbacks=[history],
+        gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks],
         logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
         enable_checkpointing=False, enable_progress_bar=cfg.progress_bar, enable_model_summary=False)
     start = time.perf_counter()

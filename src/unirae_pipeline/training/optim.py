@@ -36,6 +36,18 @@ class OptimConfig:
             raise ValueError(f"need 0 <= ema_decay < 1, lr > 0, final_lr >= 0, grad_clip >= 0: {asdict(self)}")
 
 
+@dataclass(frozen=True)
+class DiTTrainConfig(OptimConfig):
+    """`train_dit`: the recipe plus the step whose EMA weights become the AutoGuidance guide (`dit_guide`)."""
+
+    guide_step: int
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.guide_step <= self.steps:
+            raise ValueError(f"train_dit.guide_step must be in [1, steps={self.steps}], got {self.guide_step}")
+
+
 def lr_factor(cfg: OptimConfig, step: int) -> float:
     """Multiplier of cfg.lr at an optimizer step: linear warm-up, then constant/cosine/linear to final_lr."""
     if step < cfg.warmup_steps:

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from ...data.latents import denormalize
-from ...diffusion import SamplerConfig, TransportConfig, guided_velocity, integrate, shift_factor, time_grid
+from ...diffusion import SamplerConfig, TransportConfig, integrate, shift_factor, time_grid
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints
@@ -60,17 +60,23 @@ def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     return model.in_channels, model.input_size, model.input_size
 
 
+def _fp32(model: torch.nn.Module, device: torch.device):
+    """The model on `device`, its output cast to fp32 so that guidance arithmetic stays exact under autocast."""
+    model = model.eval().to(device)
+    return lambda x, t, y: model(x, t, y).float()
+
+
 @torch.no_grad()
 def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, torch.Tensor], labels: torch.Tensor,
-             cfg: SampleConfig, shift: float, seed: int) -> np.ndarray:
-    """Noise -> latents (ODE/SDE, CFG) -> raw latents -> images, uint8 NHWC; each batch seeded by its position,
+             cfg: SampleConfig, sampler: SamplerConfig, shift: float, seed: int,
+             guide: torch.nn.Module | None = None) -> np.ndarray:
+    """Noise -> latents (ODE/SDE, guided) -> raw latents -> images, uint8 NHWC; each batch seeded by its position,
     with its noise drawn on the CPU so that a seed gives the same samples on every device."""
     device = cfg.torch_device()
-    sampler = build(SamplerConfig, cfg.sampler, "sample.sampler")
-    model, decoder = model.eval().to(device), decoder.eval().to(device)
+    decoder = decoder.eval().to(device)
     mean, var = stats["mean"].to(device), stats["var"].to(device)
-    net = lambda x, t, y: model(x, t, y).float()  # noqa: E731  guidance arithmetic in fp32 under autocast
-    velocity = guided_velocity(net, model.num_classes, sampler.cfg_scale, sampler.cfg_t_min, sampler.cfg_t_max)
+    velocity = sampler.velocity(_fp32(model, device), model.num_classes,
+                                _fp32(guide, device) if guide is not None else None)
     grid = time_grid(sampler.num_steps, shift).float()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     out = []
@@ -84,28 +90,36 @@ def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, 
     return np.concatenate(out)
 
 
-def sample(dit: Blob, decoder: Blob, latent_stats: Blob, params: dict, diffusion: dict,
+def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params: dict, diffusion: dict,
            seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Image.Image]:
-    """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class."""
+    """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class.
+
+    `dit_guide` is used only with `sample.sampler.guidance: autoguidance`.
+    """
     cfg = build(SampleConfig, params, "sample")
     sampler = build(SamplerConfig, cfg.sampler, "sample.sampler")
     transport = build(TransportConfig, diffusion, "diffusion")
     meta = blob_meta(dit)
+    autoguided = sampler.guidance == "autoguidance"
     check_fingerprints(dit=meta["fingerprint"], decoder=blob_meta(decoder)["fingerprint"],
-                       latent_stats=json.loads(latent_stats[1]["fingerprint"]))
+                       latent_stats=json.loads(latent_stats[1]["fingerprint"]),
+                       **({"dit_guide": blob_meta(dit_guide)["fingerprint"]} if autoguided else {}))
     model, dec, stats = dit_from_blob(dit), decoder_from_blob(decoder), latent_stats[0]
+    guide = dit_from_blob(dit_guide) if autoguided else None
     shift = shift_factor(tuple(meta["latent_shape"]), transport.shift_base)
     labels = balanced_labels(meta["num_classes"], cfg.num_per_class, seed)
     start = time.perf_counter()
-    images = generate(model, dec, stats, labels, cfg, shift, seed)
+    images = generate(model, dec, stats, labels, cfg, sampler, shift, seed, guide)
     seconds = time.perf_counter() - start
-    log.info("sampled %d images (%s, %d grid points, cfg %.2f, %s on %s) in %.1f s, %.1f img/s", len(labels),
-             sampler.method, sampler.num_steps, sampler.cfg_scale, cfg.precision, cfg.torch_device(), seconds,
-             len(labels) / seconds)
-    if cfg.untrained_baseline:
+    log.info("sampled %d images (%s, %d grid points, %s %.2f, %s on %s) in %.1f s, %.1f img/s", len(labels),
+             sampler.method, sampler.num_steps, sampler.guidance, sampler.guidance_scale, cfg.precision,
+             cfg.torch_device(), seconds, len(labels) / seconds)
+    if cfg.untrained_baseline:  # the floor: the untrained twin, unguided (its zero-init velocity is 0 anyway)
         untrained = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"],
                               meta["seed"])
-        baseline = {"images": generate(untrained, dec, stats, labels, cfg, shift, seed), "labels": labels.numpy()}
+        unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
+        baseline = {"images": generate(untrained, dec, stats, labels, cfg, unguided, shift, seed),
+                    "labels": labels.numpy()}
     else:
         baseline = {"images": images[:0], "labels": labels.numpy()[:0]}
     order = torch.argsort(labels, stable=True).view(meta["num_classes"], -1)[:, : cfg.grid_per_class]

@@ -13,15 +13,16 @@ from ...models import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
 from ...params import build
 from ...training.data import TensorBatches
-from ...training.fit import TrainerConfig, fit
+from ...training.fit import EMASnapshot, TrainerConfig, fit
 from ...training.modules import TrainModule, dit_objective
-from ...training.optim import OptimConfig
+from ...training.optim import DiTTrainConfig
 
 
 def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: dict, diffusion: dict, trainer: dict,
-              seed: int) -> tuple[Blob, pd.DataFrame]:
+              seed: int) -> tuple[Blob, Blob, pd.DataFrame]:
+    """The EMA model, the EMA snapshot at `train_dit.guide_step` (the AutoGuidance guide) and the loss curve."""
     cfg = build(DiTConfig, dit, "dit")
-    optim = build(OptimConfig, train_dit, "train_dit")
+    optim = build(DiTTrainConfig, train_dit, "train_dit")
     transport = build(TransportConfig, diffusion, "diffusion")
     trainer_cfg = build(TrainerConfig, trainer, "trainer")
     manifest = latents.manifest
@@ -33,7 +34,11 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
     model = build_dit(cfg, shape, num_classes, seed)
     shift = shift_factor(shape, transport.shift_base)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift))
-    curve = fit(module, TensorBatches((x, cache["labels"]), optim.batch_size, seed), trainer_cfg, "train_dit", seed)
-    blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes,
-                   fingerprint=fingerprint, seed=seed)
-    return blob, curve
+    snapshot = EMASnapshot(optim.guide_step)
+    curve = fit(module, TensorBatches((x, cache["labels"]), optim.batch_size, seed), trainer_cfg, "train_dit", seed,
+                callbacks=(snapshot,))
+    meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
+                seed=seed)
+    guide = build_dit(cfg, shape, num_classes, seed)
+    guide.load_state_dict(snapshot.state)
+    return to_blob(module.ema.module, **meta), to_blob(guide, **meta, step=optim.guide_step), curve
