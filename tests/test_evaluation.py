@@ -7,9 +7,11 @@ import pytest
 import scipy.linalg
 import torch
 
-from unirae_pipeline.evaluation.classifier import ClassifierConfig, ShapeClassifier, augment, predict
+from unirae_pipeline.evaluation.classifier import ClassifierConfig, ShapeClassifier, augment
+from unirae_pipeline.evaluation.extractors import Extractor
 from unirae_pipeline.evaluation.fd import feature_stats, frechet_distance
 from unirae_pipeline.evaluation.report import image_grid, to_uint8_nhwc
+from unirae_pipeline.models.serialization import to_blob
 
 
 def scipy_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -43,8 +45,10 @@ def test_classifier_features_predictions_and_augment():
     cfg = ClassifierConfig(width=8, feature_dim=16, blur_sigma=1.0, noise_std=0.1)
     model = ShapeClassifier(cfg, num_classes=5)
     images = torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8)
-    features, preds = predict(model, images, batch_size=3)
-    assert features.shape == (7, 16) and preds.shape == (7,) and preds.max() < 5
+    blob = to_blob(model, kind="classifier", config=cfg.to_dict(), num_classes=5)
+    features, logits = Extractor(blob, batch_size=3)(images)
+    assert features.shape == (7, 16) and logits.shape == (7, 5)
+    assert torch.allclose(features.float(), model.features(images.float() / 255), atol=1e-6)
     x = images.float() / 255
     out = augment(x, cfg, torch.Generator().manual_seed(0))
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
@@ -56,3 +60,62 @@ def test_image_grid_layout():
     images = to_uint8_nhwc(torch.rand(6, 3, 4, 4))
     grid = image_grid(images, ncol=3, min_width=24)
     assert grid.size == (24, 16)  # 3 x 4 px wide, upscaled x2; 2 rows
+
+
+@pytest.fixture(scope="module")
+def inception_file(tmp_path_factory):
+    """A randomly initialised network of Inception-v3-compat's architecture, saved as a weights file."""
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fi
+
+    with mock.patch.object(fi, "load_state_dict_from_url", return_value={}), \
+            mock.patch.object(fi.FeatureExtractorInceptionV3, "load_state_dict"):
+        net = fi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    torch.manual_seed(0)
+    state = {k: (torch.randn_like(v) * 0.05 if v.is_floating_point() else v) for k, v in net.state_dict().items()}
+    state.update({k: torch.ones_like(v) for k, v in state.items() if k.endswith("running_var")})
+    path = tmp_path_factory.mktemp("inception") / "pt_inception.pth"
+    torch.save(state, path)
+    return path
+
+
+def test_inception_extractor_from_a_weights_file(inception_file):
+    from unirae_pipeline.evaluation.extractors import read_inception_weights
+    from unirae_pipeline.evaluation.fd import inception_score
+
+    blob = (read_inception_weights(str(inception_file)), {"kind": '"inception"'})
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    features, logits = Extractor(blob, batch_size=4)(images)
+    assert features.shape == (6, 2048) and logits.shape == (6, 1008)
+    again, _ = Extractor(blob)(images)
+    assert torch.allclose(features, again)  # deterministic, eval mode
+    assert 1.0 <= inception_score(logits, splits=2) <= 1008
+
+
+def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
+    from unirae_pipeline.evaluation.extractors import FIDConfig, read_inception_weights
+
+    clf = {"width": 8, "feature_dim": 8, "blur_sigma": 1.0, "noise_std": 0.1}
+    with pytest.raises(FileNotFoundError, match="fid.inception_weights"):
+        FIDConfig("inception", str(tmp_path / "missing.pth"), None, clf, {})
+    with pytest.raises(FileNotFoundError, match="fid.reference_npz"):
+        FIDConfig("classifier", None, str(tmp_path / "missing.npz"), clf, {})
+    with pytest.raises(ValueError, match="fid.extractor"):
+        FIDConfig("clip", None, None, clf, {})
+    FIDConfig("inception", str(inception_file), None, clf, {})
+    (tmp_path / "evil.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a plain tensor state dict"):
+        read_inception_weights(str(tmp_path / "evil.pth"))
+
+
+def test_reference_npz_in_the_adm_layout(tmp_path):
+    from unirae_pipeline.evaluation.fd import load_reference
+
+    mu, sigma = np.arange(3.0), np.eye(3)
+    np.savez(tmp_path / "ref.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=mu, sigma=sigma)
+    ref = load_reference(str(tmp_path / "ref.npz"))
+    assert np.array_equal(ref["mu"], mu) and np.array_equal(ref["sigma"], sigma)
+    np.savez(tmp_path / "bad.npz", arr_0=np.zeros(1))
+    with pytest.raises(KeyError, match="mu"):
+        load_reference(str(tmp_path / "bad.npz"))

@@ -77,3 +77,23 @@ def test_non_finite_loss_stops_training(params):
     trainer = build(TrainerConfig, params["trainer"], "trainer")
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         fit(module, TensorBatches((torch.randn(4, 2),), 2, seed=0), trainer, "test", seed=0)
+
+
+def test_gradient_accumulation_steps_once_per_global_batch(params):
+    """The official repo's bug, not ours: with accumulation k, optimizer, LR schedule and EMA step once per k."""
+    calls = {"objective": 0, "ema": 0}
+    model = nn.Linear(2, 1)
+
+    def objective(m, batch):
+        calls["objective"] += 1
+        return m(batch[0]).pow(2).mean()
+
+    cfg = optim(steps=4, batch_size=2, warmup_steps=10, schedule="constant")
+    module = TrainModule(model, cfg, objective)
+    update = module.ema.update
+    module.ema.update = lambda m: (calls.__setitem__("ema", calls["ema"] + 1), update(m))
+    trainer = build(TrainerConfig, {**params["trainer"], "accumulate_grad_batches": 3}, "trainer")
+    curve = fit(module, TensorBatches((torch.randn(64, 2),), 2, seed=0), trainer, "test", seed=0)
+    assert calls == {"objective": 12, "ema": 4}
+    assert curve["step"].iloc[-1] == 4
+    assert curve["lr"].iloc[-1] == pytest.approx(cfg.lr * lr_factor(cfg, 4))  # the schedule advanced 4 times

@@ -8,6 +8,7 @@ from .data.images import DataConfig
 from .data.latents import CacheConfig
 from .diffusion import TransportConfig
 from .evaluation.classifier import ClassifierConfig
+from .evaluation.extractors import FIDConfig
 from .models import DecoderConfig, DiTConfig, EncoderConfig
 from .params import build
 from .pipelines.sample.nodes import SampleConfig
@@ -17,8 +18,8 @@ from .training.optim import DiTTrainConfig, OptimConfig
 # params.yaml group -> the dataclass that validates it
 GROUPS: dict[str, type] = {
     "data": DataConfig, "latents": CacheConfig, "encoder": EncoderConfig, "decoder": DecoderConfig, "dit": DiTConfig,
-    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig,
-    "train_rae": OptimConfig, "train_dit": DiTTrainConfig, "fid.classifier": ClassifierConfig, "fid.train": OptimConfig,
+    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig, "train_rae": OptimConfig,
+    "train_dit": DiTTrainConfig, "fid": FIDConfig, "fid.classifier": ClassifierConfig, "fid.train": OptimConfig,
 }
 
 

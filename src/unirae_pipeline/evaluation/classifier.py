@@ -67,19 +67,6 @@ def augment(images: torch.Tensor, cfg: ClassifierConfig, generator: torch.Genera
     return x.clamp(0, 1)
 
 
-@torch.no_grad()
-def predict(model: ShapeClassifier, images: torch.Tensor, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, predicted labels) for uint8 or float images."""
-    model.eval()
-    feats, preds = [], []
-    for chunk in images.split(batch_size):
-        x = chunk.float() / 255 if chunk.dtype == torch.uint8 else chunk
-        f = model.features(x)
-        feats.append(f)
-        preds.append(model.head(f).argmax(-1))
-    return torch.cat(feats), torch.cat(preds)
-
-
 def classifier_from_blob(blob: Blob) -> ShapeClassifier:
     meta = blob_meta(blob)
     return load_weights(ShapeClassifier(ClassifierConfig(**meta["config"]), meta["num_classes"]), blob)

@@ -24,14 +24,16 @@ class TrainerConfig:
     num_nodes: int
     strategy: str
     precision: str
+    accumulate_grad_batches: int  # global batch = batch_size x accumulate_grad_batches x devices x num_nodes
     log_every_n_steps: int
     progress_bar: bool
 
     def __post_init__(self) -> None:
         if str(self.precision) not in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ValueError(f"trainer.precision {self.precision!r} is not one of 32, bf16-mixed, 16-mixed")
-        if self.num_nodes < 1 or self.log_every_n_steps < 1:
-            raise ValueError(f"trainer.num_nodes and trainer.log_every_n_steps must be >= 1: {asdict(self)}")
+        if self.num_nodes < 1 or self.log_every_n_steps < 1 or self.accumulate_grad_batches < 1:
+            raise ValueError("trainer.num_nodes, trainer.accumulate_grad_batches and trainer.log_every_n_steps must "
+                             f"be >= 1: {asdict(self)}")
 
 
 class LossHistory(L.Callback):
@@ -67,6 +69,7 @@ def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: s
     trainer = L.Trainer(
         max_steps=module.optim.steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
         num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=cfg.precision,
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks],
         logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
         enable_checkpointing=False, enable_progress_bar=cfg.progress_bar, enable_model_summary=False)

@@ -1,4 +1,5 @@
-"""evaluate: class accuracy and Fréchet distance of the samples, against the untrained model as the floor."""
+"""evaluate: FD of the samples to the reference, and class accuracy (classifier) or Inception score (Inception),
+next to the same for the untrained model, the floor."""
 
 from __future__ import annotations
 
@@ -7,28 +8,29 @@ import logging
 import numpy as np
 import torch
 
-from ...evaluation.classifier import classifier_from_blob, predict
-from ...evaluation.fd import feature_stats, frechet_distance
+from ...evaluation.extractors import Extractor
+from ...evaluation.fd import feature_stats, frechet_distance, inception_score
 from ...models.serialization import Blob
 
 log = logging.getLogger(__name__)
 
 
-def _score(samples: dict[str, np.ndarray], classifier: torch.nn.Module, reference: dict) -> tuple[float, float]:
-    images = torch.from_numpy(samples["images"]).permute(0, 3, 1, 2)
-    features, preds = predict(classifier, images)
-    accuracy = float((preds == torch.from_numpy(samples["labels"])).float().mean())
-    return accuracy, frechet_distance(feature_stats(features), reference)
+def _score(samples: dict[str, np.ndarray], extractor: Extractor, reference: dict) -> dict[str, float]:
+    features, logits = extractor(torch.from_numpy(samples["images"]).permute(0, 3, 1, 2))
+    scores = {"fd": frechet_distance(feature_stats(features), reference)}
+    if extractor.kind == "classifier":
+        scores["class_accuracy"] = float((logits.argmax(-1) == torch.from_numpy(samples["labels"])).float().mean())
+    else:
+        scores["inception_score"] = inception_score(logits)
+    return scores
 
 
-def evaluate(samples: dict[str, np.ndarray], samples_untrained: dict[str, np.ndarray], classifier: Blob,
+def evaluate(samples: dict[str, np.ndarray], samples_untrained: dict[str, np.ndarray], feature_extractor: Blob,
              reference_stats: dict[str, np.ndarray]) -> dict:
-    model = classifier_from_blob(classifier)
-    accuracy, fd = _score(samples, model, reference_stats)
-    metrics = {"class_accuracy": accuracy, "fd": fd, "num_samples": len(samples["labels"])}
+    extractor = Extractor(feature_extractor)
+    metrics = {**_score(samples, extractor, reference_stats), "num_samples": len(samples["labels"])}
     if len(samples_untrained["labels"]):  # absent when sample.untrained_baseline is off
-        accuracy_untrained, fd_untrained = _score(samples_untrained, model, reference_stats)
-        metrics.update(class_accuracy_untrained=accuracy_untrained, fd_untrained=fd_untrained,
-                       fd_ratio=fd / fd_untrained)
+        metrics.update({f"{k}_untrained": v for k, v in _score(samples_untrained, extractor, reference_stats).items()})
+        metrics["fd_ratio"] = metrics["fd"] / metrics["fd_untrained"]
     log.info("evaluation: %s", metrics)
     return metrics

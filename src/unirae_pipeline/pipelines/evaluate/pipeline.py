@@ -4,5 +4,5 @@ from .nodes import evaluate
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([Node(evaluate, ["samples", "samples_untrained", "classifier", "reference_stats"], "metrics",
+    return Pipeline([Node(evaluate, ["samples", "samples_untrained", "feature_extractor", "reference_stats"], "metrics",
                           name="evaluate")])

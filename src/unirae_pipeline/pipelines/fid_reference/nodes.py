@@ -1,7 +1,13 @@
-"""fid_reference: train the evaluation classifier on real training images; reference statistics of real val images."""
+"""fid_reference: the feature network of the Fréchet distance and the reference statistics of real images.
+
+`fid.extractor: classifier` trains the embedded default's small CNN on the real training images; `inception` takes
+torch-fidelity's Inception-v3 from `fid.inception_weights`. The reference is `fid.reference_npz` (e.g. the ADM batch)
+or the statistics of the real val images, streamed from disk.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 
@@ -9,9 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ...data.images import ImageSet, load_split_uint8
-from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifier_from_blob, predict
-from ...evaluation.fd import feature_stats
+from ...data.images import ImageDataset, ImageSet, load_split_uint8
+from ...evaluation.classifier import ClassifierConfig, ShapeClassifier
+from ...evaluation.extractors import Extractor, FIDConfig, read_inception_weights
+from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
 from ...params import build
 from ...training.data import TensorBatches
@@ -22,25 +29,42 @@ from ...training.optim import OptimConfig
 log = logging.getLogger(__name__)
 
 
-def train_classifier(image_set: ImageSet, image_size: int, fid: dict, trainer: dict,
-                     seed: int) -> tuple[Blob, pd.DataFrame]:
-    """The FD feature network of the embedded default, trained with blur/noise augmentation."""
-    cfg = build(ClassifierConfig, fid["classifier"], "fid.classifier")
-    optim = build(OptimConfig, fid["train"], "fid.train")
+def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, trainer: dict,
+                            seed: int) -> tuple[Blob, pd.DataFrame]:
+    """The extractor as a model file (the trained classifier, or the checked Inception weights) and a loss curve."""
+    cfg = build(FIDConfig, fid, "fid")
+    if cfg.extractor == "inception":
+        state = read_inception_weights(cfg.inception_weights)
+        return (state, {"kind": json.dumps("inception")}), pd.DataFrame(columns=["step", "loss", "lr"])
+    clf = build(ClassifierConfig, cfg.classifier, "fid.classifier")
+    optim = build(OptimConfig, cfg.train, "fid.train")
     images, labels = load_split_uint8(image_set, "train", image_size)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ShapeClassifier(cfg, image_set.num_classes)
-    module = TrainModule(model, optim, partial(classifier_objective, cfg=cfg))
+        model = ShapeClassifier(clf, image_set.num_classes)
+    module = TrainModule(model, optim, partial(classifier_objective, cfg=clf))
     trainer_cfg = build(TrainerConfig, trainer, "trainer")
     curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg, "classifier", seed)
-    return to_blob(module.ema.module, config=cfg.to_dict(), num_classes=image_set.num_classes), curve
+    blob = to_blob(module.ema.module, kind="classifier", config=clf.to_dict(), num_classes=image_set.num_classes)
+    return blob, curve
 
 
-def reference_statistics(classifier: Blob, image_set: ImageSet, image_size: int) -> tuple[dict[str, np.ndarray], dict]:
-    """mu/sigma of the real val images in the classifier's feature space, and its val accuracy."""
-    images, labels = load_split_uint8(image_set, "val", image_size)
-    features, preds = predict(classifier_from_blob(classifier), images)
-    accuracy = float((preds == labels).float().mean())
-    log.info("classifier val accuracy %.4f on %d images", accuracy, len(labels))
-    return feature_stats(features), {"val_accuracy": accuracy, "num_val": len(labels)}
+def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int,
+                         fid: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """mu/sigma of the reference, and for the classifier its accuracy on the real val images."""
+    cfg = build(FIDConfig, fid, "fid")
+    extractor = Extractor(feature_extractor)
+    loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256)
+    features, correct = [], 0
+    for images, labels, _ in loader:
+        f, logits = extractor((images * 255).round().to(torch.uint8))
+        features.append(f)
+        correct += int((logits.argmax(-1) == labels).sum()) if extractor.kind == "classifier" else 0
+    count = sum(len(f) for f in features)
+    metrics = {"num_val": count, "extractor": extractor.kind}
+    if extractor.kind == "classifier":
+        metrics["val_accuracy"] = correct / count
+        log.info("classifier val accuracy %.4f on %d images", metrics["val_accuracy"], count)
+    if cfg.reference_npz:
+        return load_reference(cfg.reference_npz), {**metrics, "reference": cfg.reference_npz}
+    return feature_stats(torch.cat(features)), {**metrics, "reference": "val"}

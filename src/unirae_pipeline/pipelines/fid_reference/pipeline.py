@@ -1,12 +1,13 @@
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import reference_statistics, train_classifier
+from .nodes import build_feature_extractor, reference_statistics
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        Node(train_classifier, ["image_set", "params:data.image_size", "params:fid", "params:trainer", "params:seed"],
-             ["classifier", "classifier_loss"], name="train_classifier"),
-        Node(reference_statistics, ["classifier", "image_set", "params:data.image_size"],
+        Node(build_feature_extractor, ["image_set", "params:data.image_size", "params:fid", "params:trainer",
+                                       "params:seed"], ["feature_extractor", "classifier_loss"],
+             name="build_feature_extractor"),
+        Node(reference_statistics, ["feature_extractor", "image_set", "params:data.image_size", "params:fid"],
              ["reference_stats", "classifier_metrics"], name="reference_statistics"),
     ])

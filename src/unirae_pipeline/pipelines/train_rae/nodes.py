@@ -11,7 +11,7 @@ from PIL import Image
 
 from ...data.images import ImageSet, load_split_uint8
 from ...data.latents import LatentStore
-from ...evaluation.classifier import classifier_from_blob, predict
+from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
@@ -56,9 +56,10 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, decoder: dict, trai
     return blob, curve
 
 
-def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, classifier: Blob,
+def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
                      reference_stats: dict[str, np.ndarray]) -> tuple[dict, Image.Image]:
-    """Reconstruct val (no noise): PSNR on [0, 1], FD vs real val in the classifier's space, accuracy, a grid."""
+    """Reconstruct val (no noise): PSNR on [0, 1], FD to the reference (rFID with Inception), the classifier's
+    accuracy on the reconstructions, and a grid."""
     if blob_meta(decoder)["fingerprint"] != latents.manifest["fingerprint"]:
         raise ValueError("the decoder was trained on latents from another encoder; re-run train_rae")
     model = decoder_from_blob(decoder)
@@ -66,11 +67,13 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, c
     with torch.no_grad():
         recon = torch.cat([model(chunk).clamp(0, 1) for chunk in z.split(256)])
     mse = ((recon - images.float() / 255) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
-    features, preds = predict(classifier_from_blob(classifier), recon)
-    labels = torch.from_numpy(image_set.splits["val"].labels)[latents.load("val")["rows"]]
+    extractor = Extractor(feature_extractor)
+    features, logits = extractor((recon * 255).round().to(torch.uint8))
     metrics = {"psnr": float((10 * torch.log10(1 / mse)).mean()),
-               "recon_fd": frechet_distance(feature_stats(features), reference_stats),
-               "recon_accuracy": float((preds == labels).float().mean())}
+               "recon_fd": frechet_distance(feature_stats(features), reference_stats)}
+    if extractor.kind == "classifier":
+        labels = torch.from_numpy(image_set.splits["val"].labels)[latents.load("val")["rows"]]
+        metrics["recon_accuracy"] = float((logits.argmax(-1) == labels).float().mean())
     log.info("decoder on val: %s", metrics)
     pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over val, which is ordered by class
     real, fake = images[pick].float() / 255, recon[pick]
