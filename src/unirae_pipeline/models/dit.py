@@ -168,6 +168,9 @@ class DiTDH(nn.Module):
         """Reference init: xavier patch embeds, N(0, std) label table, N(0, .02) time MLP, zero adaLN and output."""
         xavier_flat_(self.x_embedder.proj)
         xavier_flat_(self.s_embedder.proj)
+        self._init_embeddings_and_zero_outputs()
+
+    def _init_embeddings_and_zero_outputs(self) -> None:
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=self.cfg.label_init_std)
         for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
             nn.init.normal_(layer.weight, std=0.02)
@@ -228,14 +231,7 @@ class LightningDiT(DiTDH):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         xavier_flat_(self.x_embedder.proj)
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=self.cfg.label_init_std)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for block in (*self.blocks, self.final_layer):
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        self._init_embeddings_and_zero_outputs()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         c = self.t_embedder(t) + self.y_embedder(self.drop_labels(y))  # (B, D)
