@@ -18,15 +18,18 @@ class TensorBatches(torch.utils.data.IterableDataset):
         if n < batch_size:
             raise ValueError(f"batch size {batch_size} exceeds the data set size {n}")
         self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
+        self.start = 0  # batches to skip: a resumed run continues the same stream
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n, epoch = len(self.tensors[0]), 0
+        n = len(self.tensors[0])
+        per_epoch = n // self.batch_size
+        epoch, first = divmod(self.start, per_epoch)
         while True:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
-            for i in range(0, n - self.batch_size + 1, self.batch_size):
-                idx = perm[i: i + self.batch_size]
+            for i in range(first, per_epoch):
+                idx = perm[i * self.batch_size: (i + 1) * self.batch_size]
                 yield tuple(t[idx] for t in self.tensors)
-            epoch += 1
+            epoch, first = epoch + 1, 0
 
 
 def loader(batches: TensorBatches) -> torch.utils.data.DataLoader:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import lightning as L
 import pandas as pd
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from .data import TensorBatches, loader
@@ -27,10 +32,13 @@ class TrainerConfig:
     accumulate_grad_batches: int  # global batch = batch_size x accumulate_grad_batches x devices x num_nodes
     log_every_n_steps: int
     progress_bar: bool
+    checkpoint_every_n_steps: int  # resume checkpoints in .cache/ckpts (0: none); a rerun continues from the last
 
     def __post_init__(self) -> None:
         if str(self.precision) not in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ValueError(f"trainer.precision {self.precision!r} is not one of 32, bf16-mixed, 16-mixed")
+        if self.checkpoint_every_n_steps < 0:
+            raise ValueError(f"trainer.checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps}")
         if self.num_nodes < 1 or self.log_every_n_steps < 1 or self.accumulate_grad_batches < 1:
             raise ValueError("trainer.num_nodes, trainer.accumulate_grad_batches and trainer.log_every_n_steps must "
                              f"be >= 1: {asdict(self)}")
@@ -44,9 +52,17 @@ class LossHistory(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
+        if self.rows and self.rows[-1]["step"] == step:
+            return  # later micro-batches of an accumulated step
         if step == 1 or step % self.every == 0 or step == trainer.max_steps:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr})
+
+    def state_dict(self) -> dict:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows = list(state["rows"])
 
 
 class EMASnapshot(L.Callback):
@@ -59,27 +75,62 @@ class EMASnapshot(L.Callback):
         if trainer.global_step == self.step and self.state is None:
             self.state = {k: v.detach().cpu().clone() for k, v in module.ema.module.state_dict().items()}
 
+    def state_dict(self) -> dict:
+        return {"state": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = state["state"]
+
+
+class ResumeData(L.Callback):
+    """Resumed runs continue the batch stream where the checkpoint left it, so that they equal an unbroken run."""
+
+    def __init__(self, batches: TensorBatches) -> None:
+        self.batches = batches
+
+    def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
+        # Runs during the restore, before the data iterator exists.
+        self.batches.start = checkpoint["global_step"] * trainer.accumulate_grad_batches
+
+
+def run_key(**parts) -> str:
+    """A short hash of everything a training run depends on: the name of its resume checkpoints."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
 
 def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: str, seed: int,
-        callbacks: tuple[L.Callback, ...] = ()) -> pd.DataFrame:
+        callbacks: tuple[L.Callback, ...] = (), run_key: str | None = None) -> pd.DataFrame:
+    """Train to `module.optim.steps` optimizer steps. With `trainer.checkpoint_every_n_steps` and a `run_key` (a hash
+    of everything the run depends on), checkpoints go to .cache/ckpts/<name>-<run_key>/ and a rerun with the same key
+    resumes from the last one (model, EMA, optimizer, schedule, RNG, data position); another key never does."""
     if not log.isEnabledFor(logging.DEBUG):
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning resets it to INFO on import
     L.seed_everything(seed, workers=True, verbose=False)
     history = LossHistory(cfg.log_every_n_steps)
+    ckpt_dir = Path(".cache/ckpts") / f"{name}-{run_key}" if run_key and cfg.checkpoint_every_n_steps else None
+    extra: list[L.Callback] = [ResumeData(batches)]
+    if ckpt_dir is not None:
+        extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every_n_steps,
+                                     save_last=True, save_top_k=0))
+    resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file()
+    if resume:
+        log.info("%s: resuming from %s", name, ckpt_dir / "last.ckpt")
     trainer = L.Trainer(
         max_steps=module.optim.steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
         num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=cfg.precision,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks],
+        gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
         logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
-        enable_checkpointing=False, enable_progress_bar=cfg.progress_bar, enable_model_summary=False)
+        enable_checkpointing=ckpt_dir is not None, enable_progress_bar=cfg.progress_bar, enable_model_summary=False)
     start = time.perf_counter()
     with warnings.catch_warnings():
         # The EMA copy is in eval mode on purpose; Lightning warns about any such submodule.
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
-        trainer.fit(module, loader(batches))
+        trainer.fit(module, loader(batches), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
     seconds = time.perf_counter() - start
     log.info("%s: %d steps of batch %d in %.1f s (%.0f samples/s), final loss %.4f", name, module.optim.steps,
              batches.batch_size, seconds, module.optim.steps * batches.batch_size / seconds, history.rows[-1]["loss"])
+    if ckpt_dir is not None:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the stage's outputs now hold the result
     return pd.DataFrame(history.rows)

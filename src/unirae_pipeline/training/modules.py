@@ -35,6 +35,18 @@ class TrainModule(L.LightningModule):
         opt, sched = build_optimizer(self.optim, self.model.parameters())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()  # label dropout, times and noise continue exactly
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._resumed_rng = checkpoint["torch_rng_state"]
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Restored here, not on load: creating the data iterator draws from the global RNG in between.
+        if getattr(self, "_resumed_rng", None) is not None:
+            torch.set_rng_state(self._resumed_rng)
+            self._resumed_rng = None
+
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         self.ema.update(self.model)  # once per optimizer step, not per micro-batch

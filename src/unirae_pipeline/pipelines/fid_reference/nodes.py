@@ -22,7 +22,7 @@ from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
 from ...params import build
 from ...training.data import TensorBatches
-from ...training.fit import TrainerConfig, fit
+from ...training.fit import TrainerConfig, fit, run_key
 from ...training.modules import TrainModule, classifier_objective
 from ...training.optim import OptimConfig
 
@@ -44,7 +44,10 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, tra
         model = ShapeClassifier(clf, image_set.num_classes)
     module = TrainModule(model, optim, partial(classifier_objective, cfg=clf))
     trainer_cfg = build(TrainerConfig, trainer, "trainer")
-    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg, "classifier", seed)
+    key = run_key(fid=fid, trainer=trainer, seed=seed, image_size=image_size, classes=image_set.class_names,
+                  counts={k: len(v) for k, v in image_set.splits.items()})
+    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg, "classifier", seed,
+                run_key=key)
     blob = to_blob(module.ema.module, kind="classifier", config=clf.to_dict(), num_classes=image_set.num_classes)
     return blob, curve
 

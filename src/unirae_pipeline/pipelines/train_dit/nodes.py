@@ -13,7 +13,7 @@ from ...models import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
 from ...params import build
 from ...training.data import TensorBatches
-from ...training.fit import EMASnapshot, TrainerConfig, fit
+from ...training.fit import EMASnapshot, TrainerConfig, fit, run_key
 from ...training.modules import TrainModule, dit_objective
 from ...training.optim import DiTTrainConfig
 
@@ -35,8 +35,9 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
     shift = shift_factor(shape, transport.shift_base)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift))
     snapshot = EMASnapshot(optim.guide_step)
+    key = run_key(dit=dit, train_dit=train_dit, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest)
     curve = fit(module, TensorBatches((x, cache["labels"]), optim.batch_size, seed), trainer_cfg, "train_dit", seed,
-                callbacks=(snapshot,))
+                callbacks=(snapshot,), run_key=key)
     meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
                 seed=seed)
     guide = build_dit(cfg, shape, num_classes, seed)

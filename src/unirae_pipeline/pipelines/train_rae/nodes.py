@@ -18,7 +18,7 @@ from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, to_blob
 from ...params import build
 from ...training.data import TensorBatches
-from ...training.fit import TrainerConfig, fit
+from ...training.fit import TrainerConfig, fit, run_key
 from ...training.modules import TrainModule, decoder_objective
 from ...training.optim import OptimConfig
 
@@ -49,8 +49,9 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, decoder: dict, trai
         torch.manual_seed(seed)
         model = ViTDecoder(cfg, channels, grid)
     module = TrainModule(model, optim, decoder_objective)
+    key = run_key(decoder=decoder, train_rae=train_rae, trainer=trainer, seed=seed, latents=manifest)
     curve = fit(module, TensorBatches((z, images), optim.batch_size, seed), build(TrainerConfig, trainer, "trainer"),
-                "train_rae", seed)
+                "train_rae", seed, run_key=key)
     blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
                    fingerprint=manifest["fingerprint"])
     return blob, curve
