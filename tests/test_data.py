@@ -44,7 +44,7 @@ def test_image_folder_scan_and_errors(tmp_path):
     empty = write_folder(tmp_path / "empty", {"cat": 1})
     (empty / "train" / "dog").mkdir()
     (empty / "val" / "dog").mkdir()
-    with pytest.raises(ValueError, match="data.root: class folder .*dog.* holds no images"):
+    with pytest.raises(ValueError, match="data.root: class folder .*dog.* holds no usable images"):
         scan_image_folder(empty)
 
 
@@ -124,3 +124,46 @@ def test_normalize_roundtrip_and_cache_config_errors():
     assert torch.allclose(denormalize(normalize(z, mean, var), mean, var), z, atol=1e-6)
     with pytest.raises(ValueError, match="latents.dtype"):
         CacheConfig(256, 1024, "int8", 0)
+
+
+def test_bad_files_are_skipped_or_converted_by_policy(tmp_path, monkeypatch, caplog):
+    """Corrupt, truncated, non-image and bomb files are skipped with a logged count; CMYK, grayscale, palette,
+    RGBA, tiny and large images are kept and load as RGB of the configured size."""
+    import logging
+
+    from PIL import Image
+
+    root = write_folder(tmp_path / "tree", {"a": 1, "b": 1})
+    good = tmp_path / "tree" / "train" / "a"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (40, 30, 4), dtype=np.uint8), "CMYK").save(good / "cmyk.jpg")
+    Image.fromarray(rng.integers(0, 255, (20, 20), dtype=np.uint8), "L").save(good / "gray.png")
+    Image.fromarray(rng.integers(0, 255, (20, 20, 4), dtype=np.uint8), "RGBA").save(good / "rgba.png")
+    Image.new("P", (9, 9)).save(good / "palette.png")
+    Image.new("RGB", (2, 2), "red").save(good / "tiny.png")
+    Image.new("RGB", (600, 500), "blue").save(good / "large.jpg")
+    (good / "notes.txt").write_text("not an image")
+    (good / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    data = (tmp_path / "full.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data)
+    (good / "truncated.png").write_bytes(data.read_bytes()[: len(data.read_bytes()) // 2])
+    Image.new("RGB", (1000, 1000)).save(good / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 400_000)  # 1000x1000 is now more than twice the limit
+    with caplog.at_level(logging.WARNING):
+        image_set = scan_image_folder(root, workers=2)
+    names = {f.split("/")[-1] for f in image_set.splits["train"].files}
+    assert {"cmyk.jpg", "gray.png", "rgba.png", "palette.png", "tiny.png", "large.jpg"} <= names
+    assert not names & {"notes.txt", "corrupt.jpg", "truncated.png", "bomb.png"}
+    assert "skipped 4 files" in caplog.text and "corrupt or truncated" in caplog.text
+    ds = ImageDataset(image_set, "train", 16)
+    for i in range(len(ds)):
+        img, _, _ = ds[i]
+        assert img.shape == (3, 16, 16)
+
+
+def test_a_class_with_only_bad_files_is_an_error(tmp_path):
+    root = write_folder(tmp_path / "tree", {"a": 1, "b": 1})
+    for f in (root / "val" / "b").iterdir():
+        f.write_bytes(b"broken")
+    with pytest.raises(ValueError, match="data.root: class folder .*b.* holds no usable images"):
+        scan_image_folder(root)

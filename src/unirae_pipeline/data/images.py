@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +15,8 @@ import torch
 from PIL import Image
 
 from .shapes import ShapesConfig
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -67,8 +72,27 @@ class ImageSet:
         return len(self.class_names)
 
 
-def scan_image_folder(root: str | Path, param: str = "data.root") -> ImageSet:
-    """Index `root/{train,val}/<class>/*` (the ImageNet layout). Fails early, naming `param`, on a bad tree."""
+def check_image(path: Path) -> str | None:
+    """Why a file cannot be used (None if it can): it must be an image that decodes completely.
+
+    Policy: unreadable, truncated or non-image files and decompression bombs are skipped; any mode (CMYK, grayscale,
+    palette, RGBA: alpha dropped) is converted to RGB and any size is centre-cropped/resized at load time.
+    """
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        return "not an image file"
+    try:
+        with Image.open(path) as img:
+            img.load()  # a full decode: verify() alone lets truncated JPEGs through
+    except Image.DecompressionBombError:
+        return "decompression bomb"
+    except (OSError, SyntaxError, ValueError):
+        return "corrupt or truncated"
+    return None
+
+
+def scan_image_folder(root: str | Path, param: str = "data.root", workers: int = 8) -> ImageSet:
+    """Index `root/{train,val}/<class>/*` (the ImageNet layout), decoding every file once (`workers` threads) and
+    skipping the unusable ones with a logged count. Fails early, naming `param`, on a bad tree or an empty class."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{param}: ImageFolder path {str(root)!r} does not exist or is not a directory")
@@ -83,14 +107,23 @@ def scan_image_folder(root: str | Path, param: str = "data.root") -> ImageSet:
         if names is not None and classes != names:
             raise ValueError(f"{param}: train and val have different class folders")
         names = classes
-        files, labels = [], []
-        for label, name in enumerate(classes):
-            found = sorted(str(p.relative_to(root)) for p in (split_dir / name).iterdir()
-                           if p.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                raise ValueError(f"{param}: class folder {str(split_dir / name)!r} holds no images")
-            files += found
-            labels += [label] * len(found)
+        files, labels, skipped = [], [], Counter()
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes without the GIL
+            for label, name in enumerate(classes):
+                candidates = sorted(p for p in (split_dir / name).iterdir() if p.is_file())
+                found = []
+                for path, problem in zip(candidates, pool.map(check_image, candidates)):
+                    if problem is None:
+                        found.append(str(path.relative_to(root)))
+                    else:
+                        skipped[problem] += 1
+                        log.debug("skipping %s: %s", path, problem)
+                if not found:
+                    raise ValueError(f"{param}: class folder {str(split_dir / name)!r} holds no usable images")
+                files += found
+                labels += [label] * len(found)
+        if skipped:
+            log.warning("%s/%s: skipped %d files (%s)", root, split, sum(skipped.values()), dict(skipped))
         splits[split] = ImageSplit(files, np.asarray(labels, dtype=np.int64))
     return ImageSet(root, names, splits)
 
