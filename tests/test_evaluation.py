@@ -114,8 +114,31 @@ def test_reference_npz_in_the_adm_layout(tmp_path):
 
     mu, sigma = np.arange(3.0), np.eye(3)
     np.savez(tmp_path / "ref.npz", arr_0=np.zeros((2, 4, 4, 3), np.uint8), mu=mu, sigma=sigma)
-    ref = load_reference(str(tmp_path / "ref.npz"))
-    assert np.array_equal(ref["mu"], mu) and np.array_equal(ref["sigma"], sigma)
+    ref, images = load_reference(str(tmp_path / "ref.npz"))
+    assert np.array_equal(ref["mu"], mu) and np.array_equal(ref["sigma"], sigma) and images.shape == (2, 4, 4, 3)
     np.savez(tmp_path / "bad.npz", arr_0=np.zeros(1))
     with pytest.raises(KeyError, match="mu"):
         load_reference(str(tmp_path / "bad.npz"))
+
+
+def test_precision_recall_of_matching_and_disjoint_sets():
+    from unirae_pipeline.evaluation.fd import precision_recall
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(400, 8, generator=gen)
+    same = precision_recall(torch.randn(400, 8, generator=gen), real)
+    far = precision_recall(torch.randn(400, 8, generator=gen) + 50, real)
+    collapsed = precision_recall(real[:50] + 0.01 * torch.randn(50, 8, generator=gen), real)
+    assert same["precision"] > 0.8 and same["recall"] > 0.8
+    assert far["precision"] == 0 and far["recall"] == 0
+    assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.5  # mode collapse: precise, no coverage
+
+
+def test_psnr_and_ssim():
+    from unirae_pipeline.evaluation.fd import psnr_ssim
+
+    target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    perfect = psnr_ssim(target, target)
+    assert perfect["psnr"] == pytest.approx(100.0) and perfect["ssim"] == pytest.approx(1.0)
+    noisy = psnr_ssim((target + 0.1).clamp(0, 1), target)
+    assert 15 < noisy["psnr"] < 25 and noisy["ssim"] < 1.0

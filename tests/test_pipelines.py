@@ -91,7 +91,8 @@ def test_metrics_and_reports(chain):
     metrics = outputs["metrics"]
     assert set(metrics) >= {"class_accuracy", "fd", "fd_untrained", "fd_ratio"}
     assert 0 <= metrics["class_accuracy"] <= 1 and metrics["fd"] >= 0
-    assert set(outputs["rae_metrics"]) == {"psnr", "recon_fd", "recon_accuracy"}
+    assert set(outputs["rae_metrics"]) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
+    assert {"precision", "recall"} <= set(metrics) and 0 <= metrics["recall"] <= 1
     assert list(outputs["dit_loss"].columns) == ["step", "loss", "lr"]
     assert outputs["sample_grid"].size[0] >= 512 and outputs["reconstructions"].size[0] >= 512
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ...evaluation.extractors import Extractor
-from ...evaluation.fd import feature_stats, frechet_distance, inception_score
+from ...evaluation.fd import feature_stats, frechet_distance, inception_score, precision_recall
 from ...models.serialization import Blob
 
 log = logging.getLogger(__name__)
@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 def _score(samples: dict[str, np.ndarray], extractor: Extractor, reference: dict) -> dict[str, float]:
     features, logits = extractor(torch.from_numpy(samples["images"]).permute(0, 3, 1, 2))
     scores = {"fd": frechet_distance(feature_stats(features), reference)}
+    if "features" in reference:  # a reference with its features (computed, or an ADM batch with images)
+        scores.update(precision_recall(features, torch.from_numpy(reference["features"])))
     if extractor.kind == "classifier":
         scores["class_accuracy"] = float((logits.argmax(-1) == torch.from_numpy(samples["labels"])).float().mean())
     else:

@@ -52,22 +52,36 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, tra
     return blob, curve
 
 
-def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int,
-                         fid: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """mu/sigma of the reference, and for the classifier its accuracy on the real val images."""
-    cfg = build(FIDConfig, fid, "fid")
-    extractor = Extractor(feature_extractor)
+def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int) -> tuple[torch.Tensor, float]:
+    """Features of the real val images, streamed from disk, and the classifier's accuracy on them."""
     loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256)
     features, correct = [], 0
     for images, labels, _ in loader:
         f, logits = extractor((images * 255).round().to(torch.uint8))
         features.append(f)
-        correct += int((logits.argmax(-1) == labels).sum()) if extractor.kind == "classifier" else 0
-    count = sum(len(f) for f in features)
-    metrics = {"num_val": count, "extractor": extractor.kind}
-    if extractor.kind == "classifier":
-        metrics["val_accuracy"] = correct / count
-        log.info("classifier val accuracy %.4f on %d images", metrics["val_accuracy"], count)
+        correct += int((logits.argmax(-1) == labels).sum())
+    features = torch.cat(features)
+    return features, correct / len(features)
+
+
+def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int,
+                         fid: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """mu/sigma (and the features, for precision/recall) of the reference; for the classifier, its val accuracy."""
+    cfg = build(FIDConfig, fid, "fid")
+    extractor = Extractor(feature_extractor)
+    metrics: dict = {"extractor": extractor.kind, "reference": cfg.reference_npz or "val"}
+    if not cfg.reference_npz or extractor.kind == "classifier":
+        val_features, accuracy = _val_features(extractor, image_set, image_size)
+        metrics["num_val"] = len(val_features)
+        if extractor.kind == "classifier":
+            metrics["val_accuracy"] = accuracy
+            log.info("classifier val accuracy %.4f on %d images", accuracy, len(val_features))
     if cfg.reference_npz:
-        return load_reference(cfg.reference_npz), {**metrics, "reference": cfg.reference_npz}
-    return feature_stats(torch.cat(features)), {**metrics, "reference": "val"}
+        stats, images = load_reference(cfg.reference_npz)
+        features = extractor(torch.from_numpy(images).permute(0, 3, 1, 2))[0] if images is not None else None
+    else:
+        features = val_features
+        stats = feature_stats(features)
+    if features is not None:
+        stats["features"] = features.float().numpy()
+    return stats, metrics

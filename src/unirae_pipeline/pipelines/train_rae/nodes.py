@@ -12,7 +12,7 @@ from PIL import Image
 from ...data.images import ImageSet, load_split_uint8
 from ...data.latents import LatentStore
 from ...evaluation.extractors import Extractor
-from ...evaluation.fd import feature_stats, frechet_distance
+from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, to_blob
@@ -67,10 +67,9 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
     z, images = _targets(latents, image_set, "val")
     with torch.no_grad():
         recon = torch.cat([model(chunk).clamp(0, 1) for chunk in z.split(256)])
-    mse = ((recon - images.float() / 255) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
     extractor = Extractor(feature_extractor)
     features, logits = extractor((recon * 255).round().to(torch.uint8))
-    metrics = {"psnr": float((10 * torch.log10(1 / mse)).mean()),
+    metrics = {**psnr_ssim(recon, images.float() / 255),
                "recon_fd": frechet_distance(feature_stats(features), reference_stats)}
     if extractor.kind == "classifier":
         labels = torch.from_numpy(image_set.splits["val"].labels)[latents.load("val")["rows"]]
