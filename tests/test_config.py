@@ -29,7 +29,7 @@ def test_presets_and_overrides_compose():
     deeper = compose_params(["dit=S", "dit.depth=8"], conf_dir=ROOT / "conf")
     assert deeper["dit"]["depth"] == 8 and deeper["dit"]["hidden_size"] == 384
     smoke = compose_params(["profile=smoke"], conf_dir=ROOT / "conf")
-    assert smoke["train_dit"]["steps"] < 100 and smoke["dit"] == compose_params(conf_dir=ROOT / "conf")["dit"]
+    assert smoke["train_dit"]["duration"] < 100 and smoke["dit"] == compose_params(conf_dir=ROOT / "conf")["dit"]
 
 
 def test_unknown_preset_is_a_clear_error():
@@ -75,6 +75,8 @@ def test_dvc_stages_are_the_kedro_pipelines():
     ("dit.hidden_size", 130, "dit.hidden_size / dit.num_heads"),
     ("decoder.num_heads", 3, "decoder.hidden_size / decoder.num_heads"),
     ("train_dit.schedule", "step", "schedule"),
+    ("train_dit.guide_at", 5000, "train_dit.guide_at"),
+    ("train_rae.unit", "hours", "unit"),
     ("sample.sampler.method", "rk45", "sample.method"),
     ("latents.dtype", "int8", "latents.dtype"),
     ("trainer.precision", "64", "trainer.precision"),

@@ -113,7 +113,7 @@ def test_autoguidance_uses_the_guide_snapshot(chain):
 
     params, _, outputs = chain
     guide_meta = outputs["dit_guide"][1]
-    assert guide_meta["step"] == str(params["train_dit"]["guide_step"])
+    assert guide_meta["step"] == str(params["train_dit"]["guide_at"])
     assert not all(torch.equal(outputs["dit"][0][k], outputs["dit_guide"][0][k]) for k in outputs["dit"][0])
     sample_params = {**params["sample"], "untrained_baseline": False,
                      "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}

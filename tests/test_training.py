@@ -18,8 +18,9 @@ from unirae_pipeline.training.optim import EMA, OptimConfig, lr_factor
 
 
 def optim(**over) -> OptimConfig:
-    base = dict(steps=100, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0,
-                warmup_steps=10, schedule="cosine", ema_decay=0.9, grad_clip=1.0)
+    base = dict(unit="steps", duration=100, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95],
+                weight_decay=0.0, warmup=10, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9,
+                grad_clip=1.0)
     return OptimConfig(**{**base, **over})
 
 
@@ -31,6 +32,26 @@ def test_lr_schedules():
     assert lr_factor(optim(schedule="constant"), 99) == 1.0
     with pytest.raises(ValueError, match="schedule"):
         optim(schedule="step")
+    # the reference stage-2 shape: hold to decay_start, linear to final_lr at decay_end, then hold
+    ref = optim(schedule="linear", warmup=0, decay_start=40, decay_end=80)
+    assert [lr_factor(ref, s) for s in (0, 40)] == [1.0, 1.0]
+    assert lr_factor(ref, 60) == pytest.approx(1 + (1e-2 - 1) * 0.5)
+    assert lr_factor(ref, 80) == pytest.approx(1e-2) == lr_factor(ref, 99)
+    with pytest.raises(ValueError, match="decay_start <= decay_end"):
+        optim(decay_start=90, decay_end=80)
+
+
+def test_recipes_in_epochs_convert_to_steps(params):
+    from unirae_pipeline.training.fit import steps_per_epoch
+
+    cfg = optim(unit="epochs", duration=800, warmup=0, schedule="linear", decay_start=40, decay_end=800)
+    trainer = build(TrainerConfig, {**params["trainer"], "accumulate_grad_batches": 2}, "trainer")
+    spe = steps_per_epoch(1_281_167, 256, trainer)  # ImageNet at batch 256 x 2 micro-batches
+    assert spe == 2502
+    steps = cfg.in_steps(spe)
+    assert (steps.unit, steps.steps, steps.decay_start, steps.decay_end) == ("steps", 800 * spe, 40 * spe, 800 * spe)
+    with pytest.raises(ValueError, match="in_steps"):
+        _ = cfg.steps
 
 
 def test_ema_update_is_a_lerp():
@@ -61,7 +82,7 @@ def test_short_dit_fit_lowers_the_loss(params):
     y = torch.arange(2).repeat(64)
     model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 2, seed=0)
     transport = TransportConfig("uniform", 4096, 0.0, 1.0)
-    module = TrainModule(model, optim(steps=120, batch_size=32, lr=2e-3, warmup_steps=5),
+    module = TrainModule(model, optim(duration=120, batch_size=32, lr=2e-3, warmup=5),
                          partial(dit_objective, transport=transport, shift=1.0))
     trainer = build(TrainerConfig, params["trainer"], "trainer")
     curve = fit(module, TensorBatches((x, y), 32, seed=0), trainer, "test", seed=0)
@@ -72,7 +93,7 @@ def test_short_dit_fit_lowers_the_loss(params):
 
 def test_non_finite_loss_stops_training(params):
     model = nn.Linear(2, 1)
-    module = TrainModule(model, optim(steps=5, batch_size=2, warmup_steps=0),
+    module = TrainModule(model, optim(duration=5, batch_size=2, warmup=0),
                          lambda m, batch: m(batch[0]).sum() * float("nan"))
     trainer = build(TrainerConfig, params["trainer"], "trainer")
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
@@ -88,7 +109,7 @@ def test_gradient_accumulation_steps_once_per_global_batch(params):
         calls["objective"] += 1
         return m(batch[0]).pow(2).mean()
 
-    cfg = optim(steps=4, batch_size=2, warmup_steps=10, schedule="constant")
+    cfg = optim(duration=4, batch_size=2, warmup=4, schedule="constant")
     module = TrainModule(model, cfg, objective)
     update = module.ema.update
     module.ema.update = lambda m: (calls.__setitem__("ema", calls["ema"] + 1), update(m))
@@ -96,4 +117,5 @@ def test_gradient_accumulation_steps_once_per_global_batch(params):
     curve = fit(module, TensorBatches((torch.randn(64, 2),), 2, seed=0), trainer, "test", seed=0)
     assert calls == {"objective": 12, "ema": 4}
     assert curve["step"].iloc[-1] == 4
-    assert curve["lr"].iloc[-1] == pytest.approx(cfg.lr * lr_factor(cfg, 4))  # the schedule advanced 4 times
+    assert curve["step"].tolist() == [1, 4]  # one row per optimizer step, not per micro-batch
+    assert curve["lr"].iloc[0] == pytest.approx(cfg.lr * lr_factor(cfg, 1))  # one schedule step per 3 micro-batches

@@ -52,8 +52,8 @@ class LossHistory(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if self.rows and self.rows[-1]["step"] == step:
-            return  # later micro-batches of an accumulated step
+        if step == 0 or (self.rows and self.rows[-1]["step"] == step):
+            return  # before the first optimizer step, or a later micro-batch of an accumulated one
         if step == 1 or step % self.every == 0 or step == trainer.max_steps:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr})
@@ -91,6 +91,14 @@ class ResumeData(L.Callback):
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
         # Runs during the restore, before the data iterator exists.
         self.batches.start = checkpoint["global_step"] * trainer.accumulate_grad_batches
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> int:
+    """Optimizer steps in one pass over the data: the global batch is batch x accumulation x devices x nodes."""
+    devices = cfg.devices if isinstance(cfg.devices, int) else 1 if cfg.accelerator == "cpu" else None
+    if devices is None:
+        raise ValueError("trainer.devices must be a number when a recipe counts epochs")
+    return num_samples // (batch_size * cfg.accumulate_grad_batches * devices * cfg.num_nodes)
 
 
 def run_key(**parts) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
@@ -13,52 +13,95 @@ from torch import nn
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """One stage's optimization recipe (`train_dit`, `train_rae` in params.yaml)."""
+    """One stage's optimization recipe (`train_dit`, `train_rae`, `fid.train` in params.yaml).
 
-    steps: int
+    `duration`, `warmup`, `decay_start` and `decay_end` count `unit`s: optimizer steps, or epochs of the training
+    set (converted with `in_steps`). The LR warms up linearly, holds, then decays (cosine or linear) from
+    `decay_start` (null: the end of warm-up) to `final_lr` at `decay_end` (null: the end) and stays there; the
+    reference stage-2 recipe is constant for 40 epochs, linear to 2e-5 at epoch 800.
+    """
+
+    unit: Literal["steps", "epochs"]
+    duration: float
     batch_size: int
     lr: float
     final_lr: float
     betas: tuple[float, float]
     weight_decay: float
-    warmup_steps: int
+    warmup: float
     schedule: Literal["constant", "cosine", "linear"]
+    decay_start: float | None
+    decay_end: float | None
     ema_decay: float
     grad_clip: float
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
-        if self.steps < 1 or self.batch_size < 1 or self.warmup_steps < 0:
-            raise ValueError(f"steps and batch_size must be >= 1 and warmup_steps >= 0: {asdict(self)}")
+        if self.unit not in ("steps", "epochs"):
+            raise ValueError(f"unit must be 'steps' or 'epochs', got {self.unit!r}")
+        if self.duration <= 0 or self.batch_size < 1 or self.warmup < 0:
+            raise ValueError(f"duration and batch_size must be positive and warmup >= 0: {asdict(self)}")
         if self.schedule not in ("constant", "cosine", "linear"):
             raise ValueError(f"schedule must be constant, cosine or linear, got {self.schedule!r}")
+        if not self.warmup <= self.start <= self.end <= self.duration:
+            raise ValueError(f"need warmup <= decay_start <= decay_end <= duration: {asdict(self)}")
         if not 0 <= self.ema_decay < 1 or self.lr <= 0 or self.final_lr < 0 or self.grad_clip < 0:
             raise ValueError(f"need 0 <= ema_decay < 1, lr > 0, final_lr >= 0, grad_clip >= 0: {asdict(self)}")
+
+    # fields counted in `unit`, converted together by `in_steps`
+    TIMES = ("duration", "warmup", "decay_start", "decay_end")
+
+    @property
+    def start(self) -> float:
+        return self.warmup if self.decay_start is None else self.decay_start
+
+    @property
+    def end(self) -> float:
+        return self.duration if self.decay_end is None else self.decay_end
+
+    @property
+    def steps(self) -> int:
+        if self.unit != "steps":
+            raise ValueError("convert the recipe with in_steps() first")
+        return int(self.duration)
+
+    def in_steps(self, steps_per_epoch: int) -> OptimConfig:
+        """The same recipe counted in optimizer steps."""
+        if self.unit == "steps":
+            return self
+        if steps_per_epoch < 1:
+            raise ValueError("an epoch holds no optimizer step: the data set is smaller than one global batch")
+        times = {k: None if getattr(self, k) is None else max(1, round(getattr(self, k) * steps_per_epoch))
+                 for k in self.TIMES}
+        times["warmup"] = round(self.warmup * steps_per_epoch)
+        return replace(self, unit="steps", **times)
 
 
 @dataclass(frozen=True)
 class DiTTrainConfig(OptimConfig):
-    """`train_dit`: the recipe plus the step whose EMA weights become the AutoGuidance guide (`dit_guide`)."""
+    """`train_dit`: the recipe plus when (in `unit`) the EMA weights are kept as the AutoGuidance guide."""
 
-    guide_step: int
+    guide_at: float
+
+    TIMES = (*OptimConfig.TIMES, "guide_at")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 1 <= self.guide_step <= self.steps:
-            raise ValueError(f"train_dit.guide_step must be in [1, steps={self.steps}], got {self.guide_step}")
+        if not 0 < self.guide_at <= self.duration:
+            raise ValueError(f"train_dit.guide_at must be in (0, duration={self.duration}], got {self.guide_at}")
 
 
 def lr_factor(cfg: OptimConfig, step: int) -> float:
-    """Multiplier of cfg.lr at an optimizer step: linear warm-up, then constant/cosine/linear to final_lr."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    """Multiplier of cfg.lr at an optimizer step (cfg in steps): warm-up, hold, decay to final_lr, hold."""
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, max(0.0, (step - cfg.start) / max(1, cfg.end - cfg.start)))
     floor = cfg.final_lr / cfg.lr
     if cfg.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    if cfg.schedule == "linear":
-        return 1 + (floor - 1) * progress
-    return 1.0
+    return 1 + (floor - 1) * progress
 
 
 def build_optimizer(cfg: OptimConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:

@@ -22,7 +22,7 @@ from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
 from ...params import build
 from ...training.data import TensorBatches
-from ...training.fit import TrainerConfig, fit, run_key
+from ...training.fit import TrainerConfig, fit, run_key, steps_per_epoch
 from ...training.modules import TrainModule, classifier_objective
 from ...training.optim import OptimConfig
 
@@ -39,11 +39,12 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, tra
     clf = build(ClassifierConfig, cfg.classifier, "fid.classifier")
     optim = build(OptimConfig, cfg.train, "fid.train")
     images, labels = load_split_uint8(image_set, "train", image_size)
+    trainer_cfg = build(TrainerConfig, trainer, "trainer")
+    optim = optim.in_steps(steps_per_epoch(len(labels), optim.batch_size, trainer_cfg))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ShapeClassifier(clf, image_set.num_classes)
     module = TrainModule(model, optim, partial(classifier_objective, cfg=clf))
-    trainer_cfg = build(TrainerConfig, trainer, "trainer")
     key = run_key(fid=fid, trainer=trainer, seed=seed, image_size=image_size, classes=image_set.class_names,
                   counts={k: len(v) for k, v in image_set.splits.items()})
     curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg, "classifier", seed,

@@ -13,14 +13,14 @@ from ...models import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
 from ...params import build
 from ...training.data import TensorBatches
-from ...training.fit import EMASnapshot, TrainerConfig, fit, run_key
+from ...training.fit import EMASnapshot, TrainerConfig, fit, run_key, steps_per_epoch
 from ...training.modules import TrainModule, dit_objective
 from ...training.optim import DiTTrainConfig
 
 
 def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: dict, diffusion: dict, trainer: dict,
               seed: int) -> tuple[Blob, Blob, pd.DataFrame]:
-    """The EMA model, the EMA snapshot at `train_dit.guide_step` (the AutoGuidance guide) and the loss curve."""
+    """The EMA model, the EMA snapshot at `train_dit.guide_at` (the AutoGuidance guide) and the loss curve."""
     cfg = build(DiTConfig, dit, "dit")
     optim = build(DiTTrainConfig, train_dit, "train_dit")
     transport = build(TransportConfig, diffusion, "diffusion")
@@ -30,11 +30,12 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
                                      latent_stats=json.loads(latent_stats[1]["fingerprint"]))
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
     cache = latents.load("train")
+    optim = optim.in_steps(steps_per_epoch(len(cache["labels"]), optim.batch_size, trainer_cfg))
     x = normalize(cache["latents"], latent_stats[0]["mean"], latent_stats[0]["var"])
     model = build_dit(cfg, shape, num_classes, seed)
     shift = shift_factor(shape, transport.shift_base)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift))
-    snapshot = EMASnapshot(optim.guide_step)
+    snapshot = EMASnapshot(int(optim.guide_at))
     key = run_key(dit=dit, train_dit=train_dit, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest)
     curve = fit(module, TensorBatches((x, cache["labels"]), optim.batch_size, seed), trainer_cfg, "train_dit", seed,
                 callbacks=(snapshot,), run_key=key)
@@ -42,4 +43,4 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
                 seed=seed)
     guide = build_dit(cfg, shape, num_classes, seed)
     guide.load_state_dict(snapshot.state)
-    return to_blob(module.ema.module, **meta), to_blob(guide, **meta, step=optim.guide_step), curve
+    return to_blob(module.ema.module, **meta), to_blob(guide, **meta, step=int(optim.guide_at)), curve

@@ -18,7 +18,7 @@ from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, to_blob
 from ...params import build
 from ...training.data import TensorBatches
-from ...training.fit import TrainerConfig, fit, run_key
+from ...training.fit import TrainerConfig, fit, run_key, steps_per_epoch
 from ...training.modules import TrainModule, decoder_objective
 from ...training.optim import OptimConfig
 
@@ -45,13 +45,15 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, decoder: dict, trai
         raise ValueError(f"decoder.patch_size {cfg.patch_size} x latent grid {grid} != data.image_size "
                          f"{manifest['image_size']}")
     z, images = _targets(latents, image_set, "train")
+    trainer_cfg = build(TrainerConfig, trainer, "trainer")
+    optim = optim.in_steps(steps_per_epoch(len(z), optim.batch_size, trainer_cfg))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViTDecoder(cfg, channels, grid)
     module = TrainModule(model, optim, decoder_objective)
     key = run_key(decoder=decoder, train_rae=train_rae, trainer=trainer, seed=seed, latents=manifest)
-    curve = fit(module, TensorBatches((z, images), optim.batch_size, seed), build(TrainerConfig, trainer, "trainer"),
-                "train_rae", seed, run_key=key)
+    curve = fit(module, TensorBatches((z, images), optim.batch_size, seed), trainer_cfg, "train_rae", seed,
+                run_key=key)
     blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
                    fingerprint=manifest["fingerprint"])
     return blob, curve
