@@ -74,3 +74,14 @@ def test_exp_run_depth_reruns_only_the_dit_stages(repo):
 def test_kedro_runs_one_pipeline_on_its_own(repo):
     out = run(["kedro", "run", "--pipelines", "evaluate"], repo)
     assert "Completed 1 out of 1 tasks" in out
+
+
+def test_ddp_train_dit_under_kedro_writes_once(repo):
+    """`trainer.strategy: ddp` on 2 CPU processes (gloo): Lightning re-launches `kedro run` for rank 1, both ranks
+    train one model on their halves of each global batch, and only rank 0 writes the stage's outputs."""
+    before = (repo / "data/06_models/dit.safetensors").stat().st_mtime_ns
+    out = run(["kedro", "run", "--pipelines", "train_dit", "--params",
+               "trainer.devices=2,trainer.strategy=ddp,train_dit.batch_size=32"], repo)
+    assert out.count("rank 1: not saving") == 3  # dit, dit_guide, dit_loss
+    assert "rank 0: not saving" not in out
+    assert (repo / "data/06_models/dit.safetensors").stat().st_mtime_ns > before

@@ -58,3 +58,15 @@ def test_image_set_generated_and_external(tmp_path):
     ds2.save(external)
     assert ds2.load().root == external.root.resolve()
     assert not (tmp_path / "external" / "images").exists()  # an external tree is indexed, not copied
+
+
+def test_only_rank_zero_writes(tmp_path, monkeypatch):
+    ds = JSONDataset(filepath=str(tmp_path / "m.json"))
+    for var, rank in (("LOCAL_RANK", "1"), ("SLURM_PROCID", "3"), ("RANK", "2")):
+        monkeypatch.setenv(var, rank)
+        ds.save({"fd": 1.0})
+        assert not ds.exists()
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("RANK", "0")
+    ds.save({"fd": 1.0})
+    assert ds.load() == {"fd": 1.0}

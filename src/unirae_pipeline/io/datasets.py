@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,20 @@ from ..fileio import atomic_dir, atomic_file
 from ..models.official import load_official_decoder, load_official_dit, load_official_stats, read_checkpoint
 from ..models.serialization import Blob, to_blob
 
+log = logging.getLogger(__name__)
+
+
+def global_rank() -> int:
+    """This process's rank in a distributed run (torchrun/SLURM/Lightning-launched), 0 when alone."""
+    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+def is_rank_zero() -> bool:
+    return global_rank() == 0
+
 
 class _PathDataset(AbstractDataset):
     """Common part: one file or folder at `filepath`."""
@@ -34,6 +50,16 @@ class _PathDataset(AbstractDataset):
     def _exists(self) -> bool:
         return self._filepath.exists()
 
+    def save(self, data: Any) -> None:
+        """Only the global rank zero writes: under DDP every rank runs the node, one writes its outputs."""
+        if not is_rank_zero():
+            log.info("rank %s: not saving %s (rank zero does)", global_rank(), self._filepath)
+            return
+        self._write(data)
+
+    def _write(self, data: Any) -> None:
+        raise DatasetError(f"{type(self).__name__} is read-only")
+
     def _require(self) -> Path:
         if not self._filepath.exists():
             raise DatasetError(f"{self._filepath} does not exist: run the stage that produces it first")
@@ -44,7 +70,7 @@ class ImageSetDataset(_PathDataset):
     """An image index folder. Saving a `GeneratedImages` also writes its PNG tree under `images/`;
     saving an `ImageSet` (an external ImageFolder) writes only the index with its absolute root."""
 
-    def save(self, data: GeneratedImages | ImageSet) -> None:
+    def _write(self, data: GeneratedImages | ImageSet) -> None:
         with atomic_dir(self._filepath) as tmp:
             if isinstance(data, GeneratedImages):
                 write_image_folder(tmp / "images", data)
@@ -67,7 +93,7 @@ class LatentCache:
 class LatentStoreDataset(_PathDataset):
     """Sharded safetensors latents (see `data.latents.LatentStore`), streamed to disk shard by shard."""
 
-    def save(self, data: LatentCache) -> None:
+    def _write(self, data: LatentCache) -> None:
         LatentStore(self._filepath).write(data.shards, data.meta)
 
     def load(self) -> LatentStore:
@@ -78,7 +104,7 @@ class LatentStoreDataset(_PathDataset):
 class SafetensorsDataset(_PathDataset):
     """(tensors, str metadata) in one safetensors file: model weights and latent statistics."""
 
-    def save(self, data: Blob) -> None:
+    def _write(self, data: Blob) -> None:
         tensors, meta = data
         with atomic_file(self._filepath) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -91,7 +117,7 @@ class SafetensorsDataset(_PathDataset):
 class NpzDataset(_PathDataset):
     """A dict of numpy arrays (samples as uint8 NHWC, reference statistics)."""
 
-    def save(self, data: dict[str, np.ndarray]) -> None:
+    def _write(self, data: dict[str, np.ndarray]) -> None:
         with atomic_file(self._filepath) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **data)
@@ -104,7 +130,7 @@ class NpzDataset(_PathDataset):
 class JSONDataset(_PathDataset):
     """Metrics as JSON (DVC metrics files)."""
 
-    def save(self, data: dict) -> None:
+    def _write(self, data: dict) -> None:
         with atomic_file(self._filepath) as tmp:
             tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -115,7 +141,7 @@ class JSONDataset(_PathDataset):
 class CSVDataset(_PathDataset):
     """A table (loss curves: DVC plots)."""
 
-    def save(self, data: pd.DataFrame) -> None:
+    def _write(self, data: pd.DataFrame) -> None:
         with atomic_file(self._filepath) as tmp:
             data.to_csv(tmp, index=False)
 
@@ -126,7 +152,7 @@ class CSVDataset(_PathDataset):
 class PNGDataset(_PathDataset):
     """One image (sample and reconstruction grids)."""
 
-    def save(self, data: Image.Image) -> None:
+    def _write(self, data: Image.Image) -> None:
         with atomic_file(self._filepath) as tmp:
             data.save(tmp, format="PNG")
 
@@ -152,7 +178,7 @@ class OfficialModelDataset(_PathDataset):
             raise DatasetError(f"OfficialModelDataset kind must be dit, decoder or stats, got {kind!r}")
         self._kind, self._params = kind, dict(params or {})
 
-    def save(self, data: Any) -> None:
+    def _write(self, data: Any) -> None:
         raise DatasetError(f"{self._filepath} is a released checkpoint; the pipeline does not overwrite it")
 
     def load(self) -> Blob:

@@ -21,13 +21,19 @@ class TensorBatches(torch.utils.data.IterableDataset):
         self.start = 0  # batches to skip: a resumed run continues the same stream
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        n = len(self.tensors[0])
-        per_epoch = n // self.batch_size
+        # Under DDP every rank draws the same global permutation and takes its own slice of each global batch.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if distributed else (1, 0)
+        n, step = len(self.tensors[0]), self.batch_size * world
+        per_epoch = n // step
+        if per_epoch < 1:
+            raise ValueError(f"the global batch {step} exceeds the data set size {n}")
         epoch, first = divmod(self.start, per_epoch)
         while True:
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
             for i in range(first, per_epoch):
-                idx = perm[i * self.batch_size: (i + 1) * self.batch_size]
+                lo = i * step + rank * self.batch_size
+                idx = perm[lo: lo + self.batch_size]
                 yield tuple(t[idx] for t in self.tensors)
             epoch, first = epoch + 1, 0
 
