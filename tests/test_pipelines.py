@@ -25,10 +25,10 @@ from .conftest import ROOT
 
 
 class KeptDataset(MemoryDataset):
-    """Keeps its data after the run, so that the tests can read intermediate outputs."""
+    """A MemoryDataset that the runner cannot release, so that the tests can read intermediate outputs."""
 
     def _release(self) -> None:
-        pass
+        """Keep the data: releasing is what makes a plain MemoryDataset empty after its last consumer."""
 
 
 def _catalog(tmp_path, params: dict) -> DataCatalog:
