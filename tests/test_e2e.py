@@ -85,3 +85,11 @@ def test_ddp_train_dit_under_kedro_writes_once(repo):
     assert out.count("rank 1: not saving") == 3  # dit, dit_guide, dit_loss
     assert "rank 0: not saving" not in out
     assert (repo / "data/06_models/dit.safetensors").stat().st_mtime_ns > before
+
+
+def test_torchrun_launches_the_same_stage(repo):
+    """The README's multi-process launch: torchrun starts the ranks, Lightning joins them (no re-launch)."""
+    params = "trainer.devices=2,trainer.strategy=ddp,train_dit.batch_size=32"
+    out = run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unirae_pipeline",
+               "--pipelines", "train_dit", "--params", params], repo)
+    assert out.count("rank 1: not saving") == 3 and "rank 0: not saving" not in out
