@@ -15,7 +15,7 @@ from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
-from ...models.serialization import Blob, blob_meta, to_blob
+from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
 from ...params import build
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit, run_key, steps_per_epoch
@@ -25,14 +25,14 @@ from ...training.optim import OptimConfig
 log = logging.getLogger(__name__)
 
 
-def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw latents and the uint8 images they were encoded from (mirrored where the latent was)."""
+def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[torch.Tensor, ...]:
+    """Raw latents, the uint8 images they were encoded from (mirrored where the latent was) and their labels."""
     cache = latents.load(split)
     images, _ = load_split_uint8(image_set, split, latents.manifest["image_size"])
     images = images[cache["rows"]]
     flip = cache["flip"].bool()
     images[flip] = images[flip].flip(-1)
-    return cache["latents"], images
+    return cache["latents"], images, cache["labels"]
 
 
 def train_decoder(latents: LatentStore, image_set: ImageSet, decoder: dict, train_rae: dict, trainer: dict,
@@ -44,7 +44,7 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, decoder: dict, trai
     if grid * cfg.patch_size != manifest["image_size"]:
         raise ValueError(f"decoder.patch_size {cfg.patch_size} x latent grid {grid} != data.image_size "
                          f"{manifest['image_size']}")
-    z, images = _targets(latents, image_set, "train")
+    z, images, _ = _targets(latents, image_set, "train")
     trainer_cfg = build(TrainerConfig, trainer, "trainer")
     optim = optim.in_steps(steps_per_epoch(len(z), optim.batch_size, trainer_cfg))
     with torch.random.fork_rng(devices=[]):
@@ -63,10 +63,9 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
                      reference_stats: dict[str, np.ndarray]) -> tuple[dict, Image.Image]:
     """Reconstruct val (no noise): PSNR on [0, 1], FD to the reference (rFID with Inception), the classifier's
     accuracy on the reconstructions, and a grid."""
-    if blob_meta(decoder)["fingerprint"] != latents.manifest["fingerprint"]:
-        raise ValueError("the decoder was trained on latents from another encoder; re-run train_rae")
+    check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
     model = decoder_from_blob(decoder)
-    z, images = _targets(latents, image_set, "val")
+    z, images, labels = _targets(latents, image_set, "val")
     with torch.no_grad():
         recon = torch.cat([model(chunk).clamp(0, 1) for chunk in z.split(256)])
     extractor = Extractor(feature_extractor)
@@ -74,7 +73,6 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
     metrics = {**psnr_ssim(recon, images.float() / 255),
                "recon_fd": frechet_distance(feature_stats(features), reference_stats)}
     if extractor.kind == "classifier":
-        labels = torch.from_numpy(image_set.splits["val"].labels)[latents.load("val")["rows"]]
         metrics["recon_accuracy"] = float((logits.argmax(-1) == labels).float().mean())
     log.info("decoder on val: %s", metrics)
     pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over val, which is ordered by class
