@@ -121,3 +121,38 @@ def test_autoguidance_uses_the_guide_snapshot(chain):
                                sample_params, params["diffusion"], 0)
     assert guided["images"].shape == outputs["samples"]["images"].shape
     assert not np.array_equal(guided["images"], outputs["samples"]["images"])  # the guide changed the samples
+
+
+def test_train_rae_reference_recipe_from_images(chain, tmp_path):
+    """The stage-1 recipe end to end through the node: online encoder on random crops, LPIPS from the start, the
+    discriminator training from step 4 and reaching the decoder from step 6 (random-init weights files)."""
+    import timm
+    import torchvision
+
+    from unirae_pipeline.pipelines.train_rae.nodes import evaluate_decoder, train_decoder
+
+    from .test_stage1 import LPIPS_HEADS, TINY_DINO
+
+    params, catalog, outputs = chain
+    torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()},
+               tmp_path / "vgg16.pth")
+    torch.save(timm.create_model("vit_small_patch8_224", num_classes=0, img_size=32, **TINY_DINO).state_dict(),
+               tmp_path / "dino.pth")
+    recipe = {**params["train_rae"], "source": "images", "resize": 20, "duration": 10, "warmup": 2, "batch_size": 16,
+              "lpips_weight": 1.0, "gan_weight": 0.75, "disc_upd_start": 4, "disc_start": 6,
+              "lpips": {"vgg_weights": str(tmp_path / "vgg16.pth"), "heads_weights": LPIPS_HEADS},
+              "disc": {**params["train_rae"]["disc"], "weights": str(tmp_path / "dino.pth"), "input_size": 32,
+                       "key_depths": [1, 2], "kernel_size": 3, "overrides": TINY_DINO}}
+    latents, image_set = catalog.load("latents"), catalog.load("image_set")
+    trainer = {**params["trainer"], "log_every_n_steps": 1}
+    blob, curve = train_decoder(latents, image_set, params["encoder"], params["decoder"], recipe, trainer,
+                                params["seed"])
+    assert len(curve) == 10 and {"l1", "lpips", "gan", "gan_weight", "disc", "disc_accuracy"} <= set(curve.columns)
+    assert curve.loc[curve.step > 6, "gan"].notna().all() and curve.loc[curve.step <= 4, "disc"].isna().all()
+    metrics, _ = evaluate_decoder(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"])
+    assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
+    # the online encoder must be the one that made the cache
+    with pytest.raises(ValueError, match="fingerprints differ"):
+        train_decoder(latents, image_set, {**params["encoder"], "overrides": {**params["encoder"]["overrides"],
+                                                                               "depth": 1}},
+                      params["decoder"], recipe, trainer, params["seed"])

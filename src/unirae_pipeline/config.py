@@ -10,16 +10,20 @@ from .diffusion import TransportConfig
 from .evaluation.classifier import ClassifierConfig
 from .evaluation.extractors import FIDConfig
 from .models import DecoderConfig, DiTConfig, EncoderConfig
+from .models.discriminator import DiscConfig
+from .models.perceptual import LPIPSConfig
 from .params import build
 from .pipelines.sample.nodes import SampleConfig
 from .training.fit import TrainerConfig
 from .training.optim import DiTTrainConfig, OptimConfig
+from .training.stage1 import RAETrainConfig
 
 # params.yaml group -> the dataclass that validates it
 GROUPS: dict[str, type] = {
     "data": DataConfig, "latents": CacheConfig, "encoder": EncoderConfig, "decoder": DecoderConfig, "dit": DiTConfig,
-    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig, "train_rae": OptimConfig,
+    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig, "train_rae": RAETrainConfig,
     "train_dit": DiTTrainConfig, "fid": FIDConfig, "fid.classifier": ClassifierConfig, "fid.train": OptimConfig,
+    "train_rae.lpips": LPIPSConfig, "train_rae.disc": DiscConfig,
 }
 
 

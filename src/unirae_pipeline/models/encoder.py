@@ -18,6 +18,8 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.nn import functional as F
 
+from .serialization import load_strict, read_state_dict
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -58,16 +60,12 @@ class FrozenEncoder(nn.Module):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", num_classes=0, **kwargs)
         if cfg.weights not in ("none", "hub"):
-            state = _load_weights(Path(cfg.weights))
+            state = read_state_dict(cfg.weights, "encoder.weights")
             if any(k.startswith("embeddings.") for k in state):
                 state = hf_dinov2_to_timm(state)
-            expected = set(vit.state_dict())
-            missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
-            if missing or unknown:
-                raise KeyError(f"encoder.weights {cfg.weights!r}: missing keys {missing[:6]}, "
-                               f"unknown keys {unknown[:6]}")
-            state["pos_embed"] = _resample_positions(state["pos_embed"], vit.pos_embed.shape[1])
-            vit.load_state_dict(state, strict=True)
+            if "pos_embed" in state:
+                state["pos_embed"] = _resample_positions(state["pos_embed"], vit.pos_embed.shape[1])
+            load_strict(vit, state, f"encoder.weights {cfg.weights!r}")
         # Affine-free final norm: every token is standardized over its channels, nothing learned on top.
         vit.norm = nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps, elementwise_affine=False)
         self.vit = vit.eval().requires_grad_(False)
@@ -148,11 +146,3 @@ def hf_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
                 if rest == src or rest.startswith(src + "."):
                     out[f"blocks.{i}.{dst}{rest[len(src):]}"] = state.pop(key)
     return {**out, **state}
-
-
-def _load_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)

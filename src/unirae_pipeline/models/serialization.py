@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,3 +33,30 @@ def check_fingerprints(**fingerprints: str) -> str:
         raise ValueError(f"encoder fingerprints differ between artefacts: {fingerprints}; "
                          "re-run the stages downstream of cache_latents")
     return values.pop()
+
+
+def read_state_dict(path: str | Path | None, param: str) -> dict[str, torch.Tensor]:
+    """Tensors of a local weights file (.safetensors, or a torch file loaded with weights_only); `param` names the
+    params key in the errors. Pretrained weights are never downloaded."""
+    if not path or not Path(path).is_file():
+        raise FileNotFoundError(f"{param}: weights file {str(path)!r} not found (nothing is downloaded; "
+                                "put the file there or point the parameter at it)")
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the file is not a plain state dict
+        raise ValueError(f"{param}: {str(path)!r} is not a plain tensor state dict: {err}") from None
+    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:
+    """load_state_dict(strict=True) with an error that names the params key and the first mismatching keys."""
+    expected = set(model.state_dict())
+    missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unknown:
+        raise KeyError(f"{param}: missing keys {missing[:6]}, unknown keys {unknown[:6]}")
+    model.load_state_dict(state, strict=True)
+    return model

@@ -16,7 +16,7 @@ import pandas as pd
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .data import TensorBatches, loader
+from .data import CropBatches, TensorBatches
 from .modules import TrainModule
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class LossHistory(L.Callback):
             return  # before the first optimizer step, or a later micro-batch of an accumulated one
         if step == 1 or step % self.every == 0 or step == trainer.max_steps:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
-            self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr})
+            self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr,
+                              **{k: float(v) for k, v in outputs.items() if k != "loss"}})
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -85,7 +86,7 @@ class EMASnapshot(L.Callback):
 class ResumeData(L.Callback):
     """Resumed runs continue the batch stream where the checkpoint left it, so that they equal an unbroken run."""
 
-    def __init__(self, batches: TensorBatches) -> None:
+    def __init__(self, batches: TensorBatches | CropBatches) -> None:
         self.batches = batches
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
@@ -106,7 +107,7 @@ def run_key(**parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: str, seed: int,
+def fit(module: TrainModule, batches: TensorBatches | CropBatches, cfg: TrainerConfig, name: str, seed: int,
         callbacks: tuple[L.Callback, ...] = (), run_key: str | None = None) -> pd.DataFrame:
     """Train to `module.optim.steps` optimizer steps. With `trainer.checkpoint_every_n_steps` and a `run_key` (a hash
     of everything the run depends on), checkpoints go to .cache/ckpts/<name>-<run_key>/ and a rerun with the same key
@@ -123,9 +124,12 @@ def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: s
     resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file()
     if resume:
         log.info("%s: resuming from %s", name, ckpt_dir / "last.ckpt")
+    strategy = cfg.strategy
+    if strategy == "ddp" and getattr(module, "partly_unused", False):
+        strategy = "ddp_find_unused_parameters_true"  # e.g. the discriminator heads before they start training
     trainer = L.Trainer(
         max_steps=module.optim.steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
-        num_nodes=cfg.num_nodes, strategy=cfg.strategy, precision=cfg.precision,
+        num_nodes=cfg.num_nodes, strategy=strategy, precision=cfg.precision,
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
         logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
@@ -135,7 +139,7 @@ def fit(module: TrainModule, batches: TensorBatches, cfg: TrainerConfig, name: s
         # The EMA copy is in eval mode on purpose; Lightning warns about any such submodule.
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
-        trainer.fit(module, loader(batches), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
+        trainer.fit(module, batches.loader(), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
     seconds = time.perf_counter() - start
     log.info("%s: %d steps of batch %d in %.1f s (%.0f samples/s), final loss %.4f", name, module.optim.steps,
              batches.batch_size, seconds, module.optim.steps * batches.batch_size / seconds, history.rows[-1]["loss"])

@@ -19,17 +19,22 @@ Objective = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
 class TrainModule(L.LightningModule):
     """AdamW + per-step schedule, EMA after every optimizer step, `loss` logged per step."""
 
-    def __init__(self, model: nn.Module, optim: OptimConfig, objective: Objective) -> None:
+    def __init__(self, model: nn.Module, optim: OptimConfig, objective: Objective | None) -> None:
         super().__init__()
         self.model, self.optim, self.objective = model, optim, objective
         self.ema = EMA(model, optim.ema_decay)
 
-    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        loss = self.objective(self.model, batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        return loss
+    def compute_loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        """{"loss": the loss to minimize, other names: detached terms for the logs and the loss curve}."""
+        return {"loss": self.objective(self.model, batch)}
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        out = self.compute_loss(batch)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"non-finite training loss {out['loss'].item()} at step {self.global_step}")
+        self.log("loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        self.log_dict({k: v for k, v in out.items() if k != "loss"}, on_step=True, on_epoch=False)
+        return out
 
     def configure_optimizers(self):
         opt, sched = build_optimizer(self.optim, self.model.parameters())
@@ -58,12 +63,6 @@ def dit_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, transpor
     x, y = batch
     t = sample_time(transport, x.shape[0], shift, device=x.device)
     return flow_matching_loss(model, x, y, t, torch.randn_like(x))
-
-
-def decoder_objective(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """L1 between the source image and the decoding of its raw latent (noise-augmented inside the decoder)."""
-    z, images = batch
-    return F.l1_loss(model(z), images.float() / 255)
 
 
 def classifier_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, cfg: ClassifierConfig) -> torch.Tensor:

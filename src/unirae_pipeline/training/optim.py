@@ -18,7 +18,8 @@ class OptimConfig:
     `duration`, `warmup`, `decay_start` and `decay_end` count `unit`s: optimizer steps, or epochs of the training
     set (converted with `in_steps`). The LR warms up linearly, holds, then decays (cosine or linear) from
     `decay_start` (null: the end of warm-up) to `final_lr` at `decay_end` (null: the end) and stays there; the
-    reference stage-2 recipe is constant for 40 epochs, linear to 2e-5 at epoch 800.
+    reference stage-2 recipe is constant for 40 epochs, linear to 2e-5 at epoch 800. `decay_end` may lie past
+    `duration`: a run stopped early on a longer schedule, as the paper's 80-epoch snapshot of its 800-epoch run.
     """
 
     unit: Literal["steps", "epochs"]
@@ -43,13 +44,14 @@ class OptimConfig:
             raise ValueError(f"duration and batch_size must be positive and warmup >= 0: {asdict(self)}")
         if self.schedule not in ("constant", "cosine", "linear"):
             raise ValueError(f"schedule must be constant, cosine or linear, got {self.schedule!r}")
-        if not self.warmup <= self.start <= self.end <= self.duration:
-            raise ValueError(f"need warmup <= decay_start <= decay_end <= duration: {asdict(self)}")
+        if not (self.warmup <= self.start <= self.end and self.warmup <= self.duration):
+            raise ValueError(f"need warmup <= decay_start <= decay_end and warmup <= duration: {asdict(self)}")
         if not 0 <= self.ema_decay < 1 or self.lr <= 0 or self.final_lr < 0 or self.grad_clip < 0:
             raise ValueError(f"need 0 <= ema_decay < 1, lr > 0, final_lr >= 0, grad_clip >= 0: {asdict(self)}")
 
-    # fields counted in `unit`, converted together by `in_steps`
+    # fields counted in `unit`, converted together by `in_steps`; POSITIVE ones are at least one step
     TIMES = ("duration", "warmup", "decay_start", "decay_end")
+    POSITIVE = ("duration",)
 
     @property
     def start(self) -> float:
@@ -71,9 +73,9 @@ class OptimConfig:
             return self
         if steps_per_epoch < 1:
             raise ValueError("an epoch holds no optimizer step: the data set is smaller than one global batch")
-        times = {k: None if getattr(self, k) is None else max(1, round(getattr(self, k) * steps_per_epoch))
+        times = {k: None if getattr(self, k) is None else round(getattr(self, k) * steps_per_epoch)
                  for k in self.TIMES}
-        times["warmup"] = round(self.warmup * steps_per_epoch)
+        times.update({k: max(1, times[k]) for k in self.POSITIVE})
         return replace(self, unit="steps", **times)
 
 
@@ -84,6 +86,7 @@ class DiTTrainConfig(OptimConfig):
     guide_at: float
 
     TIMES = (*OptimConfig.TIMES, "guide_at")
+    POSITIVE = (*OptimConfig.POSITIVE, "guide_at")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,9 +107,18 @@ def lr_factor(cfg: OptimConfig, step: int) -> float:
     return 1 + (floor - 1) * progress
 
 
-def build_optimizer(cfg: OptimConfig, params) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step))
+def build_optimizer(cfg: OptimConfig, params, delayed=(), delay: int = 0,
+                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW with the recipe's per-step schedule. `delayed` parameters (the stage-1 discriminator) get the same
+    schedule shifted to start at step `delay`, LR 0 before: the reference steps their scheduler only once they train."""
+    groups = [{"params": list(params)}]
+    factors = [lambda step: lr_factor(cfg, step)]
+    delayed = list(delayed)
+    if delayed:
+        groups.append({"params": delayed})
+        factors.append(lambda step: lr_factor(cfg, step - delay) if step >= delay else 0.0)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factors)
 
 
 class EMA(nn.Module):

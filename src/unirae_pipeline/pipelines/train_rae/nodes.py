@@ -1,4 +1,5 @@
-"""train_rae: train the ViT decoder (stage 1) from cached latents to pixels; PSNR and reconstruction FD on val."""
+"""train_rae: train the ViT decoder (stage 1), from cached latents or online-encoded random crops; PSNR, SSIM and
+reconstruction FD on val."""
 
 from __future__ import annotations
 
@@ -9,18 +10,17 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ...data.images import ImageSet, load_split_uint8
+from ...data.images import ImageSet, RandomCrops, load_split_uint8
 from ...data.latents import LatentStore
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, to_uint8_nhwc
-from ...models import DecoderConfig, ViTDecoder, decoder_from_blob
+from ...models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
 from ...params import build
-from ...training.data import TensorBatches
+from ...training.data import CropBatches, TensorBatches
 from ...training.fit import TrainerConfig, fit, run_key, steps_per_epoch
-from ...training.modules import TrainModule, decoder_objective
-from ...training.optim import OptimConfig
+from ...training.stage1 import RAEModule, RAETrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +35,32 @@ def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[tor
     return cache["latents"], images, cache["labels"]
 
 
-def train_decoder(latents: LatentStore, image_set: ImageSet, decoder: dict, train_rae: dict, trainer: dict,
-                  seed: int) -> tuple[Blob, pd.DataFrame]:
+def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, decoder: dict, train_rae: dict,
+                  trainer: dict, seed: int) -> tuple[Blob, pd.DataFrame]:
     cfg = build(DecoderConfig, decoder, "decoder")
-    optim = build(OptimConfig, train_rae, "train_rae")
+    optim = build(RAETrainConfig, train_rae, "train_rae")
     manifest = latents.manifest
     channels, grid, _ = manifest["latent_shape"]
     if grid * cfg.patch_size != manifest["image_size"]:
         raise ValueError(f"decoder.patch_size {cfg.patch_size} x latent grid {grid} != data.image_size "
                          f"{manifest['image_size']}")
-    z, images, _ = _targets(latents, image_set, "train")
     trainer_cfg = build(TrainerConfig, trainer, "trainer")
-    optim = optim.in_steps(steps_per_epoch(len(z), optim.batch_size, trainer_cfg))
+    online = None
+    if optim.source == "images":  # random crops through the frozen encoder, streamed from disk
+        online = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed)
+        check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
+        crops = RandomCrops(image_set, "train", manifest["image_size"], optim.resize, seed)
+        batches = CropBatches(crops, optim.batch_size, seed, optim.num_workers)
+    else:  # the cached centre-crop latents and their images, held in memory
+        z, images, _ = _targets(latents, image_set, "train")
+        batches = TensorBatches((z, images), optim.batch_size, seed)
+    optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViTDecoder(cfg, channels, grid)
-    module = TrainModule(model, optim, decoder_objective)
+    module = RAEModule(model, optim, online, seed)
     key = run_key(decoder=decoder, train_rae=train_rae, trainer=trainer, seed=seed, latents=manifest)
-    curve = fit(module, TensorBatches((z, images), optim.batch_size, seed), trainer_cfg, "train_rae", seed,
-                run_key=key)
+    curve = fit(module, batches, trainer_cfg, "train_rae", seed, run_key=key)
     blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
                    fingerprint=manifest["fingerprint"])
     return blob, curve

@@ -5,8 +5,8 @@ from .nodes import evaluate_decoder, train_decoder
 
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
-        Node(train_decoder, ["latents", "image_set", "params:decoder", "params:train_rae", "params:trainer",
-                             "params:seed"], ["decoder", "rae_loss"], name="train_decoder"),
+        Node(train_decoder, ["latents", "image_set", "params:encoder", "params:decoder", "params:train_rae",
+                             "params:trainer", "params:seed"], ["decoder", "rae_loss"], name="train_decoder"),
         Node(evaluate_decoder, ["decoder", "latents", "image_set", "feature_extractor", "reference_stats"],
              ["rae_metrics", "reconstructions"], name="evaluate_decoder"),
     ])

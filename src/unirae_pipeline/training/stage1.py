@@ -1,0 +1,186 @@
+"""Stage 1, the decoder: L1 + LPIPS + an adversarial term with VQGAN's adaptive weight against the DINO patch
+discriminator (hinge loss, DiffAug, 8-bit fakes), as in the reference recipe (rae_method.md §1.5-1.7)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..models.discriminator import DinoDiscriminator, DiscConfig
+from ..models.perceptual import LPIPS, LPIPSConfig
+from ..params import build
+from .modules import TrainModule
+from .optim import OptimConfig, build_optimizer
+
+
+@dataclass(frozen=True)
+class RAETrainConfig(OptimConfig):
+    """`train_rae`: the optimization recipe, the loss terms and when they start (in `unit`), and the data source.
+
+    `source: latents` trains on the cached centre-crop latents and their images (fast, the embedded default);
+    `source: images` encodes random crops online with the frozen encoder (the reference: shorter side resized to
+    `resize`, random crop, no flip). LPIPS and the discriminator need pretrained weights (`lpips`, `disc`); with
+    their weights at 0 they are not built, which is how the embedded default runs offline.
+    """
+
+    source: Literal["latents", "images"]
+    resize: int
+    num_workers: int
+    lpips_weight: float
+    lpips_start: float
+    gan_weight: float
+    disc_start: float      # the adversarial term reaches the decoder from here
+    disc_upd_start: float  # the discriminator trains from here (the reference: 2 epochs before disc_start)
+    max_d_weight: float
+    diffaug: bool
+    lpips: dict
+    disc: dict
+
+    TIMES = (*OptimConfig.TIMES, "lpips_start", "disc_start", "disc_upd_start")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.source not in ("latents", "images"):
+            raise ValueError(f"train_rae.source must be 'latents' or 'images', got {self.source!r}")
+        if min(self.lpips_weight, self.gan_weight, self.lpips_start, self.disc_start, self.disc_upd_start,
+               self.max_d_weight, self.num_workers) < 0:
+            raise ValueError(f"train_rae: loss weights, starts, max_d_weight and num_workers must be >= 0: "
+                             f"{asdict(self)}")
+        lpips, disc = self.lpips_config, self.disc_config
+        if self.lpips_weight > 0:
+            for key in ("vgg_weights", "heads_weights"):
+                path = getattr(lpips, key)
+                if not path or not Path(path).is_file():
+                    raise FileNotFoundError(f"train_rae.lpips.{key}: weights file {path!r} not found (needed while "
+                                            "train_rae.lpips_weight > 0; nothing is downloaded)")
+        if self.gan_weight > 0 and disc.weights != "none" and not (disc.weights and Path(disc.weights).is_file()):
+            raise FileNotFoundError(f"train_rae.disc.weights: DINO checkpoint {disc.weights!r} not found (needed "
+                                    "while train_rae.gan_weight > 0; nothing is downloaded)")
+
+    @property
+    def lpips_config(self) -> LPIPSConfig:
+        return build(LPIPSConfig, self.lpips, "train_rae.lpips")
+
+    @property
+    def disc_config(self) -> DiscConfig:
+        return build(DiscConfig, self.disc, "train_rae.disc")
+
+
+def diff_augment(x: torch.Tensor) -> torch.Tensor:
+    """DiffAug as RAE uses it (translation + colour, no cutout): per image, a shift of up to 1/8 of the size with
+    zero fill, then brightness +U(-.5, .5), saturation x U(0, 2) and contrast x U(.5, 1.5)."""
+    b, _, h, w = x.shape
+    x = x.float()
+    r = torch.rand(5, b, 1, 1, 1, device=x.device)
+    dh, dw = round(h * 0.125), round(w * 0.125)
+    th = (r[0] * (2 * dh + 1)).floor().long().view(b, 1, 1) - dh
+    tw = (r[1] * (2 * dw + 1)).floor().long().view(b, 1, 1) - dw
+    rows = (torch.arange(h, device=x.device).view(1, h, 1) + th + 1).clamp(0, h + 1)
+    cols = (torch.arange(w, device=x.device).view(1, 1, w) + tw + 1).clamp(0, w + 1)
+    x = F.pad(x, (1, 1, 1, 1))[torch.arange(b, device=x.device).view(b, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+    x = x + (r[2] - 0.5)
+    mean = x.mean(1, keepdim=True)
+    x = (x - mean) * (2 * r[3]) + mean
+    mean = x.mean((1, 2, 3), keepdim=True)
+    return (x - mean) * (r[4] + 0.5) + mean
+
+
+def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean())
+
+
+def to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Fakes in [-1, 1] on the 256 levels a real image can take, so D cannot tell them apart by precision."""
+    return torch.round((x.clamp(-1, 1) + 1) * 127.5) / 127.5 - 1
+
+
+def adaptive_weight(rec: torch.Tensor, gan: torch.Tensor, layer: torch.Tensor, limit: float) -> torch.Tensor:
+    """VQGAN's balance: |grad rec| / |grad gan| at the decoder's last layer, clamped to [0, limit], no gradient."""
+    g_rec = torch.autograd.grad(rec, layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(gan, layer, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-6)).clamp(0, limit).detach()
+
+
+@contextmanager
+def frozen(module: nn.Module):
+    """No gradient into `module`'s parameters inside the block (the generator's pass through the discriminator)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+class RAEModule(TrainModule):
+    """The decoder (with its EMA) trained by one AdamW over two groups: the decoder, and the discriminator heads
+    whose schedule starts at `disc_upd_start`. The discriminator steps on the noise-free decoding by the decoder as
+    it is before this step's update (the reference re-decodes after the update: one step of lag, one pass fewer
+    to synchronize). Batches are (latent, image) or, with an online `encoder`, (image,), images uint8."""
+
+    def __init__(self, decoder: nn.Module, cfg: RAETrainConfig, encoder: nn.Module | None = None,
+                 seed: int = 0) -> None:
+        super().__init__(decoder, cfg, objective=None)
+        self.encoder = encoder
+        self.lpips = LPIPS(cfg.lpips_config) if cfg.lpips_weight > 0 else None
+        self.disc = DinoDiscriminator(cfg.disc_config, seed) if cfg.gan_weight > 0 else None
+        self.augment = diff_augment if cfg.diffaug else (lambda x: x)
+
+    @property
+    def partly_unused(self) -> bool:
+        """Under DDP the discriminator heads get no gradient before `disc_upd_start`."""
+        return self.disc is not None
+
+    def compute_loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
+        cfg, step = self.optim, self.global_step
+        if self.encoder is not None:
+            (images,) = batch
+            x = images.float() / 255
+            z = self.encoder(x)
+        else:
+            z, images = batch
+            x = images.float() / 255
+        recon = self.model(z)  # train mode: noise-augmented latent
+        real, fake = x * 2 - 1, recon * 2 - 1
+        terms = {"l1": F.l1_loss(recon, x)}
+        loss = terms["l1"]
+        if self.lpips is not None and step >= cfg.lpips_start:
+            terms["lpips"] = self.lpips(fake, real).mean()
+            loss = loss + cfg.lpips_weight * terms["lpips"]
+        if self.disc is not None and step >= cfg.disc_start:
+            self.disc.eval()  # no power iteration of the spectral norms in the generator's pass
+            with frozen(self.disc):
+                terms["gan"] = -self.disc(self.augment(fake)).mean()
+            terms["gan_weight"] = adaptive_weight(loss, terms["gan"], self.model.decoder_pred.weight,
+                                                  cfg.max_d_weight)
+            loss = loss + cfg.gan_weight * terms["gan_weight"] * terms["gan"]
+        terms["rae"] = loss
+        if self.disc is not None and step >= cfg.disc_upd_start:
+            with torch.no_grad():
+                self.model.eval()
+                fakes = to_8bit(self.model(z) * 2 - 1)
+                self.model.train()
+            self.disc.train()
+            d_real, d_fake = self.disc(self.augment(real)), self.disc(self.augment(fakes))
+            terms["disc"] = hinge_d_loss(d_real, d_fake)
+            terms["disc_accuracy"] = (d_real > d_fake).float().mean()
+            loss = loss + terms["disc"]  # reaches the heads only: fakes and reals carry no gradient
+        return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
+
+    def configure_optimizers(self):
+        heads = self.disc.heads.parameters() if self.disc is not None else ()
+        opt, sched = build_optimizer(self.optim, self.model.parameters(), heads, int(self.optim.disc_upd_start))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val:  # the decoder's and the heads' gradients are clipped separately
+            for group in optimizer.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], gradient_clip_val)

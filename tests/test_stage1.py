@@ -1,0 +1,215 @@
+"""Stage 1: LPIPS against the reference package, the DINO discriminator, DiffAug, the GAN schedule of the decoder
+training and its data path (online encoder on random crops)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import lightning as L
+import lpips
+import numpy as np
+import pytest
+import timm
+import torch
+import torchvision
+
+from unirae_pipeline.data.images import RandomCrops
+from unirae_pipeline.models import DecoderConfig, ViTDecoder
+from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
+from unirae_pipeline.models.perceptual import LPIPS, LPIPSConfig
+from unirae_pipeline.params import build
+from unirae_pipeline.training.data import CropBatches, TensorBatches
+from unirae_pipeline.training.fit import TrainerConfig, fit
+from unirae_pipeline.training.stage1 import (
+    RAEModule,
+    RAETrainConfig,
+    adaptive_weight,
+    diff_augment,
+    hinge_d_loss,
+    to_8bit,
+)
+
+from .conftest import write_folder
+
+TINY_DINO = {"depth": 4, "embed_dim": 32, "num_heads": 2}
+LPIPS_HEADS = str(Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth")  # the real LPIPS v0.1 heads
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, str]:
+    """Randomly initialised networks of the real architectures, saved in the released files' layouts."""
+    tmp = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16().features.state_dict()
+    torch.save({f"features.{k}": v for k, v in vgg.items()}, tmp / "vgg16.pth")
+    dino = timm.create_model("vit_small_patch8_224", num_classes=0, img_size=32, **TINY_DINO).state_dict()
+    torch.save(dino, tmp / "dino.pth")
+    return {"vgg": str(tmp / "vgg16.pth"), "dino": str(tmp / "dino.pth")}
+
+
+def recipe(weights: dict[str, str], **over) -> dict:
+    base = dict(unit="steps", duration=12, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0,
+                warmup=2, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0,
+                source="latents", resize=20, num_workers=0, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
+                disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True,
+                lpips={"vgg_weights": weights["vgg"], "heads_weights": LPIPS_HEADS},
+                disc={"model": "vit_small_patch8_224", "weights": weights["dino"], "input_size": 32,
+                      "key_depths": [1, 2], "kernel_size": 3, "overrides": TINY_DINO})
+    return {**base, **over}
+
+
+def test_lpips_equals_the_reference_implementation(weights):
+    ref = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
+    ref.net.load_state_dict({f"slice{i + 1}.{k.split('.')[1]}.{k.split('.')[2]}": v
+                             for k, v in torch.load(weights["vgg"]).items()
+                             for i, (a, b) in enumerate(((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)))
+                             if a <= int(k.split(".")[1]) < b})
+    ours = LPIPS(LPIPSConfig(weights["vgg"], LPIPS_HEADS))
+    torch.manual_seed(1)
+    x, y = torch.rand(3, 3, 64, 64) * 2 - 1, torch.rand(3, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        expected = ref(x, y).flatten()
+    torch.testing.assert_close(ours(x, y), expected, rtol=1e-5, atol=1e-6)
+    assert torch.all(ours(x, x) == 0)
+    assert not any(p.requires_grad for p in ours.parameters())
+
+
+def test_missing_or_wrong_perceptual_weights_are_clear_errors(weights, tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_rae.lpips.vgg_weights"):
+        build(RAETrainConfig, recipe(weights, lpips={"vgg_weights": None, "heads_weights": LPIPS_HEADS}), "train_rae")
+    with pytest.raises(FileNotFoundError, match="train_rae.disc.weights"):
+        build(RAETrainConfig, recipe(weights, disc={**recipe(weights)["disc"], "weights": "nope.pth"}), "train_rae")
+    # off, the same missing files are not needed: the embedded default runs without them
+    build(RAETrainConfig, recipe(weights, lpips_weight=0.0, gan_weight=0.0, lpips={"vgg_weights": None,
+                                 "heads_weights": None}, disc={**recipe(weights)["disc"], "weights": None}),
+          "train_rae")
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(KeyError, match="train_rae.lpips.vgg_weights: missing keys"):
+        LPIPS(LPIPSConfig(str(tmp_path / "bad.pth"), LPIPS_HEADS))
+
+
+def test_dino_discriminator_heads_and_backbone(weights, tmp_path):
+    cfg = DiscConfig("vit_small_patch8_224", weights["dino"], 32, (1, 2), 3, TINY_DINO)
+    disc = DinoDiscriminator(cfg)
+    assert torch.equal(disc.backbone.state_dict()["pos_embed"], torch.load(weights["dino"])["pos_embed"])
+    assert disc.taps == [3, 1, 2]
+    logits = disc(torch.rand(2, 3, 16, 16) * 2 - 1)  # resized to the backbone's 32 px: 16 tokens per head
+    assert logits.shape == (2, 3 * 16)
+    trainable = {n.split(".")[0] for n, p in disc.named_parameters() if p.requires_grad}
+    assert trainable == {"heads"}
+    disc.train()
+    assert not disc.backbone.training
+    # the reference's S/8: five token maps of 784 tokens, 7.39 M trainable parameters in the heads
+    full = DinoDiscriminator(DiscConfig("vit_small_patch8_224", "none", 224, (2, 5, 8, 11), 9))
+    assert sum(p.numel() for p in full.heads.parameters()) == 7_386_245
+    assert full.taps == [11, 2, 5, 8, 11]
+    torch.save({"blocks.0.wrong": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(KeyError, match="train_rae.disc.weights"):
+        DinoDiscriminator(DiscConfig("vit_small_patch8_224", str(tmp_path / "bad.pth"), 32, (1,), 3, TINY_DINO))
+
+
+def test_diffaug_translation_colour_and_8bit_fakes():
+    torch.manual_seed(0)
+    zeros = diff_augment(torch.zeros(64, 3, 16, 16))
+    # an all-zero image stays uniform (zero fill); only the brightness shift remains
+    per_image = zeros.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1]) and per_image.abs().max() <= 0.5
+    torch.manual_seed(0)
+    again = diff_augment(torch.zeros(64, 3, 16, 16))
+    assert torch.equal(zeros, again)
+    # a grey image: saturation is a no-op and the rest is increasing-affine per image, so the zero-filled pixels
+    # of the translation are the ones below the image's maximum: full rows and columns at the edges, <= 16/8 deep
+    shifted = 0
+    for img in diff_augment(torch.ones(64, 3, 16, 16)):
+        fill = (img < img.max() - 1e-5).all(0)
+        rows, cols = fill.all(1), fill.all(0)
+        assert torch.equal(fill, rows[:, None] | cols[None, :])
+        for band in (rows, cols):
+            k = int(band.sum())
+            assert k <= 2 and (bool(band[:k].all()) or bool(band[16 - k:].all()))
+        shifted += bool(fill.any())
+    assert shifted > 32  # P(no shift on either axis) = 1/25
+    x = torch.linspace(-1.3, 1.3, 1000)
+    q = to_8bit(x)
+    assert q.min() == -1 and q.max() == 1
+    assert torch.allclose((q + 1) * 127.5, ((q + 1) * 127.5).round(), atol=1e-4)
+    assert hinge_d_loss(torch.tensor([2.0, 0.0]), torch.tensor([-2.0, 0.5])) == pytest.approx(0.5 * (0.5 + 0.75))
+
+
+def test_adaptive_weight_is_the_gradient_norm_ratio():
+    layer = torch.nn.Parameter(torch.randn(4, 3))
+    x = torch.randn(5, 3)
+    rec, gan = (x @ layer.T).pow(2).mean(), (x @ layer.T).sin().mean()
+    expected = torch.autograd.grad(rec, layer, retain_graph=True)[0].norm() / \
+        (torch.autograd.grad(gan, layer, retain_graph=True)[0].norm() + 1e-6)
+    assert adaptive_weight(rec, gan, layer, 1e4) == pytest.approx(float(expected), rel=1e-6)
+    assert adaptive_weight(rec, gan * 1e-9, layer, 3.0) == 3.0
+
+
+def _trainer() -> TrainerConfig:
+    return TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, False, 0)
+
+
+def _decoder() -> ViTDecoder:
+    torch.manual_seed(0)
+    return ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.3, "uniform"), 8, 4)
+
+
+def test_gan_schedule_lpips_from_0_disc_updates_then_adversarial_term(weights):
+    cfg = build(RAETrainConfig, recipe(weights), "train_rae")
+    module = RAEModule(_decoder(), cfg)
+    heads = copy.deepcopy(module.disc.heads.state_dict())
+    z, images = torch.randn(64, 8, 4, 4), torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+
+    class Probe(L.Callback):
+        """After each optimizer step: whether the heads have moved, and the heads' LR."""
+
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, bool, float]] = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            moved = any(not torch.equal(a, b) for a, b in zip(heads.values(),
+                                                               pl_module.disc.heads.state_dict().values()))
+            self.rows.append((trainer.global_step, moved, trainer.optimizers[0].param_groups[1]["lr"]))
+
+    probe = Probe()
+    curve = fit(module, TensorBatches((z, images), 8, seed=0), _trainer(), "stage1", 0, callbacks=(probe,))
+    # rows are recorded after optimizer step `step`; the terms of step s are in the row of step s + 1
+    assert curve["lpips"].notna().all()
+    assert curve.loc[curve.step <= 4, "disc"].isna().all() and curve.loc[curve.step > 4, "disc"].notna().all()
+    assert curve.loc[curve.step <= 6, "gan"].isna().all() and curve.loc[curve.step > 6, "gan"].notna().all()
+    assert (curve.loc[curve.step > 6, "gan_weight"] > 0).all()
+    for step, moved, lr in probe.rows:
+        assert moved == (step > 4)  # the heads stay put (LR 0, no gradient) before disc_upd_start
+        assert (lr == 0) == (step < 4)
+    assert module.ema.module is not module.model
+
+
+def test_generator_pass_leaves_no_gradient_on_the_discriminator(weights):
+    cfg = build(RAETrainConfig, recipe(weights, disc_start=0, disc_upd_start=100, duration=200), "train_rae")
+    module = RAEModule(_decoder(), cfg)
+    out = module.compute_loss((torch.randn(4, 8, 4, 4), torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)))
+    out["loss"].backward()
+    assert all(p.grad is None for p in module.disc.parameters())
+    assert module.model.decoder_pred.weight.grad is not None and "gan" in out and "disc" not in out
+
+
+def test_random_crops_are_seeded_by_draw_and_stream_from_disk(tmp_path):
+    from unirae_pipeline.data.images import scan_image_folder
+
+    write_folder(tmp_path / "imgs", {"a": 6, "b": 6}, size=30)
+    image_set = scan_image_folder(tmp_path / "imgs")
+    crops = RandomCrops(image_set, "train", 16, 24, seed=3)
+    (a,), (b,) = crops[(0, 7)], crops[(0, 7)]
+    assert a.dtype == torch.uint8 and a.shape == (3, 16, 16) and torch.equal(a, b)
+    assert any(not torch.equal(a, crops[(0, d)][0]) for d in range(8, 20))
+    one = [x for _, (x,) in zip(range(4), CropBatches(crops, 4, seed=0, num_workers=0).loader())]
+    two = [x for _, (x,) in zip(range(4), CropBatches(crops, 4, seed=0, num_workers=2).loader())]
+    assert all(torch.equal(x, y) for x, y in zip(one, two)) and one[0].shape == (4, 3, 16, 16)
+    resumed = CropBatches(crops, 4, seed=0)
+    resumed.start = 2
+    assert torch.equal(next(iter(resumed.loader()))[0], one[2])
+    with pytest.raises(ValueError, match="train_rae.resize"):
+        RandomCrops(image_set, "train", 16, 8, seed=0)
+    assert np.unique(crops[(3, 1)][0].numpy()).size > 1
