@@ -93,20 +93,76 @@ def test_inception_extractor_from_a_weights_file(inception_file):
     assert 1.0 <= inception_score(logits, splits=2) <= 1008
 
 
-def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
-    from unirae_pipeline.evaluation.extractors import FIDConfig, read_inception_weights
+def _fid(extractor: str, **over):
+    from unirae_pipeline.evaluation.extractors import FIDConfig
 
     clf = {"width": 8, "feature_dim": 8, "blur_sigma": 1.0, "noise_std": 0.1}
+    return FIDConfig(**{"extractor": extractor, "inception_weights": None, "dinov2_weights": None,
+                        "dinov2_model": "vit_large_patch14_dinov2", "reference_npz": None, "classifier": clf,
+                        "train": {}, **over})
+
+
+def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
+    from unirae_pipeline.evaluation.extractors import read_inception_weights
+
     with pytest.raises(FileNotFoundError, match="fid.inception_weights"):
-        FIDConfig("inception", str(tmp_path / "missing.pth"), None, clf, {})
+        _fid("inception", inception_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="fid.dinov2_weights"):
+        _fid("dinov2")
     with pytest.raises(FileNotFoundError, match="fid.reference_npz"):
-        FIDConfig("classifier", None, str(tmp_path / "missing.npz"), clf, {})
+        _fid("classifier", reference_npz=str(tmp_path / "missing.npz"))
     with pytest.raises(ValueError, match="fid.extractor"):
-        FIDConfig("clip", None, None, clf, {})
-    FIDConfig("inception", str(inception_file), None, clf, {})
+        _fid("clip")
+    with pytest.raises(ValueError, match="fid.dinov2_model"):
+        _fid("classifier", dinov2_model="dinov7")
+    _fid("inception", inception_weights=str(inception_file))
     (tmp_path / "evil.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a plain tensor state dict"):
         read_inception_weights(str(tmp_path / "evil.pth"))
+
+
+def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
+    """A random DINOv2 (ViT-S/14 here; ViT-L/14 for FD-DINOv2) saved as torch hub saves it: 518 px positions and a
+    mask token. It loads at 224 px and gives the normed CLS token, through the fid_reference node."""
+    import timm
+    from timm.layers import resample_abs_pos_embed
+
+    from unirae_pipeline.evaluation.extractors import DINOv2Features
+    from unirae_pipeline.pipelines.fid_reference.nodes import build_feature_extractor
+
+    torch.manual_seed(0)
+    hub = timm.create_model("vit_small_patch14_dinov2", num_classes=0).state_dict()  # 518 px: 37 x 37 positions
+    assert hub["pos_embed"].shape == (1, 1 + 37 * 37, 384)
+    torch.save({**hub, "mask_token": torch.zeros(1, 384)}, tmp_path / "dinov2.pth")
+    fid = {**_fid("classifier").__dict__, "extractor": "dinov2", "dinov2_weights": str(tmp_path / "dinov2.pth"),
+           "dinov2_model": "vit_small_patch14_dinov2"}
+    blob, curve = build_feature_extractor(None, 16, fid, {}, 0)
+    assert curve.empty and "mask_token" not in blob[0]
+    expected = resample_abs_pos_embed(hub["pos_embed"], new_size=(16, 16), num_prefix_tokens=1)
+    torch.testing.assert_close(blob[0]["pos_embed"], expected)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    features, logits = Extractor(blob, batch_size=2)(images)
+    assert features.shape == (5, 384) and logits.shape == (5, 0)
+    net = DINOv2Features("vit_small_patch14_dinov2", blob[0])
+    x = torch.nn.functional.interpolate(images.float() / 255, size=(224, 224), mode="bicubic", antialias=True)
+    tokens = net.vit.forward_features((x.clamp(0, 1) - net.mean) / net.std)
+    torch.testing.assert_close(features.float(), tokens[:, 0], rtol=1e-4, atol=1e-5)  # the normed CLS token
+
+    # a reference npz (mu/sigma + arr_0 images, the ADM layout) for generation; val statistics for rFID regardless
+    from unirae_pipeline.data.images import scan_image_folder
+    from unirae_pipeline.pipelines.fid_reference.nodes import reference_statistics
+
+    from .conftest import write_folder
+
+    image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 3}))
+    mu, sigma = np.full(384, 0.5), np.eye(384)
+    np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, arr_0=np.zeros((4, 16, 16, 3), np.uint8))
+    stats, metrics = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "ref.npz")})
+    assert np.array_equal(stats["mu"], mu) and stats["features"].shape == (4, 384)
+    assert stats["val_mu"].shape == (384,) and not np.allclose(stats["val_mu"], mu) and metrics["num_val"] == 6
+    np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(ValueError, match="2048-d statistics"):
+        reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "inception.npz")})
 
 
 def test_reference_npz_in_the_adm_layout(tmp_path):

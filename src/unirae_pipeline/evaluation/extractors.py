@@ -1,5 +1,6 @@
-"""Feature networks of the Fréchet distance: the embedded default's classifier, or torch-fidelity's Inception-v3
-(`inception-v3-compat`, the TF-ported network of FID/IS) from a weights file; never downloaded."""
+"""Feature networks of the Fréchet distance: the embedded default's classifier, torch-fidelity's Inception-v3
+(`inception-v3-compat`, the TF-ported network of FID/IS), or DINOv2 ViT-L/14 (FD-DINOv2, Stein et al. 2023: the
+normed CLS token at 224 px), each from a local weights file; never downloaded."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import timm
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from ..models.serialization import Blob, blob_meta
+from ..models.encoder import IMAGENET_MEAN, IMAGENET_STD
+from ..models.serialization import Blob, blob_meta, load_strict, read_state_dict
 from .classifier import ClassifierConfig, classifier_from_blob
 
 INCEPTION_FEATURES = ("2048", "logits_unbiased")
@@ -21,18 +25,25 @@ INCEPTION_FEATURES = ("2048", "logits_unbiased")
 class FIDConfig:
     """The `fid` params group: which feature network, where its weights are, and the reference statistics."""
 
-    extractor: Literal["classifier", "inception"]
+    extractor: Literal["classifier", "inception", "dinov2"]
     inception_weights: str | None   # torch-fidelity's pt_inception-2015-12-05 file, for extractor: inception
+    dinov2_weights: str | None      # DINOv2 checkpoint (torch-hub dinov2_vitl14_pretrain.pth layout), for dinov2
+    dinov2_model: str               # its timm architecture: vit_large_patch14_dinov2 for FD-DINOv2
     reference_npz: str | None       # e.g. ADM's VIRTUAL_imagenet256_labeled.npz (its mu/sigma); else computed
     classifier: dict
     train: dict
 
     def __post_init__(self) -> None:
-        if self.extractor not in ("classifier", "inception"):
-            raise ValueError(f"fid.extractor must be 'classifier' or 'inception', got {self.extractor!r}")
+        if self.extractor not in ("classifier", "inception", "dinov2"):
+            raise ValueError(f"fid.extractor must be 'classifier', 'inception' or 'dinov2', got {self.extractor!r}")
         if self.extractor == "inception" and not (self.inception_weights and Path(self.inception_weights).is_file()):
             raise FileNotFoundError(f"fid.inception_weights: Inception weights file {self.inception_weights!r} not "
                                     "found (torch-fidelity's pt_inception-2015-12-05; nothing is downloaded)")
+        if self.extractor == "dinov2" and not (self.dinov2_weights and Path(self.dinov2_weights).is_file()):
+            raise FileNotFoundError(f"fid.dinov2_weights: DINOv2 weights file {self.dinov2_weights!r} not found "
+                                    "(dinov2_vitl14_pretrain.pth for FD-DINOv2; nothing is downloaded)")
+        if not timm.is_model(self.dinov2_model):
+            raise ValueError(f"fid.dinov2_model {self.dinov2_model!r} is not a timm model name")
         if self.reference_npz is not None and not Path(self.reference_npz).is_file():
             raise FileNotFoundError(f"fid.reference_npz: reference statistics {self.reference_npz!r} not found")
         ClassifierConfig(**self.classifier)
@@ -55,13 +66,51 @@ def _inception(state: dict[str, torch.Tensor]) -> nn.Module:
                                            feature_extractor_weights_path=str(Path(tmp) / "inception.pt"))
 
 
+class DINOv2Features(nn.Module):
+    """uint8 images -> the final normed CLS token of a DINOv2 ViT at 224 px (bicubic, antialiased, ImageNet norm)."""
+
+    SIZE = 224
+
+    def __init__(self, model: str, state: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.vit = timm.create_model(model, pretrained=False, num_classes=0, img_size=self.SIZE)
+        if state is not None:
+            load_strict(self.vit, state, "fid.dinov2_weights")
+        self.vit.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255
+        if x.shape[-2:] != (self.SIZE, self.SIZE):
+            x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bicubic", antialias=True).clamp(0, 1)
+        return self.vit.forward_head(self.vit.forward_features((x - self.mean) / self.std), pre_logits=True)
+
+
+def read_dinov2_weights(path: str, model: str) -> dict[str, torch.Tensor]:
+    """A DINOv2 checkpoint (torch-hub or timm layout) as the timm model's state at 224 px: mask token dropped,
+    position table resampled by timm's own filter."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = read_state_dict(path, "fid.dinov2_weights")
+    net = timm.create_model(model, pretrained=False, num_classes=0, img_size=DINOv2Features.SIZE)
+    return checkpoint_filter_fn(state, net)
+
+
 class Extractor:
-    """uint8 images (N, 3, H, W) -> features (N, D) and, for the classifier, class logits over our labels."""
+    """uint8 images (N, 3, H, W) -> features (N, D) and logits: our classes for the classifier, Inception's 1008
+    for the IS, none (N, 0) for DINOv2."""
 
     def __init__(self, blob: Blob, batch_size: int = 256) -> None:
-        self.kind = blob_meta(blob).get("kind", "classifier")
+        meta = blob_meta(blob)
+        self.kind = meta.get("kind", "classifier")
         self.batch_size = batch_size
-        self.net = classifier_from_blob(blob) if self.kind == "classifier" else _inception(blob[0])
+        if self.kind == "classifier":
+            self.net = classifier_from_blob(blob)
+        elif self.kind == "dinov2":
+            self.net = DINOv2Features(meta["model"], blob[0])
+        else:
+            self.net = _inception(blob[0])
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +121,10 @@ class Extractor:
                 f = self.net.features(chunk.float() / 255)
                 feats.append(f)
                 logits.append(self.net.head(f))
+            elif self.kind == "dinov2":
+                f = self.net(chunk)
+                feats.append(f)
+                logits.append(f[:, :0])
             else:
                 f, lg = self.net(chunk)
                 feats.append(f)

@@ -1,5 +1,5 @@
-"""evaluate: FD of the samples to the reference, and class accuracy (classifier) or Inception score (Inception),
-next to the same for the untrained model, the floor."""
+"""evaluate: FD of the samples to the reference (FID with Inception, FD-DINOv2 with DINOv2), precision/recall, and
+class accuracy (classifier) or Inception score (Inception), next to the same for the untrained model, the floor."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _score(samples: dict[str, np.ndarray], extractor: Extractor, reference: dict
         scores.update(precision_recall(features, torch.from_numpy(reference["features"])))
     if extractor.kind == "classifier":
         scores["class_accuracy"] = float((logits.argmax(-1) == torch.from_numpy(samples["labels"])).float().mean())
-    else:
+    elif extractor.kind == "inception":
         scores["inception_score"] = inception_score(logits)
     return scores
 

@@ -1,8 +1,9 @@
 """fid_reference: the feature network of the Fréchet distance and the reference statistics of real images.
 
 `fid.extractor: classifier` trains the embedded default's small CNN on the real training images; `inception` takes
-torch-fidelity's Inception-v3 from `fid.inception_weights`. The reference is `fid.reference_npz` (e.g. the ADM batch)
-or the statistics of the real val images, streamed from disk.
+torch-fidelity's Inception-v3 from `fid.inception_weights`, `dinov2` a DINOv2 ViT from `fid.dinov2_weights`.
+The generation reference is `fid.reference_npz` (e.g. the ADM batch) or the statistics of the real val images,
+streamed from disk; the rFID reference is always the latter.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from ...data.images import ImageDataset, ImageSet, load_split_uint8
 from ...evaluation.classifier import ClassifierConfig, ShapeClassifier
-from ...evaluation.extractors import Extractor, FIDConfig, read_inception_weights
+from ...evaluation.extractors import Extractor, FIDConfig, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
 from ...params import build
@@ -31,11 +32,14 @@ log = logging.getLogger(__name__)
 
 def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, trainer: dict,
                             seed: int) -> tuple[Blob, pd.DataFrame]:
-    """The extractor as a model file (the trained classifier, or the checked Inception weights) and a loss curve."""
+    """The extractor as a model file (the trained classifier, or checked Inception/DINOv2 weights) and a loss curve."""
     cfg = build(FIDConfig, fid, "fid")
+    no_curve = pd.DataFrame(columns=["step", "loss", "lr"])
     if cfg.extractor == "inception":
-        state = read_inception_weights(cfg.inception_weights)
-        return (state, {"kind": json.dumps("inception")}), pd.DataFrame(columns=["step", "loss", "lr"])
+        return (read_inception_weights(cfg.inception_weights), {"kind": json.dumps("inception")}), no_curve
+    if cfg.extractor == "dinov2":
+        state = read_dinov2_weights(cfg.dinov2_weights, cfg.dinov2_model)
+        return (state, {"kind": json.dumps("dinov2"), "model": json.dumps(cfg.dinov2_model)}), no_curve
     clf = build(ClassifierConfig, cfg.classifier, "fid.classifier")
     optim = build(OptimConfig, cfg.train, "fid.train")
     images, labels = load_split_uint8(image_set, "train", image_size)
@@ -54,35 +58,40 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, tra
 
 
 def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int) -> tuple[torch.Tensor, float]:
-    """Features of the real val images, streamed from disk, and the classifier's accuracy on them."""
+    """Features of the real val images, streamed from disk, and the classifier's accuracy on them (else 0)."""
     loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256)
     features, correct = [], 0
     for images, labels, _ in loader:
         f, logits = extractor((images * 255).round().to(torch.uint8))
         features.append(f)
-        correct += int((logits.argmax(-1) == labels).sum())
+        if extractor.kind == "classifier":
+            correct += int((logits.argmax(-1) == labels).sum())
     features = torch.cat(features)
     return features, correct / len(features)
 
 
 def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int,
                          fid: dict) -> tuple[dict[str, np.ndarray], dict]:
-    """mu/sigma (and the features, for precision/recall) of the reference; for the classifier, its val accuracy."""
+    """The generation reference (mu/sigma, plus features for precision/recall) and `val_mu`/`val_sigma`, the real
+    val images' statistics that rFID compares reconstructions with (never the train-set ADM batch, whose use inflates
+    rFID); for the classifier, its val accuracy."""
     cfg = build(FIDConfig, fid, "fid")
     extractor = Extractor(feature_extractor)
-    metrics: dict = {"extractor": extractor.kind, "reference": cfg.reference_npz or "val"}
-    if not cfg.reference_npz or extractor.kind == "classifier":
-        val_features, accuracy = _val_features(extractor, image_set, image_size)
-        metrics["num_val"] = len(val_features)
-        if extractor.kind == "classifier":
-            metrics["val_accuracy"] = accuracy
-            log.info("classifier val accuracy %.4f on %d images", accuracy, len(val_features))
+    val_features, accuracy = _val_features(extractor, image_set, image_size)
+    metrics: dict = {"extractor": extractor.kind, "reference": cfg.reference_npz or "val", "num_val": len(val_features)}
+    if extractor.kind == "classifier":
+        metrics["val_accuracy"] = accuracy
+        log.info("classifier val accuracy %.4f on %d images", accuracy, len(val_features))
+    val = feature_stats(val_features)
     if cfg.reference_npz:
         stats, images = load_reference(cfg.reference_npz)
+        if stats["mu"].shape != val["mu"].shape:
+            raise ValueError(f"fid.reference_npz holds {stats['mu'].shape[0]}-d statistics, but fid.extractor "
+                             f"{extractor.kind!r} gives {val['mu'].shape[0]}-d features (ADM batches are Inception's)")
         features = extractor(torch.from_numpy(images).permute(0, 3, 1, 2))[0] if images is not None else None
     else:
-        features = val_features
-        stats = feature_stats(features)
+        stats, features = dict(val), val_features
+    stats.update(val_mu=val["mu"], val_sigma=val["sigma"])
     if features is not None:
         stats["features"] = features.float().numpy()
     return stats, metrics

@@ -68,8 +68,8 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
                      reference_stats: dict[str, np.ndarray]) -> tuple[dict, Image.Image]:
-    """Reconstruct val (no noise): PSNR on [0, 1], FD to the reference (rFID with Inception), the classifier's
-    accuracy on the reconstructions, and a grid."""
+    """Reconstruct val (no noise): PSNR and SSIM on [0, 1], FD to the val images' statistics (rFID with Inception,
+    on ImageNet's 50k centre-cropped val images), the classifier's accuracy on the reconstructions, and a grid."""
     check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
     model = decoder_from_blob(decoder)
     z, images, labels = _targets(latents, image_set, "val")
@@ -77,8 +77,8 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
         recon = torch.cat([model(chunk).clamp(0, 1) for chunk in z.split(256)])
     extractor = Extractor(feature_extractor)
     features, logits = extractor((recon * 255).round().to(torch.uint8))
-    metrics = {**psnr_ssim(recon, images.float() / 255),
-               "recon_fd": frechet_distance(feature_stats(features), reference_stats)}
+    val = {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]}
+    metrics = {**psnr_ssim(recon, images.float() / 255), "recon_fd": frechet_distance(feature_stats(features), val)}
     if extractor.kind == "classifier":
         metrics["recon_accuracy"] = float((logits.argmax(-1) == labels).float().mean())
     log.info("decoder on val: %s", metrics)
