@@ -13,6 +13,16 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def sample_cache(tmp_path_factory):
+    """Sample shards of in-process tests go to a temp folder, not the checkout's .cache/."""
+    from unirae_pipeline.pipelines.sample import nodes
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(nodes, "CACHE", tmp_path_factory.mktemp("sample-cache"))
+        yield nodes.CACHE
+
+
 @pytest.fixture(scope="session")
 def params() -> dict:
     """params.yaml as committed (a deep copy per use keeps tests independent)."""

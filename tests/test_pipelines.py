@@ -81,9 +81,10 @@ def test_samples_are_class_balanced_uint8(chain):
     params, _, outputs = chain
     samples = outputs["samples"]
     n = params["sample"]["num_per_class"]
-    assert samples["images"].shape == (10 * n, 16, 16, 3) and samples["images"].dtype == np.uint8
-    assert np.bincount(samples["labels"]).tolist() == [n] * 10
-    assert outputs["samples_untrained"]["images"].shape == samples["images"].shape
+    images = np.concatenate(list(samples.chunks(1000)))
+    assert images.shape == (10 * n, 16, 16, 3) and images.dtype == np.uint8
+    assert np.bincount(samples.labels).tolist() == [n] * 10
+    assert len(outputs["samples_untrained"]) == len(samples)
 
 
 def test_metrics_and_reports(chain):
@@ -119,8 +120,9 @@ def test_autoguidance_uses_the_guide_snapshot(chain):
                      "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
     guided, _, _ = sample_node(outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
                                sample_params, params["diffusion"], 0)
-    assert guided["images"].shape == outputs["samples"]["images"].shape
-    assert not np.array_equal(guided["images"], outputs["samples"]["images"])  # the guide changed the samples
+    first, guided_first = next(outputs["samples"].chunks(1000)), next(guided.chunks(1000))
+    assert guided_first.shape == first.shape
+    assert not np.array_equal(guided_first, first)  # the guide changed the samples
 
 
 def test_train_rae_reference_recipe_from_images(chain, tmp_path):
@@ -156,3 +158,49 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
         train_decoder(latents, image_set, {**params["encoder"], "overrides": {**params["encoder"]["overrides"],
                                                                                "depth": 1}},
                       params["decoder"], recipe, trainer, params["seed"])
+
+
+def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tmp_path, monkeypatch):
+    """A run killed after its first shard keeps it; the rerun makes only the rest and equals an unbroken run. The
+    catalog writes np.savez's layout (arr_0 uint8 NHWC, arr_1 labels), read back memory-mapped."""
+    from unirae_pipeline.io.datasets import SamplesDataset
+    from unirae_pipeline.pipelines.sample import nodes
+
+    params, _, outputs = chain
+    sample_params = {**params["sample"], "num_per_class": 6, "batch_size": 10, "shard_size": 20,
+                     "untrained_baseline": False}
+    inputs = (outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"], sample_params,
+              params["diffusion"], 0)
+    monkeypatch.setattr(nodes, "CACHE", tmp_path / "unbroken")
+    unbroken, _, grid = nodes.sample(*inputs)
+    assert [len(p) for p in unbroken.parts] == [20, 20, 20]
+
+    monkeypatch.setattr(nodes, "CACHE", tmp_path / "killed")
+    real, calls = nodes.generate, []
+
+    def dies_after_one_shard(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt("killed")
+        calls.append(kwargs.get("first_batch", args[-1]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(nodes, "generate", dies_after_one_shard)
+    with pytest.raises(KeyboardInterrupt):
+        nodes.sample(*inputs)
+    monkeypatch.setattr(nodes, "generate", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
+    resumed, _, grid_again = nodes.sample(*inputs)
+    assert calls == [0, 2, 4]  # first batches of shards 0 (before the kill), 1 and 2 (after): shard 0 was kept
+    assert all(np.array_equal(a, b) for a, b in zip(unbroken.chunks(20), resumed.chunks(20)))
+    assert np.array_equal(np.asarray(grid), np.asarray(grid_again))
+
+    dataset = SamplesDataset(filepath=str(tmp_path / "samples.npz"))
+    dataset.save(resumed)
+    assert not resumed.cache.exists()  # shards removed once the npz is complete
+    with np.load(tmp_path / "samples.npz") as npz:
+        assert npz.files == ["arr_0", "arr_1"] and npz["arr_0"].dtype == np.uint8
+        assert np.array_equal(npz["arr_0"], np.concatenate(list(unbroken.chunks(60))))
+        assert np.array_equal(npz["arr_1"], unbroken.labels)
+    loaded = dataset.load()
+    assert isinstance(loaded.parts[0], np.memmap) and np.array_equal(loaded.labels, unbroken.labels)
+    with pytest.raises(ValueError, match="multiple of sample.batch_size"):
+        nodes.sample(*inputs[:4], {**sample_params, "shard_size": 25}, *inputs[5:])

@@ -21,7 +21,8 @@ SCRIPT = textwrap.dedent('''
     from unirae_pipeline.diffusion import TransportConfig
     from unirae_pipeline.models import DiTConfig, build_dit
     from unirae_pipeline.training.data import TensorBatches
-    from unirae_pipeline.training.fit import EMASnapshot, TrainerConfig, fit, run_key
+    from unirae_pipeline.params import run_key
+    from unirae_pipeline.training.fit import EMASnapshot, TrainerConfig, fit
     from unirae_pipeline.training.modules import TrainModule, dit_objective
     from unirae_pipeline.training.optim import OptimConfig
     logging.basicConfig(level=logging.INFO)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -22,3 +24,8 @@ def build(cls: type[T], params: Any, name: str) -> T:
 def _defaulted(cls: type) -> set[str]:
     return {f.name for f in dataclasses.fields(cls)
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
+def run_key(**parts: Any) -> str:
+    """A short hash of everything a run depends on: the name of its resume checkpoints or sample shards."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]

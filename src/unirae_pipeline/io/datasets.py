@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from safetensors.torch import save_file
 
 from ..data.images import GeneratedImages, ImageSet, load_index, save_index, scan_image_folder, write_image_folder
 from ..data.latents import LatentStore
+from ..data.samples import SampleSet, read_adm_npz, write_adm_npz
 from ..fileio import atomic_dir, atomic_file
 from ..models.official import load_official_decoder, load_official_dit, load_official_stats, read_checkpoint
 from ..models.serialization import Blob, to_blob
@@ -127,6 +129,19 @@ class NpzDataset(_PathDataset):
             return {k: npz[k] for k in npz.files}
 
 
+class SamplesDataset(_PathDataset):
+    """Generated samples as the ADM evaluator's npz (arr_0 uint8 NHWC, arr_1 labels), written block by block from
+    the sampler's shards (whose cache folder is then removed) and read back memory-mapped."""
+
+    def _write(self, data: SampleSet) -> None:
+        write_adm_npz(self._filepath, data)
+        if data.cache is not None:
+            shutil.rmtree(data.cache, ignore_errors=True)
+
+    def load(self) -> SampleSet:
+        return read_adm_npz(self._require())
+
+
 class JSONDataset(_PathDataset):
     """Metrics as JSON (DVC metrics files)."""
 
@@ -197,4 +212,4 @@ class OfficialModelDataset(_PathDataset):
 
 
 __all__ = ["CSVDataset", "ImageSetDataset", "JSONDataset", "LatentCache", "LatentStoreDataset", "NpzDataset",
-           "OfficialModelDataset", "PNGDataset", "SafetensorsDataset"]
+           "OfficialModelDataset", "PNGDataset", "SafetensorsDataset", "SamplesDataset"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,17 @@ Blob = tuple[dict[str, torch.Tensor], dict[str, str]]
 def to_blob(model: nn.Module, **meta: Any) -> Blob:
     tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
     return tensors, {k: json.dumps(v) for k, v in meta.items()}
+
+
+def blob_digest(*blobs: Blob) -> str:
+    """A hash of the weights and metadata of model files: what a cached result made from them depends on."""
+    h = hashlib.sha256()
+    for tensors, meta in blobs:
+        h.update(json.dumps(meta, sort_keys=True).encode())
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def blob_meta(blob: Blob) -> dict[str, Any]:

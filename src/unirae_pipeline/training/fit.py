@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -100,11 +98,6 @@ def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> in
     if devices is None:
         raise ValueError("trainer.devices must be a number when a recipe counts epochs")
     return num_samples // (batch_size * cfg.accumulate_grad_batches * devices * cfg.num_nodes)
-
-
-def run_key(**parts) -> str:
-    """A short hash of everything a training run depends on: the name of its resume checkpoints."""
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def fit(module: TrainModule, batches: TensorBatches | CropBatches, cfg: TrainerConfig, name: str, seed: int,

@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import torch
 
+from ...data.samples import SampleSet
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, inception_score, precision_recall
 from ...models.serialization import Blob
@@ -15,23 +16,24 @@ from ...models.serialization import Blob
 log = logging.getLogger(__name__)
 
 
-def _score(samples: dict[str, np.ndarray], extractor: Extractor, reference: dict) -> dict[str, float]:
-    features, logits = extractor(torch.from_numpy(samples["images"]).permute(0, 3, 1, 2))
+def _score(samples: SampleSet, extractor: Extractor, reference: dict) -> dict[str, float]:
+    out = [extractor(torch.from_numpy(block).permute(0, 3, 1, 2)) for block in samples.chunks(4096)]
+    features, logits = torch.cat([f for f, _ in out]), torch.cat([lg for _, lg in out])
     scores = {"fd": frechet_distance(feature_stats(features), reference)}
     if "features" in reference:  # a reference with its features (computed, or an ADM batch with images)
         scores.update(precision_recall(features, torch.from_numpy(reference["features"])))
     if extractor.kind == "classifier":
-        scores["class_accuracy"] = float((logits.argmax(-1) == torch.from_numpy(samples["labels"])).float().mean())
+        scores["class_accuracy"] = float((logits.argmax(-1) == torch.from_numpy(samples.labels)).float().mean())
     elif extractor.kind == "inception":
         scores["inception_score"] = inception_score(logits)
     return scores
 
 
-def evaluate(samples: dict[str, np.ndarray], samples_untrained: dict[str, np.ndarray], feature_extractor: Blob,
+def evaluate(samples: SampleSet, samples_untrained: SampleSet, feature_extractor: Blob,
              reference_stats: dict[str, np.ndarray]) -> dict:
     extractor = Extractor(feature_extractor)
-    metrics = {**_score(samples, extractor, reference_stats), "num_samples": len(samples["labels"])}
-    if len(samples_untrained["labels"]):  # absent when sample.untrained_baseline is off
+    metrics = {**_score(samples, extractor, reference_stats), "num_samples": len(samples)}
+    if len(samples_untrained):  # empty when sample.untrained_baseline is off
         metrics.update({f"{k}_untrained": v for k, v in _score(samples_untrained, extractor, reference_stats).items()})
         metrics["fd_ratio"] = metrics["fd"] / metrics["fd_untrained"]
     log.info("evaluation: %s", metrics)

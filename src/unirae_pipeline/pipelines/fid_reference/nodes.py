@@ -21,9 +21,9 @@ from ...evaluation.classifier import ClassifierConfig, ShapeClassifier
 from ...evaluation.extractors import Extractor, FIDConfig, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
-from ...params import build
+from ...params import build, run_key
 from ...training.data import TensorBatches
-from ...training.fit import TrainerConfig, fit, run_key, steps_per_epoch
+from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule, classifier_objective
 from ...training.optim import OptimConfig
 

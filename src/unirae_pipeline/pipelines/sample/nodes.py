@@ -1,12 +1,19 @@
-"""sample: class-balanced ODE sampling with CFG, decoded by the trained decoder; plus the untrained baseline."""
+"""sample: class-balanced ODE/SDE sampling with guidance, decoded by the trained decoder; plus the untrained baseline.
+
+Images are generated in shards of `sample.shard_size` under .cache/samples/<hash of the models and params>/: a rerun
+after a kill keeps the complete shards (each batch's noise is seeded by its position, so the result is the same), and
+the catalog writes them out as the ADM evaluator's npz.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -14,13 +21,16 @@ import torch
 from PIL import Image
 
 from ...data.latents import denormalize
+from ...data.samples import SampleSet, read_shard, write_shard
 from ...diffusion import SamplerConfig, TransportConfig, integrate, shift_factor, time_grid
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
-from ...models.serialization import Blob, blob_meta, check_fingerprints
-from ...params import build
+from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
+from ...params import build, run_key
 
 log = logging.getLogger(__name__)
+
+CACHE = Path(".cache/samples")  # shards of unfinished runs (relative to the project root, like .cache/ckpts)
 
 
 @dataclass(frozen=True)
@@ -29,6 +39,7 @@ class SampleConfig:
 
     num_per_class: int
     batch_size: int
+    shard_size: int            # images per resumable shard; a multiple of batch_size
     grid_per_class: int
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
@@ -36,8 +47,11 @@ class SampleConfig:
     sampler: dict
 
     def __post_init__(self) -> None:
-        if min(self.num_per_class, self.batch_size, self.grid_per_class) < 1:
-            raise ValueError("sample.num_per_class, sample.batch_size and sample.grid_per_class must be >= 1")
+        if min(self.num_per_class, self.batch_size, self.grid_per_class, self.shard_size) < 1:
+            raise ValueError("sample.num_per_class, batch_size, shard_size and grid_per_class must be >= 1")
+        if self.shard_size % self.batch_size:
+            raise ValueError(f"sample.shard_size {self.shard_size} must be a multiple of sample.batch_size "
+                             f"{self.batch_size} (batches are seeded by position)")
         if self.device not in ("auto", "cpu", "cuda") or self.precision not in ("fp32", "bf16"):
             raise ValueError(f"sample.device must be auto/cpu/cuda and sample.precision fp32/bf16, got "
                              f"{self.device!r}, {self.precision!r}")
@@ -69,9 +83,10 @@ def _fp32(model: torch.nn.Module, device: torch.device):
 @torch.no_grad()
 def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, torch.Tensor], labels: torch.Tensor,
              cfg: SampleConfig, sampler: SamplerConfig, shift: float, seed: int,
-             guide: torch.nn.Module | None = None) -> np.ndarray:
-    """Noise -> latents (ODE/SDE, guided) -> raw latents -> images, uint8 NHWC; each batch seeded by its position,
-    with its noise drawn on the CPU so that a seed gives the same samples on every device."""
+             guide: torch.nn.Module | None = None, first_batch: int = 0) -> np.ndarray:
+    """Noise -> latents (ODE/SDE, guided) -> raw latents -> images, uint8 NHWC. Batch i of the whole run is seeded
+    by seed + i (`first_batch` places these labels in the run), its noise drawn on the CPU so that a seed gives the
+    same samples on every device and in any shard split."""
     device = cfg.torch_device()
     decoder = decoder.eval().to(device)
     mean, var = stats["mean"].to(device), stats["var"].to(device)
@@ -81,7 +96,7 @@ def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     out = []
     for i, y in enumerate(labels.split(cfg.batch_size)):
-        generator = torch.Generator().manual_seed(seed + i)
+        generator = torch.Generator().manual_seed(seed + first_batch + i)
         noise = torch.randn((len(y), *model_shape(model)), generator=generator).to(device)
         with autocast:
             z = integrate(velocity, noise, y.to(device), grid, sampler, generator)
@@ -90,8 +105,25 @@ def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, 
     return np.concatenate(out)
 
 
+def generate_shards(folder: Path, labels: torch.Tensor, cfg: SampleConfig, image_shape: tuple[int, int, int],
+                    make: Callable[[torch.Tensor, int], np.ndarray]) -> SampleSet:
+    """Shards of `cfg.shard_size` images in `folder`; complete shards of an earlier, interrupted run are kept."""
+    folder.mkdir(parents=True, exist_ok=True)
+    parts, kept = [], 0
+    for k, lo in enumerate(range(0, len(labels), cfg.shard_size)):
+        path = folder / f"shard_{k:05d}.npy"
+        if path.is_file():
+            parts.append(read_shard(path))
+            kept += 1
+        else:
+            parts.append(write_shard(path, make(labels[lo: lo + cfg.shard_size], lo // cfg.batch_size)))
+    if kept:
+        log.info("resumed %s: %d of %d shards were complete", folder, kept, len(parts))
+    return SampleSet(parts, labels.numpy(), image_shape, cache=folder)
+
+
 def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params: dict, diffusion: dict,
-           seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], Image.Image]:
+           seed: int) -> tuple[SampleSet, SampleSet, Image.Image]:
     """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class.
 
     `dit_guide` is used only with `sample.sampler.guidance: autoguidance`.
@@ -108,8 +140,12 @@ def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params
     guide = dit_from_blob(dit_guide) if autoguided else None
     shift = shift_factor(tuple(meta["latent_shape"]), transport.shift_base)
     labels = balanced_labels(meta["num_classes"], cfg.num_per_class, seed)
+    image_shape = (dec.image_size, dec.image_size, 3)
+    models = [dit, decoder, latent_stats, *([dit_guide] if autoguided else [])]
+    key = run_key(models=blob_digest(*models), sample=params, diffusion=diffusion, seed=seed)
     start = time.perf_counter()
-    images = generate(model, dec, stats, labels, cfg, sampler, shift, seed, guide)
+    samples = generate_shards(CACHE / key, labels, cfg, image_shape, lambda y, first: generate(
+        model, dec, stats, y, cfg, sampler, shift, seed, guide, first))
     seconds = time.perf_counter() - start
     log.info("sampled %d images (%s, %d grid points, %s %.2f, %s on %s) in %.1f s, %.1f img/s", len(labels),
              sampler.method, sampler.num_steps, sampler.guidance, sampler.guidance_scale, cfg.precision,
@@ -118,10 +154,10 @@ def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params
         untrained = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"],
                               meta["seed"])
         unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
-        baseline = {"images": generate(untrained, dec, stats, labels, cfg, unguided, shift, seed),
-                    "labels": labels.numpy()}
+        baseline = generate_shards(CACHE / f"{key}-untrained", labels, cfg, image_shape, lambda y, first: generate(
+            untrained, dec, stats, y, cfg, unguided, shift, seed, first_batch=first))
     else:
-        baseline = {"images": images[:0], "labels": labels.numpy()[:0]}
+        baseline = SampleSet([], labels.numpy()[:0], image_shape)
     order = torch.argsort(labels, stable=True).view(meta["num_classes"], -1)[:, : cfg.grid_per_class]
-    grid = image_grid(images[order.flatten().numpy()], ncol=order.shape[1])  # one row per class
-    return {"images": images, "labels": labels.numpy()}, baseline, grid
+    grid = image_grid(samples.take(order.flatten().numpy()), ncol=order.shape[1])  # one row per class
+    return samples, baseline, grid

@@ -11,9 +11,9 @@ from ...data.latents import LatentStore, normalize
 from ...diffusion import TransportConfig, shift_factor
 from ...models import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
-from ...params import build
+from ...params import build, run_key
 from ...training.data import TensorBatches
-from ...training.fit import EMASnapshot, TrainerConfig, fit, run_key, steps_per_epoch
+from ...training.fit import EMASnapshot, TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule, dit_objective
 from ...training.optim import DiTTrainConfig
 

@@ -17,9 +17,9 @@ from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
-from ...params import build
+from ...params import build, run_key
 from ...training.data import CropBatches, TensorBatches
-from ...training.fit import TrainerConfig, fit, run_key, steps_per_epoch
+from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.stage1 import RAEModule, RAETrainConfig
 
 log = logging.getLogger(__name__)
