@@ -22,3 +22,56 @@ def test_quick_start_has_two_commands_and_ci_runs_the_second():
     setup = ("#", "set ", "cd ", "export ")  # the script's own preamble
     ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith(setup)]
     assert ci == [commands[1]]
+
+
+def _bash_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S)
+    return [line for block in blocks for line in block.splitlines() if line.strip()]
+
+
+# params that hold a pretrained file or a data path: with a value, it must exist
+PATH_PARAMS = ("data.root", "encoder.weights", "train_rae.lpips.vgg_weights", "train_rae.lpips.heads_weights",
+               "train_rae.disc.weights", "fid.inception_weights", "fid.reference_npz", "fid.dinov2_weights")
+
+
+def _get(params: dict, key: str):
+    for part in key.split("."):
+        params = params[part]
+    return params
+
+
+def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_path, monkeypatch):
+    """Each `dvc exp run -S profile=imagenet ...` line of the README: its targets are stages, its overrides compose,
+    a missing file is a clear error, and with the documented files in place every params group validates."""
+    import shlex
+
+    import pytest
+    import yaml
+
+    from unirae_pipeline.compose import compose_params
+    from unirae_pipeline.config import validate_params
+
+    stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    readme = (ROOT / "README.md").read_text()
+    lines = [line for line in _bash_lines() if line.startswith("dvc exp run") and "profile=imagenet" in line]
+    assert len(lines) >= 5
+    for n, line in enumerate(lines):
+        tokens = shlex.split(line.split("  #")[0])[3:]
+        overrides = [tokens[i + 1] for i, t in enumerate(tokens) if t == "-S"]
+        targets = [t for i, t in enumerate(tokens) if t != "-S" and (i == 0 or tokens[i - 1] != "-S")]
+        assert set(targets) <= stages, line
+        params = compose_params(overrides, conf_dir=ROOT / "conf")
+        assert params["dit"]["hidden_size"] == 1152 and params["train_rae"]["gan_weight"] == 0.75
+        paths = {key: _get(params, key) for key in PATH_PARAMS if _get(params, key) is not None}
+        assert all(f"`{value}`" in readme or f"={value}" in line for value in paths.values()), paths
+        work = tmp_path / str(n)
+        work.mkdir()
+        monkeypatch.chdir(work)
+        with pytest.raises(FileNotFoundError, match="data.root"):
+            validate_params(params)
+        for key, value in paths.items():
+            target = work / value
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.mkdir() if key == "data.root" else target.write_bytes(b"")
+        validate_params(params)
