@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ...data.images import ImageSet, RandomCrops, load_split_uint8
-from ...data.latents import LatentStore
+from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
+from ...data.latents import CacheConfig, LatentStore
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, to_uint8_nhwc
@@ -67,22 +67,40 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
 
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
-                     reference_stats: dict[str, np.ndarray]) -> tuple[dict, Image.Image]:
+                     reference_stats: dict[str, np.ndarray], cache: dict) -> tuple[dict, Image.Image]:
     """Reconstruct val (no noise): PSNR and SSIM on [0, 1], FD to the val images' statistics (rFID with Inception,
-    on ImageNet's 50k centre-cropped val images), the classifier's accuracy on the reconstructions, and a grid."""
+    on ImageNet's 50k centre-cropped val images), the classifier's accuracy on the reconstructions, and a grid.
+    Streams val shard by shard, the images decoded in `latents.num_workers` processes: memory does not grow with N."""
     check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
     model = decoder_from_blob(decoder)
-    z, images, labels = _targets(latents, image_set, "val")
-    with torch.no_grad():
-        recon = torch.cat([model(chunk).clamp(0, 1) for chunk in z.split(256)])
     extractor = Extractor(feature_extractor)
-    features, logits = extractor((recon * 255).round().to(torch.uint8))
+    workers = build(CacheConfig, cache, "latents").num_workers
+    images = iter(torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
+                                              batch_size=256, num_workers=workers))
+    total = latents.manifest["splits"]["val"]["count"]
+    pick = set(torch.linspace(0, total - 1, 16).long().tolist())  # spread over val, which is ordered by class
+    sums, features, correct, shown, seen = {"psnr": 0.0, "ssim": 0.0}, [], 0, {}, 0
+    for shard in latents.iter_shards("val"):
+        for z, rows, labels in zip(shard["latents"].split(256), shard["rows"].split(256), shard["labels"].split(256)):
+            real, _, image_rows = next(images)
+            if not torch.equal(image_rows, rows):
+                raise ValueError("the val latents are not in image-index order; re-run cache_latents")
+            with torch.no_grad():
+                recon = model(z.float()).clamp(0, 1)
+            for k, v in psnr_ssim(recon, real).items():
+                sums[k] += v * len(z)
+            f, logits = extractor((recon * 255).round().to(torch.uint8))
+            features.append(f.float())
+            if extractor.kind == "classifier":
+                correct += int((logits.argmax(-1) == labels).sum())
+            shown.update({seen + i: (real[i], recon[i]) for i in range(len(z)) if seen + i in pick})
+            seen += len(z)
     val = {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]}
-    metrics = {**psnr_ssim(recon, images.float() / 255), "recon_fd": frechet_distance(feature_stats(features), val)}
+    metrics = {k: v / seen for k, v in sums.items()}
+    metrics["recon_fd"] = frechet_distance(feature_stats(torch.cat(features)), val)
     if extractor.kind == "classifier":
-        metrics["recon_accuracy"] = float((logits.argmax(-1) == labels).float().mean())
-    log.info("decoder on val: %s", metrics)
-    pick = torch.linspace(0, len(images) - 1, 16).long()  # spread over val, which is ordered by class
-    real, fake = images[pick].float() / 255, recon[pick]
+        metrics["recon_accuracy"] = correct / seen
+    log.info("decoder on val (%d images): %s", seen, metrics)
+    real, fake = (torch.stack([shown[i][j] for i in sorted(shown)]) for j in (0, 1))
     rows = torch.cat([real[:8], fake[:8], real[8:], fake[8:]])  # a row of originals above its reconstructions
     return metrics, image_grid(to_uint8_nhwc(rows), ncol=8)

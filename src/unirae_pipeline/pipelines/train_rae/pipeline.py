@@ -7,6 +7,6 @@ def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(train_decoder, ["latents", "image_set", "params:encoder", "params:decoder", "params:train_rae",
                              "params:trainer", "params:seed"], ["decoder", "rae_loss"], name="train_decoder"),
-        Node(evaluate_decoder, ["decoder", "latents", "image_set", "feature_extractor", "reference_stats"],
-             ["rae_metrics", "reconstructions"], name="evaluate_decoder"),
+        Node(evaluate_decoder, ["decoder", "latents", "image_set", "feature_extractor", "reference_stats",
+                                "params:latents"], ["rae_metrics", "reconstructions"], name="evaluate_decoder"),
     ])
