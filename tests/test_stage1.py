@@ -19,7 +19,7 @@ from unirae_pipeline.models import DecoderConfig, ViTDecoder
 from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
 from unirae_pipeline.models.perceptual import LPIPS, LPIPSConfig
 from unirae_pipeline.params import build
-from unirae_pipeline.training.data import CropBatches, TensorBatches
+from unirae_pipeline.training.data import KeyedBatches, TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit
 from unirae_pipeline.training.stage1 import (
     RAEModule,
@@ -204,10 +204,10 @@ def test_random_crops_are_seeded_by_draw_and_stream_from_disk(tmp_path):
     (a,), (b,) = crops[(0, 7)], crops[(0, 7)]
     assert a.dtype == torch.uint8 and a.shape == (3, 16, 16) and torch.equal(a, b)
     assert any(not torch.equal(a, crops[(0, d)][0]) for d in range(8, 20))
-    one = [x for _, (x,) in zip(range(4), CropBatches(crops, 4, seed=0, num_workers=0).loader())]
-    two = [x for _, (x,) in zip(range(4), CropBatches(crops, 4, seed=0, num_workers=2).loader())]
+    one = [x for _, (x,) in zip(range(4), KeyedBatches(crops, 4, seed=0, num_workers=0).loader())]
+    two = [x for _, (x,) in zip(range(4), KeyedBatches(crops, 4, seed=0, num_workers=2).loader())]
     assert all(torch.equal(x, y) for x, y in zip(one, two)) and one[0].shape == (4, 3, 16, 16)
-    resumed = CropBatches(crops, 4, seed=0)
+    resumed = KeyedBatches(crops, 4, seed=0)
     resumed.start = 2
     assert torch.equal(next(iter(resumed.loader()))[0], one[2])
     with pytest.raises(ValueError, match="train_rae.resize"):

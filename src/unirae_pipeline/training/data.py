@@ -1,7 +1,8 @@
 """Batch streams for Lightning: endless, seeded, rank-aware and resumable (`start` skips batches).
 
-`TensorBatches` indexes tensors held in memory (whole-batch indexing, no per-sample collation); `CropBatches`
-decodes image files in DataLoader workers with the reference stage-1 augmentation (resize, random crop).
+`TensorBatches` indexes tensors held in memory (whole-batch indexing, no per-sample collation); `KeyedBatches`
+reads a map-style dataset in DataLoader workers: random crops of image files (`data.images.RandomCrops`) or rows of
+memory-mapped latent shards (`data.latents.LatentRows`), so that memory does not grow with the data set.
 """
 
 from __future__ import annotations
@@ -60,25 +61,33 @@ class TensorBatches(torch.utils.data.IterableDataset):
         return torch.utils.data.DataLoader(self, batch_size=None, num_workers=0)
 
 
-class CropBatches(torch.utils.data.Sampler):
-    """Batch sampler of (row, draw) keys of a map-style image dataset (`data.images.RandomCrops`), with the
-    permutation stream of `batch_indices`; the images are decoded in `num_workers` processes."""
+def _as_batch(batch):
+    """The loader's collate step for datasets that build whole batches themselves (`__getitems__`)."""
+    return batch
 
-    def __init__(self, crops: torch.utils.data.Dataset, batch_size: int, seed: int, num_workers: int = 0) -> None:
-        if len(crops) < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the data set size {len(crops)}")
-        self.crops, self.batch_size, self.seed, self.num_workers = crops, batch_size, seed, num_workers
+
+class KeyedBatches(torch.utils.data.Sampler):
+    """Batch sampler of (row, draw) keys over a map-style dataset, with the permutation stream of `batch_indices`
+    (drawn in the main process, so that it knows its DDP rank); `draw` numbers every sample of the stream, for
+    per-sample randomness that does not depend on the number of workers. Items are read in `num_workers` processes."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, seed: int, num_workers: int = 0) -> None:
+        if len(dataset) < batch_size:
+            raise ValueError(f"batch size {batch_size} exceeds the data set size {len(dataset)}")
+        self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
         self.start = 0
 
     @property
     def num_samples(self) -> int:
-        return len(self.crops)
+        return len(self.dataset)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:  # endless: no __len__, the trainer counts steps
         for idx, position in batch_indices(self.num_samples, self.batch_size, self.seed, self.start):
-            yield [(int(r), position + j) for j, r in enumerate(idx)]  # one draw per sample of the stream
+            yield [(int(r), position + j) for j, r in enumerate(idx)]
 
     def loader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(self.crops, batch_sampler=self, num_workers=self.num_workers,
+        whole = hasattr(self.dataset, "__getitems__")  # builds a batch at once; else per-item + default collate
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self, num_workers=self.num_workers,
+                                           collate_fn=_as_batch if whole else None,
                                            pin_memory=torch.cuda.is_available(),
                                            persistent_workers=self.num_workers > 0)

@@ -14,7 +14,7 @@ import pandas as pd
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from .data import CropBatches, TensorBatches
+from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class EMASnapshot(L.Callback):
 class ResumeData(L.Callback):
     """Resumed runs continue the batch stream where the checkpoint left it, so that they equal an unbroken run."""
 
-    def __init__(self, batches: TensorBatches | CropBatches) -> None:
+    def __init__(self, batches: TensorBatches | KeyedBatches) -> None:
         self.batches = batches
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
@@ -100,7 +100,7 @@ def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> in
     return num_samples // (batch_size * cfg.accumulate_grad_batches * devices * cfg.num_nodes)
 
 
-def fit(module: TrainModule, batches: TensorBatches | CropBatches, cfg: TrainerConfig, name: str, seed: int,
+def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: TrainerConfig, name: str, seed: int,
         callbacks: tuple[L.Callback, ...] = (), run_key: str | None = None) -> pd.DataFrame:
     """Train to `module.optim.steps` optimizer steps. With `trainer.checkpoint_every_n_steps` and a `run_key` (a hash
     of everything the run depends on), checkpoints go to .cache/ckpts/<name>-<run_key>/ and a rerun with the same key

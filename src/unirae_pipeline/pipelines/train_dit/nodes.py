@@ -1,4 +1,5 @@
-"""train_dit: DiT-DH (stage 2) by flow matching on the cached, normalized latents; no encoder in the loop."""
+"""train_dit: DiT-DH (stage 2) by flow matching on the cached, normalized latents, read memory-mapped from the shards
+in `train_dit.num_workers` processes; no encoder in the loop."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from functools import partial
 
 import pandas as pd
 
-from ...data.latents import LatentStore, normalize
+from ...data.latents import LatentRows, LatentStore
 from ...diffusion import TransportConfig, shift_factor
 from ...models import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
 from ...params import build, run_key
-from ...training.data import TensorBatches
+from ...training.data import KeyedBatches
 from ...training.fit import EMASnapshot, TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule, dit_objective
 from ...training.optim import DiTTrainConfig
@@ -29,16 +30,15 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
     fingerprint = check_fingerprints(latents=manifest["fingerprint"],
                                      latent_stats=json.loads(latent_stats[1]["fingerprint"]))
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
-    cache = latents.load("train")
-    optim = optim.in_steps(steps_per_epoch(len(cache["labels"]), optim.batch_size, trainer_cfg))
-    x = normalize(cache["latents"], latent_stats[0]["mean"], latent_stats[0]["var"])
+    rows = LatentRows(latents, "train", latent_stats[0]["mean"], latent_stats[0]["var"])
+    batches = KeyedBatches(rows, optim.batch_size, seed, optim.num_workers)
+    optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     model = build_dit(cfg, shape, num_classes, seed)
     shift = shift_factor(shape, transport.shift_base)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift))
     snapshot = EMASnapshot(int(optim.guide_at))
     key = run_key(dit=dit, train_dit=train_dit, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest)
-    curve = fit(module, TensorBatches((x, cache["labels"]), optim.batch_size, seed), trainer_cfg, "train_dit", seed,
-                callbacks=(snapshot,), run_key=key)
+    curve = fit(module, batches, trainer_cfg, "train_dit", seed, callbacks=(snapshot,), run_key=key)
     meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
                 seed=seed)
     guide = build_dit(cfg, shape, num_classes, seed)

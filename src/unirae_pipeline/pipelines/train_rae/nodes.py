@@ -18,7 +18,7 @@ from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
 from ...params import build, run_key
-from ...training.data import CropBatches, TensorBatches
+from ...training.data import KeyedBatches, TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.stage1 import RAEModule, RAETrainConfig
 
@@ -50,7 +50,7 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
         online = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed)
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
         crops = RandomCrops(image_set, "train", manifest["image_size"], optim.resize, seed)
-        batches = CropBatches(crops, optim.batch_size, seed, optim.num_workers)
+        batches = KeyedBatches(crops, optim.batch_size, seed, optim.num_workers)
     else:  # the cached centre-crop latents and their images, held in memory
         z, images, _ = _targets(latents, image_set, "train")
         batches = TensorBatches((z, images), optim.batch_size, seed)
