@@ -126,7 +126,8 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
         logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
-        enable_checkpointing=ckpt_dir is not None, enable_progress_bar=cfg.progress_bar, enable_model_summary=False)
+        enable_checkpointing=ckpt_dir is not None, enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
+        use_distributed_sampler=False)  # our batch streams take each rank's slice of every global batch themselves
     start = time.perf_counter()
     with warnings.catch_warnings():
         # The EMA copy is in eval mode on purpose; Lightning warns about any such submodule.
