@@ -14,13 +14,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def sample_cache(tmp_path_factory):
-    """Sample shards of in-process tests go to a temp folder, not the checkout's .cache/."""
-    from unirae_pipeline.pipelines.sample import nodes
+def shard_caches(tmp_path_factory):
+    """Latent and sample shards of in-process tests go to temp folders, not the checkout's .cache/."""
+    from unirae_pipeline.pipelines.cache_latents import nodes as latents
+    from unirae_pipeline.pipelines.sample import nodes as samples
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(nodes, "CACHE", tmp_path_factory.mktemp("sample-cache"))
-        yield nodes.CACHE
+        mp.setattr(latents, "CACHE", tmp_path_factory.mktemp("latent-cache"))
+        mp.setattr(samples, "CACHE", tmp_path_factory.mktemp("sample-cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from unirae_pipeline.data.images import DataConfig, ImageDataset, center_crop, scan_image_folder
-from unirae_pipeline.data.latents import CacheConfig, LatentStore, RunningMoments, denormalize, encode_shards, normalize
+from unirae_pipeline.data.latents import (
+    CacheConfig,
+    LatentStore,
+    RunningMoments,
+    denormalize,
+    encode_block,
+    normalize,
+    save_shard,
+)
 from unirae_pipeline.data.shapes import SHAPES, ShapesConfig, generate
 from unirae_pipeline.params import build
 
@@ -63,29 +71,44 @@ def test_center_crop_is_adm_style():
 
 
 def _shards(n: int, shard_size: int, flips: bool):
+    """Shards of `shard_size` images encoded by a stand-in encoder, (B, 1, 4, 4) means over the channels."""
     images = torch.rand(n, 3, 4, 4)
-    batches = [(images[i:i + 3], torch.arange(i, min(i + 3, n)) % 2, torch.arange(i, min(i + 3, n)))
-               for i in range(0, n, 3)]
-    encode = lambda x: x.mean(1, keepdim=True)  # noqa: E731  a stand-in encoder: (B, 1, 4, 4)
-    return images, list(encode_shards(encode, batches, "train", shard_size, flips, torch.float32))
+    encode = lambda x: x.mean(1, keepdim=True)  # noqa: E731
+    shards = []
+    for lo in range(0, n, shard_size):
+        hi = min(lo + shard_size, n)
+        batches = [(images[i:min(i + 3, hi)], torch.arange(i, min(i + 3, hi)) % 2, torch.arange(i, min(i + 3, hi)))
+                   for i in range(lo, hi, 3)]
+        shards.append(encode_block(encode, batches, "train", flips, torch.float32))
+    return images, shards
 
 
-def test_encode_shards_fixed_size_with_flips():
+def write_store(path, shards, meta: dict) -> LatentStore:
+    """Shard files as cache_latents writes them, assembled into a store."""
+    for k, shard in enumerate(shards):
+        save_shard(path.parent / "partial" / shard.split / f"shard_{k:05d}.safetensors", shard, meta["fingerprint"])
+    store = LatentStore(path)
+    store.assemble(path.parent / "partial", {"train": len(shards)}, meta)
+    return store
+
+
+def test_encode_block_interleaves_mirrored_batches():
     images, shards = _shards(10, 4, flips=True)
-    assert [len(s.labels) for s in shards] == [4, 4, 4, 4, 4]
+    assert [len(s.labels) for s in shards] == [8, 8, 4]  # 4, 4 and 2 images, each plain and mirrored
     latents = torch.cat([s.latents for s in shards])
     flips = torch.cat([s.flip for s in shards]).bool()
     rows = torch.cat([s.rows for s in shards])
     assert flips.sum() == 10 and sorted(rows[flips].tolist()) == list(range(10))
+    assert rows[:6].tolist() == [0, 1, 2, 0, 1, 2]  # a batch of 3, then its mirror
     mirrored = images[rows[flips]].flip(-1).mean(1, keepdim=True)
     assert torch.allclose(latents[flips], mirrored)
 
 
 def test_latent_store_roundtrip_and_fingerprint_check(tmp_path):
     _, shards = _shards(7, 3, flips=False)
-    store = LatentStore(tmp_path / "latents")
-    store.write(iter(shards), {"fingerprint": "abc", "latent_shape": [1, 4, 4]})
+    store = write_store(tmp_path / "latents", shards, {"fingerprint": "abc", "latent_shape": [1, 4, 4]})
     assert store.manifest["splits"]["train"] == {"count": 7, "shards": [3, 3, 1]}
+    assert not (tmp_path / "partial").exists()  # moved in, then removed
     loaded = store.load("train")
     assert torch.allclose(loaded["latents"], torch.cat([s.latents for s in shards]))
     manifest = store.manifest
@@ -95,16 +118,14 @@ def test_latent_store_roundtrip_and_fingerprint_check(tmp_path):
         store.load("train")
 
 
-def test_failed_write_leaves_no_store(tmp_path):
-    def broken():
-        yield from _shards(4, 2, flips=False)[1]
-        raise RuntimeError("killed")
-
+def test_assembling_an_incomplete_cache_leaves_no_store(tmp_path):
+    _, shards = _shards(4, 2, flips=False)
+    save_shard(tmp_path / "partial" / "train" / "shard_00000.safetensors", shards[0], "abc")
     store = LatentStore(tmp_path / "latents")
-    with pytest.raises(RuntimeError):
-        store.write(broken(), {"fingerprint": "abc"})
+    with pytest.raises(Exception, match="shard_00001"):
+        store.assemble(tmp_path / "partial", {"train": 2}, {"fingerprint": "abc"})
     assert not (tmp_path / "latents").exists()
-    assert list(tmp_path.iterdir()) == []  # the temp folder is gone too
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial"]  # no temp folder left; the partial run stays
 
 
 def test_running_moments_equal_two_pass():
@@ -193,8 +214,7 @@ def test_latent_rows_stream_from_memory_mapped_shards(tmp_path):
             rows = torch.arange(per_shard) + k * per_shard
             yield Shard("train", z, labels, rows, torch.zeros(per_shard, dtype=torch.uint8))
 
-    store = LatentStore(tmp_path / "latents")
-    store.write(shards(), {"fingerprint": "abc", "latent_shape": list(shape)})
+    store = write_store(tmp_path / "latents", list(shards()), {"fingerprint": "abc", "latent_shape": list(shape)})
     mean, var = torch.full(shape, 0.5), torch.full(shape, 4.0)
     rows = LatentRows(store, "train", mean, var)
     assert len(rows) == count * per_shard

@@ -93,3 +93,33 @@ def test_torchrun_launches_the_same_stage(repo):
     out = run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unirae_pipeline",
                "--pipelines", "train_dit", "--params", params], repo)
     assert out.count("rank 1: not saving") == 3 and "rank 0: not saving" not in out
+
+
+def test_torchrun_shards_cache_latents_across_ranks(repo):
+    """cache_latents under torchrun: each rank encodes every other shard, rank 0 alone assembles the store, which
+    holds what the 1-process `dvc repro` cached."""
+    import torch
+    from safetensors.torch import load_file
+
+    def splits() -> dict[str, dict[str, torch.Tensor]]:
+        store = repo / "data/04_feature/latents"
+        out = {}
+        for split in ("train", "val"):
+            parts = [load_file(f) for f in sorted((store / split).glob("shard_*.safetensors"))]
+            whole = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+            order = torch.argsort(whole["rows"] * 2 + whole["flip"])  # shards of 100 interleave mirrors otherwise
+            out[split] = {k: v[order] for k, v in whole.items()}
+        return out
+
+    before = splits()
+    out = run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unirae_pipeline",
+               "--pipelines", "cache_latents", "--params", "latents.shard_size=100"], repo)
+    assert "rank 0: train shard 0" in out and "rank 1: train shard 1" in out and "rank 1: val shard" not in out
+    assert out.count("rank 1: not saving") == 1 and "rank 0: not saving" not in out
+    after = splits()
+    for split in before:
+        for key in ("labels", "rows", "flip"):
+            assert torch.equal(before[split][key], after[split][key]), (split, key)
+        torch.testing.assert_close(before[split]["latents"].float(), after[split]["latents"].float(), rtol=1e-2,
+                                   atol=1e-2)
+    assert not list((repo / ".cache" / "latents").glob("*/train/*.safetensors"))  # moved into the store

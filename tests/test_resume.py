@@ -76,3 +76,55 @@ def test_killed_training_resumes_to_the_unbroken_result(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key  # EMA, guide snapshot and the whole loss curve
     assert not ckpts[0].exists()  # a finished run removes its resume checkpoints
+
+
+CACHE_SCRIPT = textwrap.dedent('''
+    import logging, os, signal, sys
+    from unirae_pipeline.data.images import scan_image_folder
+    from unirae_pipeline.io.datasets import LatentStoreDataset
+    from unirae_pipeline.pipelines.cache_latents import nodes
+    logging.basicConfig(level=logging.INFO)
+
+    real, written = nodes.save_shard, []
+
+    def save_then_maybe_die(*args, **kwargs):  # a real kill right after a shard is complete
+        real(*args, **kwargs)
+        written.append(args[0])
+        if len(written) == int(os.environ.get("KILL_AFTER", "0")):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    nodes.save_shard = save_then_maybe_die
+    encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
+               "overrides": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}}
+    latents = {"batch_size": 8, "shard_size": 16, "dtype": sys.argv[2], "num_workers": 0}
+    cache = nodes.cache_latents(scan_image_folder("imgs"), 16, encoder, latents, 0)
+    LatentStoreDataset(filepath=sys.argv[1]).save(cache)
+''')
+
+
+def test_killed_latent_caching_keeps_complete_shards(tmp_path):
+    from .conftest import write_folder
+
+    write_folder(tmp_path / "imgs", {"a": 20, "b": 20})  # 40 train + 40 val images: 3 + 3 shards of 16
+    (tmp_path / "cache.py").write_text(CACHE_SCRIPT)
+
+    def cache(out: str, kill_after: int = 0, dtype: str = "bfloat16") -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "cache.py", out, dtype], cwd=tmp_path, capture_output=True, text=True,
+                              env={**os.environ, "KILL_AFTER": str(kill_after)})
+
+    assert cache("unbroken").returncode == 0
+    killed = cache("resumed", kill_after=2)
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "resumed").exists()
+    partial = list((tmp_path / ".cache" / "latents").glob("*/train/shard_*.safetensors"))
+    assert len(partial) == 2
+    other = cache("other", kill_after=1, dtype="float32")  # other params: never the bf16 run's shards
+    assert other.returncode == -signal.SIGKILL and "2 complete shards kept" not in other.stderr
+    resumed = cache("resumed")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "encoded 48 images" in resumed.stderr and "2 complete shards kept" in resumed.stderr  # 80 - 2 x 16
+    files = sorted(p.relative_to(tmp_path / "unbroken") for p in (tmp_path / "unbroken").rglob("*.safetensors"))
+    assert len(files) == 6
+    for rel in files:
+        a, b = load_file(tmp_path / "unbroken" / rel), load_file(tmp_path / "resumed" / rel)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+    assert not any(p.exists() for p in partial)  # assembled into the store

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -28,29 +29,22 @@ class Shard:
     flip: torch.Tensor     # (n,) uint8, 1 = horizontally flipped image
 
 
-def encode_shards(encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple], split: str,
-                  shard_size: int, flips: bool, dtype: torch.dtype) -> Iterator[Shard]:
-    """Encode (images, labels, rows) batches once; with `flips`, each image is also encoded mirrored."""
-    pending: list[Shard] = []
-    count = 0
+def encode_block(encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple], split: str, flips: bool,
+                 dtype: torch.dtype) -> Shard:
+    """Encode (images, labels, rows) batches into one shard; with `flips`, each batch is followed by its mirror."""
+    parts = []
     for images, labels, rows in batches:
-        variants = [(images, 0)] + ([(images.flip(-1), 1)] if flips else [])
-        for imgs, flag in variants:
+        for imgs, flag in [(images, 0)] + ([(images.flip(-1), 1)] if flips else []):
             z = encode(imgs).to(dtype).cpu()
-            pending.append(Shard(split, z, labels.long(), rows.long(), torch.full((len(z),), flag, dtype=torch.uint8)))
-            count += len(z)
-        while count >= shard_size:
-            shard, pending, count = _take(pending, shard_size, split)
-            yield shard
-    if count:
-        yield _take(pending, count, split)[0]
+            parts.append(Shard(split, z, labels.long(), rows.long(), torch.full((len(z),), flag, dtype=torch.uint8)))
+    return Shard(split, *(torch.cat([getattr(p, k) for p in parts]) for k in ("latents", "labels", "rows", "flip")))
 
 
-def _take(pending: list[Shard], n: int, split: str) -> tuple[Shard, list[Shard], int]:
-    fields = {k: torch.cat([getattr(s, k) for s in pending]) for k in ("latents", "labels", "rows", "flip")}
-    head = Shard(split, **{k: v[:n] for k, v in fields.items()})
-    rest = Shard(split, **{k: v[n:] for k, v in fields.items()})
-    return head, ([rest] if len(rest.labels) else []), len(rest.labels)
+def save_shard(path: Path, shard: Shard, fingerprint: str) -> None:
+    """One shard file, written atomically: a file that exists is complete."""
+    tensors = {"latents": shard.latents.contiguous(), "labels": shard.labels, "rows": shard.rows, "flip": shard.flip}
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint})
 
 
 class LatentStore:
@@ -66,21 +60,20 @@ class LatentStore:
             raise FileNotFoundError(f"no latent cache at {self.path} (run the cache_latents stage)")
         return json.loads(file.read_text())
 
-    def write(self, shards: Iterable[Shard], meta: dict) -> None:
-        """Stream shards into a temp dir next to the store, then swap it in: never a half-written cache."""
+    def assemble(self, folder: Path, shards: dict[str, int], meta: dict) -> None:
+        """Move the complete shard files `folder/<split>/shard_NNNNN.safetensors` (`shards[split]` of them) into the
+        store at once, with the manifest; then remove `folder`."""
         counts: dict[str, list[int]] = {}
         with atomic_dir(self.path) as tmp:
-            for shard in shards:
-                sizes = counts.setdefault(shard.split, [])
-                (tmp / shard.split).mkdir(exist_ok=True)
-                tensors = {"latents": shard.latents.contiguous(), "labels": shard.labels, "rows": shard.rows,
-                           "flip": shard.flip}
-                save_file(tensors, str(tmp / shard.split / f"shard_{len(sizes):05d}.safetensors"),
-                          metadata={"fingerprint": meta["fingerprint"]})
-                sizes.append(len(shard.labels))
-                log.info("cached %s shard %d (%d latents)", shard.split, len(sizes) - 1, sizes[-1])
-            manifest = {**meta, "splits": {k: {"count": sum(v), "shards": v} for k, v in counts.items()}}
-            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            for split, n in shards.items():
+                (tmp / split).mkdir()
+                for k in range(n):
+                    src = folder / split / f"shard_{k:05d}.safetensors"
+                    with safe_open(str(src), framework="pt") as f:
+                        counts.setdefault(split, []).append(f.get_slice("labels").get_shape()[0])
+                    shutil.move(src, tmp / split / src.name)
+            _write_manifest(tmp, meta, counts)
+        shutil.rmtree(folder, ignore_errors=True)
 
     def shard_files(self, split: str) -> list[Path]:
         info = self.manifest["splits"].get(split)
@@ -102,6 +95,12 @@ class LatentStore:
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         out["latents"] = out["latents"].to(dtype)
         return out
+
+
+def _write_manifest(folder: Path, meta: dict, counts: dict[str, list[int]]) -> None:
+    manifest = {**meta, "splits": {k: {"count": sum(v), "shards": v} for k, v in counts.items()}}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    log.info("latent cache: %s", {k: v["count"] for k, v in manifest["splits"].items()})
 
 
 class LatentRows(torch.utils.data.Dataset):

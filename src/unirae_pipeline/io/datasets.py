@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +22,9 @@ from ..data.samples import SampleSet, read_adm_npz, write_adm_npz
 from ..fileio import atomic_dir, atomic_file
 from ..models.official import load_official_decoder, load_official_dit, load_official_stats, read_checkpoint
 from ..models.serialization import Blob, to_blob
+from ..ranks import global_rank, is_rank_zero
 
 log = logging.getLogger(__name__)
-
-
-def global_rank() -> int:
-    """This process's rank in a distributed run (torchrun/SLURM/Lightning-launched), 0 when alone."""
-    for var in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
-
-
-def is_rank_zero() -> bool:
-    return global_rank() == 0
 
 
 class _PathDataset(AbstractDataset):
@@ -86,17 +74,18 @@ class ImageSetDataset(_PathDataset):
 
 @dataclass
 class LatentCache:
-    """What `cache_latents` returns: a lazy stream of shards (encoded while saving) and the manifest fields."""
+    """What `cache_latents` returns: the folder of its complete shard files, their count per split, the manifest."""
 
-    shards: Any  # Iterable[Shard]
+    folder: Path
+    shards: dict[str, int]
     meta: dict
 
 
 class LatentStoreDataset(_PathDataset):
-    """Sharded safetensors latents (see `data.latents.LatentStore`), streamed to disk shard by shard."""
+    """Sharded safetensors latents (see `data.latents.LatentStore`): the encoded shards moved in at once."""
 
     def _write(self, data: LatentCache) -> None:
-        LatentStore(self._filepath).write(data.shards, data.meta)
+        LatentStore(self._filepath).assemble(data.folder, data.shards, data.meta)
 
     def load(self) -> LatentStore:
         self._require()

@@ -1,33 +1,74 @@
-"""cache_latents: run the frozen encoder once over every image (train: plain + mirrored, val: plain)."""
+"""cache_latents: run the frozen encoder once over every image (train: plain + mirrored, val: plain).
+
+The work is split into shards of `latents.shard_size` images, each written to .cache/latents/<hash of the inputs>/ as
+soon as it is complete: a rerun after a kill encodes only the missing ones, and under torchrun or SLURM each rank
+encodes every world-size-th shard. Rank zero then moves them into the catalog's store at once.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterator
+import time
+from pathlib import Path
 
 import torch
 
 from ...data.images import ImageDataset, ImageSet
-from ...data.latents import DTYPES, CacheConfig, Shard, encode_shards
+from ...data.latents import DTYPES, CacheConfig, encode_block, save_shard
 from ...io.datasets import LatentCache
 from ...models import EncoderConfig, FrozenEncoder
-from ...params import build
+from ...params import build, run_key
+from ...ranks import global_rank, local_rank, world_size
 
 log = logging.getLogger(__name__)
 
+CACHE = Path(".cache/latents")  # shards of unfinished runs (relative to the project root, like .cache/ckpts)
+SPLITS = (("train", True), ("val", False))  # (split, with mirrored copies)
+
+
+def _index_digest(image_set: ImageSet) -> str:
+    h = hashlib.sha256(str(image_set.root).encode())
+    for split in sorted(image_set.splits):
+        h.update("\n".join(image_set.splits[split].files).encode())
+        h.update(image_set.splits[split].labels.tobytes())
+    return h.hexdigest()[:16]
+
 
 def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: dict, seed: int) -> LatentCache:
-    """A lazy shard stream: the catalog dataset encodes and writes shard by shard (memory independent of N)."""
-    enc = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed)
     cfg = build(CacheConfig, latents, "latents")
+    device = torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
+    enc = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed).to(device)
     meta = {"fingerprint": enc.fingerprint(), "latent_shape": list(enc.latent_shape), "image_size": image_size,
             "class_names": image_set.class_names, "dtype": cfg.dtype}
     log.info("encoder %s -> latents %s, fingerprint %s", enc.cfg.model, enc.latent_shape, meta["fingerprint"])
-
-    def shards() -> Iterator[Shard]:
-        for split, flips in (("train", True), ("val", False)):
-            loader = torch.utils.data.DataLoader(ImageDataset(image_set, split, image_size), batch_size=cfg.batch_size,
-                                                 num_workers=cfg.num_workers)
-            yield from encode_shards(enc, loader, split, cfg.shard_size, flips, DTYPES[cfg.dtype])
-
-    return LatentCache(shards(), meta)
+    folder = CACHE / run_key(meta=meta, latents=latents, index=_index_digest(image_set))
+    plan = [(split, flips, k, lo) for split, flips in SPLITS
+            for k, lo in enumerate(range(0, len(image_set.splits[split]), cfg.shard_size))]
+    world, rank = world_size(), global_rank()
+    kept, encoded, start = 0, 0, time.perf_counter()
+    for split, flips, k, lo in plan[rank::world]:
+        path = folder / split / f"shard_{k:05d}.safetensors"
+        if path.is_file():
+            kept += 1
+            continue
+        rows = range(lo, min(lo + cfg.shard_size, len(image_set.splits[split])))
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(ImageDataset(image_set, split, image_size), rows), batch_size=cfg.batch_size,
+            num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        save_shard(path, encode_block(lambda x: enc(x.to(device, non_blocking=True)), loader, split, flips,
+                                      DTYPES[cfg.dtype]), meta["fingerprint"])
+        encoded += len(rows)
+        log.info("rank %d: %s shard %d (%d images) cached", rank, split, k, len(rows))
+    seconds = time.perf_counter() - start
+    log.info("rank %d: encoded %d images in %.1f s (%.0f img/s); %d complete shards kept from an earlier run", rank,
+             encoded, seconds, encoded / max(seconds, 1e-9), kept)
+    paths = [folder / split / f"shard_{k:05d}.safetensors" for split, _, k, _ in plan]
+    if rank == 0 and world > 1:  # the other ranks' shards: wait for their files (no process group needed)
+        reported = None
+        while missing := [p for p in paths if not p.is_file()]:
+            if len(missing) != reported:
+                log.info("rank 0: waiting for %d shards of other ranks", reported := len(missing))
+            time.sleep(1)
+    shards = {split: sum(1 for s, *_ in plan if s == split) for split, _ in SPLITS}
+    return LatentCache(folder, shards, meta)

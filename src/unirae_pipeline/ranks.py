@@ -1,0 +1,29 @@
+"""This process's place in a distributed launch (torchrun, SLURM or Lightning's re-launch), from the environment:
+valid before any process group exists, e.g. in stages that do not train."""
+
+from __future__ import annotations
+
+import os
+
+
+def _env(names: tuple[str, ...], default: int) -> int:
+    for name in names:
+        if name in os.environ:
+            return int(os.environ[name])
+    return default
+
+
+def global_rank() -> int:
+    return _env(("RANK", "SLURM_PROCID", "LOCAL_RANK"), 0)
+
+
+def local_rank() -> int:
+    return _env(("LOCAL_RANK", "SLURM_LOCALID"), 0)
+
+
+def world_size() -> int:
+    return _env(("WORLD_SIZE", "SLURM_NTASKS"), 1)
+
+
+def is_rank_zero() -> bool:
+    return global_rank() == 0
