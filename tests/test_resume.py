@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent('''
     module = TrainModule(model, optim, partial(dit_objective, transport=TransportConfig("uniform", 4096, 0.0, 1.0),
                                                shift=1.0))
     data = torch.randn(70, 8, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(70) % 3
-    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 4, False, int(sys.argv[2]))
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 4, False, int(sys.argv[2]), False)
     snapshot = EMASnapshot(12)
     curve = fit(module, TensorBatches(data, 16, seed=0), trainer, "resume", seed=0, callbacks=(snapshot, Kill()),
                 run_key=run_key(config=sys.argv[3]))

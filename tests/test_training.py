@@ -119,3 +119,18 @@ def test_gradient_accumulation_steps_once_per_global_batch(params):
     assert curve["step"].iloc[-1] == 4
     assert curve["step"].tolist() == [1, 4]  # one row per optimizer step, not per micro-batch
     assert curve["lr"].iloc[0] == pytest.approx(cfg.lr * lr_factor(cfg, 1))  # one schedule step per 3 micro-batches
+
+
+def test_compiled_training_keeps_plain_weights(params):
+    """`trainer.compile`: the steps run through torch.compile (inductor, here on the CPU), while the EMA, the state
+    dict and therefore checkpoints and outputs hold the plain module's names."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1))
+    calls = []
+    module = TrainModule(model, optim(duration=3, batch_size=8, warmup=0),
+                         lambda m, batch: calls.append(type(m).__name__) or m(batch[0]).pow(2).mean())
+    trainer = build(TrainerConfig, {**params["trainer"], "compile": True}, "trainer")
+    curve = fit(module, TensorBatches((torch.randn(32, 4),), 8, seed=0), trainer, "test", seed=0)
+    assert set(calls) == {"OptimizedModule"} and len(curve) >= 1 and curve["loss"].notna().all()
+    assert sorted(module.state_dict()) == sorted(["model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias",
+                                                  *(f"ema.module.{k}" for k in model.state_dict())])
+    assert not torch.equal(module.ema.module[0].weight, model[0].weight)

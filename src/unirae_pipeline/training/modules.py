@@ -24,9 +24,18 @@ class TrainModule(L.LightningModule):
         self.model, self.optim, self.objective = model, optim, objective
         self.ema = EMA(model, optim.ema_decay)
 
+    def compile_model(self) -> None:
+        """Train through torch.compile of the model; the EMA, checkpoints and outputs keep the plain module."""
+        self.__dict__["_compiled"] = torch.compile(self.model)  # not a registered submodule: no state_dict prefix
+
+    @property
+    def net(self) -> nn.Module:
+        """The model as training calls it: compiled when asked for."""
+        return self.__dict__.get("_compiled", self.model)
+
     def compute_loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """{"loss": the loss to minimize, other names: detached terms for the logs and the loss curve}."""
-        return {"loss": self.objective(self.model, batch)}
+        return {"loss": self.objective(self.net, batch)}
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         out = self.compute_loss(batch)

@@ -121,7 +121,9 @@ def build_optimizer(cfg: OptimConfig, params, delayed=(), delay: int = 0,
     if delayed:
         groups.append({"params": delayed})
         factors.append(lambda step: lr_factor(cfg, step - delay) if step >= delay else 0.0)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    on_gpu = all(p.is_cuda for group in groups for p in group["params"])
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
+                            **({"fused": True} if on_gpu else {"foreach": True}))  # one kernel for all params
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factors)
 
 

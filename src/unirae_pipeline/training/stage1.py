@@ -148,7 +148,7 @@ class RAEModule(TrainModule):
         else:
             z, images = batch
             x = images.float() / 255
-        recon = self.model(z)  # train mode: noise-augmented latent
+        recon = self.net(z)  # train mode: noise-augmented latent
         real, fake = x * 2 - 1, recon * 2 - 1
         terms = {"l1": F.l1_loss(recon, x)}
         loss = terms["l1"]
