@@ -128,3 +128,73 @@ def test_killed_latent_caching_keeps_complete_shards(tmp_path):
         a, b = load_file(tmp_path / "unbroken" / rel), load_file(tmp_path / "resumed" / rel)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
     assert not any(p.exists() for p in partial)  # assembled into the store
+
+
+RAE_SCRIPT = textwrap.dedent('''
+    import logging, os, signal, sys
+    import lightning as L
+    import timm, torch, torchvision
+    from safetensors.torch import save_file
+    from unirae_pipeline.data.images import RandomCrops, scan_image_folder
+    from unirae_pipeline.models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder
+    from unirae_pipeline.params import build, run_key
+    from unirae_pipeline.training.data import KeyedBatches
+    from unirae_pipeline.training.fit import TrainerConfig, fit
+    from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig
+    logging.basicConfig(level=logging.INFO)
+
+    class Kill(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == int(os.environ.get("KILL_AT", "0")):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    tiny = {"depth": 2, "embed_dim": 32, "num_heads": 2}
+    if not os.path.exists("vgg.pth"):
+        torch.manual_seed(0)
+        torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()}, "vgg.pth")
+        dino = timm.create_model("vit_small_patch8_224", num_classes=0, img_size=32, **tiny)
+        torch.save(dino.state_dict(), "dino.pth")
+    cfg = build(RAETrainConfig, dict(
+        unit="steps", duration=14, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0, warmup=2,
+        schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0, source="images", resize=20,
+        num_workers=0, lpips_weight=1.0, lpips_start=0, gan_weight=0.75, disc_start=6, disc_upd_start=4,
+        max_d_weight=1e4, diffaug=True, lpips={"vgg_weights": "vgg.pth", "heads_weights": sys.argv[2]},
+        disc={"model": "vit_small_patch8_224", "weights": "dino.pth", "input_size": 32, "key_depths": [1],
+              "kernel_size": 3, "overrides": tiny}), "train_rae")
+    encoder = FrozenEncoder(EncoderConfig("vit_small_patch14_reg4_dinov2", "none", 16,
+                                          {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}), 0)
+    torch.manual_seed(0)
+    module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.3, "uniform"), 32, 4), cfg, encoder)
+    crops = RandomCrops(scan_image_folder("imgs"), "train", 16, 20, seed=0)
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, False, 5, False)
+    curve = fit(module, KeyedBatches(crops, 8, seed=0), trainer, "rae", seed=0, callbacks=(Kill(),),
+                run_key=run_key(config="rae"))
+    heads = {"disc." + k: v.contiguous() for k, v in module.disc.heads.state_dict().items()}
+    save_file({"ema." + k: v.contiguous() for k, v in module.ema.module.state_dict().items()} | heads
+              | {c: torch.tensor(curve[c].to_numpy()) for c in curve.columns}, sys.argv[1])
+''')
+
+
+def test_killed_stage1_gan_training_resumes_to_the_unbroken_result(tmp_path):
+    """Stage 1 with LPIPS and the discriminator, on random crops encoded online: killed after the discriminator
+    started, resumed, equal to the unbroken run (decoder EMA, heads, every loss term of the curve)."""
+    from .conftest import write_folder
+    from .test_stage1 import LPIPS_HEADS
+
+    write_folder(tmp_path / "imgs", {"a": 12, "b": 12}, size=24)
+    (tmp_path / "rae.py").write_text(RAE_SCRIPT)
+
+    def train(out: str, kill_at: int = 0) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "rae.py", out, LPIPS_HEADS], cwd=tmp_path, capture_output=True,
+                              text=True, env={**os.environ, "KILL_AT": str(kill_at)})
+
+    unbroken = train("unbroken.safetensors")
+    assert unbroken.returncode == 0, unbroken.stderr[-3000:]
+    killed = train("resumed.safetensors", kill_at=8)
+    assert killed.returncode == -signal.SIGKILL
+    resumed = train("resumed.safetensors")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-3000:]
+    a, b = load_file(tmp_path / "unbroken.safetensors"), load_file(tmp_path / "resumed.safetensors")
+    assert a.keys() == b.keys() and {"disc", "gan", "lpips"} <= a.keys()
+    for key in a:
+        assert torch.equal(a[key].nan_to_num(), b[key].nan_to_num()), key

@@ -106,9 +106,9 @@ def _write_manifest(folder: Path, meta: dict, counts: dict[str, list[int]]) -> N
 class LatentRows(torch.utils.data.Dataset):
     """The rows of one split of a latent cache, read from the memory-mapped shard files: memory holds the labels and
     the batches in flight, never the cache. Keys are (row, draw) (see `training.data.KeyedBatches`); a batch is
-    (latents normalized with `mean`/`var` as float32, labels)."""
+    (raw latents in the cache's dtype, labels): normalizing is left to the training device."""
 
-    def __init__(self, store: LatentStore, split: str, mean: torch.Tensor, var: torch.Tensor) -> None:
+    def __init__(self, store: LatentStore, split: str) -> None:
         fingerprint = store.manifest["fingerprint"]
         self.files, labels = store.shard_files(split), []
         for file in self.files:
@@ -118,7 +118,6 @@ class LatentRows(torch.utils.data.Dataset):
                 labels.append(f.get_tensor("labels"))
         self.labels = torch.cat(labels)
         self.bounds = torch.tensor([0] + [len(x) for x in labels]).cumsum(0)
-        self.mean, self.var = mean, var
         self._slices: list | None = None  # opened lazily, in the process (DataLoader worker) that reads
 
     def __len__(self) -> int:
@@ -132,7 +131,7 @@ class LatentRows(torch.utils.data.Dataset):
         shards = torch.searchsorted(self.bounds, rows, right=True) - 1
         offsets = rows - self.bounds[shards]
         x = torch.cat([self._slices[s][o: o + 1] for s, o in zip(shards.tolist(), offsets.tolist())])
-        return normalize(x.float(), self.mean, self.var), self.labels[rows]
+        return x, self.labels[rows]
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([key])

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..data.latents import normalize
 from ..diffusion import TransportConfig, flow_matching_loss, sample_time
 from ..evaluation.classifier import ClassifierConfig, augment
 from .optim import EMA, OptimConfig, build_optimizer
@@ -66,10 +67,14 @@ class TrainModule(L.LightningModule):
         self.ema.update(self.model)  # once per optimizer step, not per micro-batch
 
 
-def dit_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, transport: TransportConfig,
-                  shift: float) -> torch.Tensor:
-    """Velocity loss on normalized latents with shifted training times."""
+def dit_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, transport: TransportConfig, shift: float,
+                  stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Velocity loss with shifted training times on latents normalized here, on the training device, with
+    `stats` (mean, var): batches travel in the cache's dtype (bf16: half the bytes of float32)."""
     x, y = batch
+    x = x.float()
+    if stats is not None:
+        x = normalize(x, *(s.to(x.device, non_blocking=True) for s in stats))
     t = sample_time(transport, x.shape[0], shift, device=x.device)
     return flow_matching_loss(model, x, y, t, torch.randn_like(x))
 

@@ -30,12 +30,13 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
     fingerprint = check_fingerprints(latents=manifest["fingerprint"],
                                      latent_stats=json.loads(latent_stats[1]["fingerprint"]))
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
-    rows = LatentRows(latents, "train", latent_stats[0]["mean"], latent_stats[0]["var"])
+    rows = LatentRows(latents, "train")
     batches = KeyedBatches(rows, optim.batch_size, seed, optim.num_workers)
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     model = build_dit(cfg, shape, num_classes, seed)
     shift = shift_factor(shape, transport.shift_base)
-    module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift))
+    stats = latent_stats[0]["mean"], latent_stats[0]["var"]
+    module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift, stats=stats))
     snapshot = EMASnapshot(int(optim.guide_at))
     key = run_key(dit=dit, train_dit=train_dit, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest)
     curve = fit(module, batches, trainer_cfg, "train_dit", seed, callbacks=(snapshot,), run_key=key)

@@ -1,0 +1,36 @@
+"""The benchmark scripts run at tiny size on the CPU (their GPU runs are recorded in bench/results/)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .conftest import ROOT
+
+
+def _bench(script: str, args: list[str], out) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--device", "cpu", *args, "--out", str(out)],
+                            cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (file,) = out.glob("*.json")
+    return json.loads(file.read_text())
+
+
+def test_bench_dit_tiny(tmp_path):
+    res = _bench("bench_dit.py", ["--sizes", "tiny", "--steps", "2", "--warmup", "1", "--sample-steps", "3",
+                                  "--sample-batch", "8", "--no-compile"], tmp_path)
+    assert res["device"] == "cpu" and res["train"]["tiny"]["ratio_vs_eager_fp32"]["eager_fp32_foreach"] == 1.0
+    assert res["train"]["tiny"]["img_per_s"]["eager_fp32_foreach"] > 0 and res["sample"]["tiny"]["img_per_s"]
+
+
+def test_bench_data_tiny(tmp_path):
+    res = _bench("bench_data.py", ["--size", "tiny", "--latents", "1024", "--batch", "64", "--batches", "4",
+                                   "--images", "64", "--workers", "0", "1", "--step-rate", "100"], tmp_path)
+    path, cache = res["latent_path"], res["caching"]
+    assert set(path["samples_per_s"]) == {"in_memory", "mmap_0_workers", "mmap_1_workers"}
+    assert path["ratio_vs_in_memory"]["in_memory"] == 1.0 and all(v > 0 for v in path["samples_per_s"].values())
+    assert path["feed_margin_vs_step_rate"]["mmap_0_workers"] == path["samples_per_s"]["mmap_0_workers"] / 100
+    assert cache["img_per_s"]["decode_and_encode_fp32_1_workers"] > 0
