@@ -17,8 +17,8 @@ pytestmark = pytest.mark.e2e
 ENV = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1"}
 
 
-def run(args: list[str], cwd) -> str:
-    result = subprocess.run(args, cwd=cwd, env=ENV, capture_output=True, text=True)
+def run(args: list[str], cwd, **env: str) -> str:
+    result = subprocess.run(args, cwd=cwd, env={**ENV, **env}, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result.stdout + result.stderr
 
@@ -113,7 +113,7 @@ def test_torchrun_shards_cache_latents_across_ranks(repo):
 
     before = splits()
     out = run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unirae_pipeline",
-               "--pipelines", "cache_latents", "--params", "latents.shard_size=100"], repo)
+               "--pipelines", "cache_latents", "--params", "latents.shard_size=100"], repo, UNIRAE_LOG_LEVEL="DEBUG")
     assert "rank 0: train shard 0" in out and "rank 1: train shard 1" in out and "rank 1: val shard" not in out
     assert out.count("rank 1: not saving") == 1 and "rank 0: not saving" not in out
     after = splits()
@@ -123,3 +123,55 @@ def test_torchrun_shards_cache_latents_across_ranks(repo):
         torch.testing.assert_close(before[split]["latents"].float(), after[split]["latents"].float(), rtol=1e-2,
                                    atol=1e-2)
     assert not list((repo / ".cache" / "latents").glob("*/train/*.safetensors"))  # moved into the store
+
+
+def test_progress_bars_and_log_levels_come_from_the_environment(repo):
+    """Quiet by default (one-line summaries, no bars off a terminal); UNIRAE_PROGRESS=1 draws the bars,
+    UNIRAE_LOG_LEVEL=WARNING drops the summaries, DEBUG adds per-shard lines."""
+    quiet = run(["kedro", "run", "--pipelines", "sample"], repo)
+    assert "sampled 40 images" in quiet and "img/s" in quiet and "sampling:" not in quiet
+    bars = run(["kedro", "run", "--pipelines", "sample"], repo, UNIRAE_PROGRESS="1")
+    assert re.search(r"sampling: 100%.*batch", bars)
+    silent = run(["kedro", "run", "--pipelines", "sample"], repo, UNIRAE_LOG_LEVEL="WARNING")
+    assert "sampled 40 images" not in silent
+    verbose = run(["kedro", "run", "--pipelines", "cache_latents"], repo, UNIRAE_LOG_LEVEL="DEBUG")
+    assert "rank 0: train shard 0" in verbose
+
+
+EXP_SHOW = ("dvc exp show --only-changed --drop Created|State|Executor|data/.* "
+            "--keep ^(fd|class_accuracy|inception_score|precision|recall|psnr|ssim|recon_fd)$ --sort-by fd "
+            "--sort-order asc")  # the README's curated table, quotes removed
+
+
+def test_queued_sweep_curated_table_and_plots_of_every_experiment(repo, tmp_path):
+    """The README's sweep: a queued grid run by `dvc queue start`, `dvc exp show` narrowed to what was swept with the
+    metrics of each stage's file, and `dvc plots diff` of the experiments: loss curves, score bars and image grids."""
+    import time
+
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "before the sweep", "--allow-empty"], repo)
+    run(["dvc", "exp", "run", "--queue", "-S", "profile=smoke", "-S", "dit.depth=choice(1,3)"], repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.time() + 900
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], repo)):
+        assert time.time() < deadline, status
+        time.sleep(5)
+    assert status.count("Success") >= 2 and "Failed" not in status, status
+    table = run(["dvc", "exp", "show", *EXP_SHOW.split()[3:], "--csv"], repo)
+    header = table.splitlines()[0].split(",")
+    assert header[3:] == ["psnr", "recon_fd", "ssim", "class_accuracy", "fd", "fd_ratio", "precision", "recall",
+                          "dit.depth"]  # train_rae's metrics, evaluate's, then the swept params only
+    rows = [line.split(",") for line in table.splitlines()[1:] if line.split(",")[0]]
+    assert len(rows) >= 2 and float(rows[0][7]) <= float(rows[1][7])  # best FD first
+    names = run(["dvc", "exp", "ls", "--name-only"], repo).split()
+    assert len(names) >= 2
+    run(["dvc", "plots", "diff", *names, "-o", str(tmp_path / "plots")], repo)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    for expected in ("FD to the reference", "Class accuracy of the samples", "dit_loss.csv", "rae_loss.csv",
+                     "classifier_loss.csv", "samples.png", "reconstructions.png"):
+        assert expected in html, expected
+    assert len(list((tmp_path / "plots").rglob("*.png"))) >= 2 * len(names)  # the grids of every experiment
+    best = rows[0][0]
+    run(["dvc", "exp", "apply", best], repo)
+    depth = yaml.safe_load((repo / "params.yaml").read_text())["dit"]["depth"]
+    assert str(depth) == rows[0][-1]  # the best experiment's params are now the workspace's

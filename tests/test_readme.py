@@ -75,3 +75,18 @@ def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_pa
             target.parent.mkdir(parents=True, exist_ok=True)
             target.mkdir() if key == "data.root" else target.write_bytes(b"")
         validate_params(params)
+
+
+def test_experiment_commands_are_the_ones_the_e2e_tests_run():
+    """The README's curated `dvc exp show` line is the one the e2e sweep test runs (quotes aside), and every other
+    experiment command there is one the e2e tests exercise."""
+    from .test_e2e import EXP_SHOW
+
+    lines = _bash_lines()
+    shown = [line for line in lines if line.startswith("dvc exp show")]
+    assert [line.replace("'", "") for line in shown] == [EXP_SHOW]
+    e2e = (ROOT / "tests" / "test_e2e.py").read_text()
+    for command in ("dvc exp run --queue", "dvc queue start", "dvc plots diff", "dvc exp ls", "dvc exp run -S",
+                    "dvc exp apply"):
+        assert any(command in line for line in lines), command
+        assert f'"{command.split()[1]}", "{command.split()[2]}"' in e2e, command

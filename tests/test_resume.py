@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent('''
     module = TrainModule(model, optim, partial(dit_objective, transport=TransportConfig("uniform", 4096, 0.0, 1.0),
                                                shift=1.0))
     data = torch.randn(70, 8, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(70) % 3
-    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 4, False, int(sys.argv[2]), False)
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 4, int(sys.argv[2]), False)
     snapshot = EMASnapshot(12)
     curve = fit(module, TensorBatches(data, 16, seed=0), trainer, "resume", seed=0, callbacks=(snapshot, Kill()),
                 run_key=run_key(config=sys.argv[3]))
@@ -166,7 +166,7 @@ RAE_SCRIPT = textwrap.dedent('''
     torch.manual_seed(0)
     module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.3, "uniform"), 32, 4), cfg, encoder)
     crops = RandomCrops(scan_image_folder("imgs"), "train", 16, 20, seed=0)
-    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, False, 5, False)
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, 5, False)
     curve = fit(module, KeyedBatches(crops, 8, seed=0), trainer, "rae", seed=0, callbacks=(Kill(),),
                 run_key=run_key(config="rae"))
     heads = {"disc." + k: v.contiguous() for k, v in module.disc.heads.state_dict().items()}

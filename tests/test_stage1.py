@@ -148,7 +148,7 @@ def test_adaptive_weight_is_the_gradient_norm_ratio():
 
 
 def _trainer() -> TrainerConfig:
-    return TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, False, 0, False)
+    return TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, 0, False)
 
 
 def _decoder() -> ViTDecoder:

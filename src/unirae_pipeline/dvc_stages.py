@@ -66,7 +66,7 @@ def code_deps(stage: str) -> list[str]:
 
 
 def build_stages(pipelines: dict, catalog: dict) -> dict:
-    stages = {}
+    stages, views = {}, []
     for name in sorted(pipelines, key=list(pipelines).index):
         if name == "__default__":
             continue
@@ -88,6 +88,11 @@ def build_stages(pipelines: dict, catalog: dict) -> dict:
             entry, kind = catalog[out], (catalog[out].get("metadata") or {}).get("dvc")
             if kind == "metrics":
                 metrics.append({_path(entry): {"cache": False}})
+            elif kind == "plots" and "views" in entry["metadata"]:  # named plots of chosen columns, top level
+                outs.append({_path(entry): {"cache": False}})
+                for view, spec in entry["metadata"]["views"].items():
+                    views.append({view: {**{k: v for k, v in spec.items() if k != "y"},
+                                         "y": {_path(entry): spec["y"]}}})
             elif kind == "plots":
                 extra = {k: entry["metadata"][k] for k in ("x", "y") if k in entry["metadata"]}
                 plots.append({_path(entry): {"cache": False, **extra}})
@@ -95,7 +100,7 @@ def build_stages(pipelines: dict, catalog: dict) -> dict:
                 outs.append(_path(entry))
         stage.update({k: v for k, v in (("outs", outs), ("metrics", metrics), ("plots", plots)) if v})
         stages[name] = stage
-    return {"stages": stages}
+    return {"stages": stages, **({"plots": views} if views else {})}
 
 
 def _path(entry: dict) -> str:

@@ -9,4 +9,7 @@ CONFIG_LOADER_ARGS = {
     "default_run_env": "local",
     # fsspec resolves `..` out of conf/<env>: both envs read the same params.yaml, so the merge is a no-op.
     "config_patterns": {"parameters": ["../../params.yaml"]},
+    # params.yaml lies outside conf/, so Kedro judges "hidden" on its absolute path: inside a queued experiment's
+    # temp copy (.dvc/tmp/exps/...) it would be skipped and every node would see no params.
+    "ignore_hidden": False,
 }

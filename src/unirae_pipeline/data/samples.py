@@ -34,7 +34,7 @@ class SampleSet:
         """Consecutive image blocks of at most `size`, in order."""
         for part in self.parts:
             for lo in range(0, len(part), size):
-                yield np.ascontiguousarray(part[lo: lo + size])
+                yield np.array(part[lo: lo + size])  # a writable in-memory copy of the block
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The images at `rows` (a few, e.g. for a grid)."""

@@ -14,6 +14,7 @@ import pandas as pd
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ..progress import show_progress
 from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
 
@@ -29,7 +30,6 @@ class TrainerConfig:
     precision: str
     accumulate_grad_batches: int  # global batch = batch_size x accumulate_grad_batches x devices x num_nodes
     log_every_n_steps: int
-    progress_bar: bool
     checkpoint_every_n_steps: int  # resume checkpoints in .cache/ckpts (0: none); a rerun continues from the last
     compile: bool  # torch.compile the trained model (GPU presets; 2-4x faster DiT steps, see bench/results)
 
@@ -106,7 +106,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
     """Train to `module.optim.steps` optimizer steps. With `trainer.checkpoint_every_n_steps` and a `run_key` (a hash
     of everything the run depends on), checkpoints go to .cache/ckpts/<name>-<run_key>/ and a rerun with the same key
     resumes from the last one (model, EMA, optimizer, schedule, RNG, data position); another key never does."""
-    if not log.isEnabledFor(logging.DEBUG):
+    if not log.isEnabledFor(logging.DEBUG):  # UNIRAE_LOG_LEVEL=DEBUG keeps Lightning's messages
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning resets it to INFO on import
     L.seed_everything(seed, workers=True, verbose=False)
     if cfg.compile:
@@ -129,7 +129,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
         logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
-        enable_checkpointing=ckpt_dir is not None, enable_progress_bar=cfg.progress_bar, enable_model_summary=False,
+        enable_checkpointing=ckpt_dir is not None, enable_progress_bar=show_progress(), enable_model_summary=False,
         use_distributed_sampler=False)  # our batch streams take each rank's slice of every global batch themselves
     start = time.perf_counter()
     with warnings.catch_warnings():

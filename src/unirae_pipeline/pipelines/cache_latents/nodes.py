@@ -19,6 +19,7 @@ from ...data.latents import DTYPES, CacheConfig, encode_block, save_shard
 from ...io.datasets import LatentCache
 from ...models import EncoderConfig, FrozenEncoder
 from ...params import build, run_key
+from ...progress import progress
 from ...ranks import global_rank, local_rank, world_size
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
             for k, lo in enumerate(range(0, len(image_set.splits[split]), cfg.shard_size))]
     world, rank = world_size(), global_rank()
     kept, encoded, start = 0, 0, time.perf_counter()
-    for split, flips, k, lo in plan[rank::world]:
+    for split, flips, k, lo in progress(plan[rank::world], "caching latents", unit="shard"):
         path = folder / split / f"shard_{k:05d}.safetensors"
         if path.is_file():
             kept += 1
@@ -59,7 +60,7 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
         save_shard(path, encode_block(lambda x: enc(x.to(device, non_blocking=True)), loader, split, flips,
                                       DTYPES[cfg.dtype]), meta["fingerprint"])
         encoded += len(rows)
-        log.info("rank %d: %s shard %d (%d images) cached", rank, split, k, len(rows))
+        log.debug("rank %d: %s shard %d (%d images) cached", rank, split, k, len(rows))
     seconds = time.perf_counter() - start
     log.info("rank %d: encoded %d images in %.1f s (%.0f img/s); %d complete shards kept from an earlier run", rank,
              encoded, seconds, encoded / max(seconds, 1e-9), kept)

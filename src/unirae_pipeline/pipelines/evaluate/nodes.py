@@ -6,18 +6,21 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ...data.samples import SampleSet
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, inception_score, precision_recall
 from ...models.serialization import Blob
+from ...progress import progress
 
 log = logging.getLogger(__name__)
 
 
 def _score(samples: SampleSet, extractor: Extractor, reference: dict) -> dict[str, float]:
-    out = [extractor(torch.from_numpy(block).permute(0, 3, 1, 2)) for block in samples.chunks(4096)]
+    blocks = progress(samples.chunks(4096), "scoring", total=-(-len(samples) // 4096), unit="block")
+    out = [extractor(torch.from_numpy(block).permute(0, 3, 1, 2)) for block in blocks]
     features, logits = torch.cat([f for f, _ in out]), torch.cat([lg for _, lg in out])
     scores = {"fd": frechet_distance(feature_stats(features), reference)}
     if "features" in reference:  # a reference with its features (computed, or an ADM batch with images)
@@ -29,12 +32,21 @@ def _score(samples: SampleSet, extractor: Extractor, reference: dict) -> dict[st
     return scores
 
 
+SCORE_COLUMNS = ("fd", "precision", "recall", "class_accuracy", "inception_score")  # one table for every extractor
+
+
 def evaluate(samples: SampleSet, samples_untrained: SampleSet, feature_extractor: Blob,
-             reference_stats: dict[str, np.ndarray]) -> dict:
+             reference_stats: dict[str, np.ndarray]) -> tuple[dict, pd.DataFrame]:
+    """The metrics (DVC metrics: `dvc exp show`), and the same as a table of the trained model and its untrained
+    floor (DVC plots: bars per experiment in `dvc plots diff`)."""
     extractor = Extractor(feature_extractor)
-    metrics = {**_score(samples, extractor, reference_stats), "num_samples": len(samples)}
+    trained = _score(samples, extractor, reference_stats)
+    metrics = {**trained, "num_samples": len(samples)}
+    rows = [{"model": "trained", **trained}]
     if len(samples_untrained):  # empty when sample.untrained_baseline is off
-        metrics.update({f"{k}_untrained": v for k, v in _score(samples_untrained, extractor, reference_stats).items()})
+        untrained = _score(samples_untrained, extractor, reference_stats)
+        metrics.update({f"{k}_untrained": v for k, v in untrained.items()})
         metrics["fd_ratio"] = metrics["fd"] / metrics["fd_untrained"]
+        rows.append({"model": "untrained", **untrained})
     log.info("evaluation: %s", metrics)
-    return metrics
+    return metrics, pd.DataFrame(rows, columns=["model", *SCORE_COLUMNS])

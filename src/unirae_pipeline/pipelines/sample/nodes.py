@@ -27,6 +27,7 @@ from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
 from ...params import build, run_key
+from ...progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, 
     grid = time_grid(sampler.num_steps, shift).float()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     out = []
-    for i, y in enumerate(labels.split(cfg.batch_size)):
+    batches = labels.split(cfg.batch_size)
+    for i, y in progress(enumerate(batches), "sampling", total=len(batches), unit="batch"):
         generator = torch.Generator().manual_seed(seed + first_batch + i)
         noise = torch.randn((len(y), *model_shape(model)), generator=generator).to(device)
         with autocast:
