@@ -27,3 +27,10 @@ def world_size() -> int:
 
 def is_rank_zero() -> bool:
     return global_rank() == 0
+
+
+def local_device():
+    """This rank's GPU when there is one, else the CPU."""
+    import torch
+
+    return torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from ..models.encoder import IMAGENET_MEAN, IMAGENET_STD
 from ..models.serialization import Blob, blob_meta, load_strict, read_state_dict
+from ..ranks import local_device
 from .classifier import ClassifierConfig, classifier_from_blob
 
 INCEPTION_FEATURES = ("2048", "logits_unbiased")
@@ -106,17 +107,20 @@ class Extractor:
         self.kind = meta.get("kind", "classifier")
         self.batch_size = batch_size
         if self.kind == "classifier":
-            self.net = classifier_from_blob(blob)
+            net = classifier_from_blob(blob)
         elif self.kind == "dinov2":
-            self.net = DINOv2Features(meta["model"], blob[0])
+            net = DINOv2Features(meta["model"], blob[0])
         else:
-            self.net = _inception(blob[0])
+            net = _inception(blob[0])
+        self.device = local_device()
+        self.net = net.eval().to(self.device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features, logits): class logits for the classifier, Inception's 1008-way logits for the IS."""
         feats, logits = [], []
         for chunk in images.split(self.batch_size):
+            chunk = chunk.to(self.device, non_blocking=True)
             if self.kind == "classifier":
                 f = self.net.features(chunk.float() / 255)
                 feats.append(f)
@@ -129,4 +133,4 @@ class Extractor:
                 f, lg = self.net(chunk)
                 feats.append(f)
                 logits.append(lg)
-        return torch.cat(feats).double(), torch.cat(logits).double()
+        return torch.cat(feats).double().cpu(), torch.cat(logits).double().cpu()

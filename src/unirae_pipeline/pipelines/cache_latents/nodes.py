@@ -20,7 +20,7 @@ from ...io.datasets import LatentCache
 from ...models import EncoderConfig, FrozenEncoder
 from ...params import build, run_key
 from ...progress import progress
-from ...ranks import global_rank, local_rank, world_size
+from ...ranks import global_rank, local_device, world_size
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _index_digest(image_set: ImageSet) -> str:
 
 def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: dict, seed: int) -> LatentCache:
     cfg = build(CacheConfig, latents, "latents")
-    device = torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
+    device = local_device()
     enc = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed).to(device)
     meta = {"fingerprint": enc.fingerprint(), "latent_shape": list(enc.latent_shape), "image_size": image_size,
             "class_names": image_set.class_names, "dtype": cfg.dtype}

@@ -18,6 +18,7 @@ from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
 from ...params import build, run_key
+from ...ranks import local_device
 from ...training.data import KeyedBatches, TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.stage1 import RAEModule, RAETrainConfig
@@ -70,9 +71,11 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
                      reference_stats: dict[str, np.ndarray], cache: dict) -> tuple[dict, Image.Image]:
     """Reconstruct val (no noise): PSNR and SSIM on [0, 1], FD to the val images' statistics (rFID with Inception,
     on ImageNet's 50k centre-cropped val images), the classifier's accuracy on the reconstructions, and a grid.
-    Streams val shard by shard, the images decoded in `latents.num_workers` processes: memory does not grow with N."""
+    Streams val shard by shard, the images decoded in `latents.num_workers` processes: memory does not grow with N;
+    the decoder and the feature network run on the GPU when there is one."""
     check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
-    model = decoder_from_blob(decoder)
+    device = local_device()
+    model = decoder_from_blob(decoder).to(device)
     extractor = Extractor(feature_extractor)
     workers = build(CacheConfig, cache, "latents").num_workers
     images = iter(torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
@@ -86,7 +89,7 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
             if not torch.equal(image_rows, rows):
                 raise ValueError("the val latents are not in image-index order; re-run cache_latents")
             with torch.no_grad():
-                recon = model(z.float()).clamp(0, 1)
+                recon = model(z.to(device).float()).clamp(0, 1).cpu()
             for k, v in psnr_ssim(recon, real).items():
                 sums[k] += v * len(z)
             f, logits = extractor((recon * 255).round().to(torch.uint8))
