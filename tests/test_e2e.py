@@ -175,3 +175,17 @@ def test_queued_sweep_curated_table_and_plots_of_every_experiment(repo, tmp_path
     run(["dvc", "exp", "apply", best], repo)
     depth = yaml.safe_load((repo / "params.yaml").read_text())["dit"]["depth"]
     assert str(depth) == rows[0][-1]  # the best experiment's params are now the workspace's
+
+
+def test_dvc_remote_shares_the_artefacts(repo, tmp_path):
+    """The README's remote: `dvc remote add -d` and `dvc push`, then a fresh clone pulls the same results."""
+    run(["dvc", "remote", "add", "-d", "storage", str(tmp_path / "store")], repo)
+    run(["dvc", "push"], repo)
+    assert any((tmp_path / "store").rglob("*"))
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "remote", "--allow-empty"], repo)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    for rel in ("data/08_reporting/metrics.json", "data/06_models/dit.safetensors"):
+        assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel

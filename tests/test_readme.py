@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import re
+
+import yaml
 
 from .conftest import ROOT
 
@@ -90,3 +93,54 @@ def test_experiment_commands_are_the_ones_the_e2e_tests_run():
                     "dvc exp apply"):
         assert any(command in line for line in lines), command
         assert f'"{command.split()[1]}", "{command.split()[2]}"' in e2e, command
+
+
+# Every command of the README, by prefix, and the test that runs it. GPU or cluster launches cannot run here: their
+# params are composed and validated below instead, and they share the entry point that the torchrun test launches.
+EXERCISED = {
+    "bash scripts/setup.sh": "test_quick_start_has_two_commands_and_ci_runs_the_second",  # and CI itself
+    "dvc exp run -S profile=imagenet": "test_imagenet_commands_compose_and_every_file_they_need_is_documented",
+    "dvc exp run --queue": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc exp run -S": "test_exp_run_depth_reruns_only_the_dit_stages",
+    "dvc queue start": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc exp show": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc plots diff": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc exp apply": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "kedro run --pipelines": "test_kedro_runs_one_pipeline_on_its_own",
+    "torchrun": "test_torchrun_launches_the_same_stage",
+    "srun python -m unirae_pipeline": "test_torchrun_launches_the_same_stage",
+    "dvc remote add": "test_dvc_remote_shares_the_artefacts",
+    "dvc push": "test_dvc_remote_shares_the_artefacts",
+}
+
+
+def test_every_readme_command_is_exercised_and_its_params_are_valid():
+    import shlex
+
+    from unirae_pipeline.compose import compose_params
+    from unirae_pipeline.config import validate_params
+
+    tests = "".join(f.read_text() for f in (ROOT / "tests").glob("test_*.py"))
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for line in _bash_lines():
+        if line.startswith("#"):
+            continue  # #SBATCH directives
+        command = line.split("  #")[0].strip()
+        prefix = next((p for p in EXERCISED if command.startswith(p)), None)
+        assert prefix, f"README command not exercised by any test: {command}"
+        assert f"def {EXERCISED[prefix]}(" in tests, EXERCISED[prefix]
+        tokens = shlex.split(command.replace("$(", "").replace(")", ""))
+        if "--params" in tokens:  # kedro's runtime params: must name real keys with valid values
+            merged = copy.deepcopy(params)
+            for item in tokens[tokens.index("--params") + 1].split(","):
+                key, value = item.split("=")
+                *path, leaf = key.split(".")
+                node = merged
+                for part in path:
+                    node = node[part]
+                assert leaf in node, f"{command}: unknown param {key}"
+                node[leaf] = yaml.safe_load(value)
+            validate_params(merged)
+        elif command.startswith("dvc exp run -S") and "profile=imagenet" not in command:
+            overrides = [tokens[i + 1] for i, t in enumerate(tokens) if t == "-S" and "choice(" not in tokens[i + 1]]
+            validate_params(compose_params(overrides, conf_dir=ROOT / "conf"))

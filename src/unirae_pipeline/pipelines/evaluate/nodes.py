@@ -4,6 +4,7 @@ class accuracy (classifier) or Inception score (Inception), next to the same for
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,7 @@ def evaluate(samples: SampleSet, samples_untrained: SampleSet, feature_extractor
     """The metrics (DVC metrics: `dvc exp show`), and the same as a table of the trained model and its untrained
     floor (DVC plots: bars per experiment in `dvc plots diff`)."""
     extractor = Extractor(feature_extractor)
+    start = time.perf_counter()
     trained = _score(samples, extractor, reference_stats)
     metrics = {**trained, "num_samples": len(samples)}
     rows = [{"model": "trained", **trained}]
@@ -48,5 +50,8 @@ def evaluate(samples: SampleSet, samples_untrained: SampleSet, feature_extractor
         metrics.update({f"{k}_untrained": v for k, v in untrained.items()})
         metrics["fd_ratio"] = metrics["fd"] / metrics["fd_untrained"]
         rows.append({"model": "untrained", **untrained})
-    log.info("evaluation: %s", metrics)
+    scored = len(samples) + len(samples_untrained)
+    seconds = time.perf_counter() - start
+    log.info("scored %d images with %s features in %.1f s (%.0f img/s): %s", scored, extractor.kind, seconds,
+             scored / seconds, metrics)
     return metrics, pd.DataFrame(rows, columns=["model", *SCORE_COLUMNS])
