@@ -189,3 +189,45 @@ def test_dvc_remote_shares_the_artefacts(repo, tmp_path):
     run(["dvc", "pull"], clone)
     for rel in ("data/08_reporting/metrics.json", "data/06_models/dit.safetensors"):
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
+
+
+def test_official_weights_profile_runs_the_readme_sample_lines(repo, tmp_path):
+    """The README's official-weights profile: its conf/local/catalog.yml (paths and converter params swapped for the
+    small official-code fixture) and its two `kedro run --pipelines sample` lines, verbatim: 50 per class in the ADM
+    layout, unguided and with AutoGuidance."""
+    import json
+
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    from .test_readme import _bash_lines
+
+    with safe_open(str(ROOT / "tests/fixtures/official_tiny.safetensors"), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "source"}
+    part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    torch.save({"ema": part("dit."), "model": {}}, tmp_path / "dit.pt")
+    torch.save(part("decoder."), tmp_path / "decoder.pt")
+    torch.save({"mean": None, "var": torch.rand(32, 4, 4) + 0.5}, tmp_path / "stat.pt")
+    readme = (ROOT / "README.md").read_text()
+    catalog = yaml.safe_load(re.search(r"```yaml\n(dit:.*?)```", readme, re.S).group(1))
+    assert set(catalog) == {"dit", "decoder", "latent_stats", "dit_guide"}
+    files = {"dit": "dit.pt", "dit_guide": "dit.pt", "decoder": "decoder.pt", "latent_stats": "stat.pt"}
+    for name, entry in catalog.items():
+        entry["filepath"] = str(tmp_path / files[name])
+        if "params" in entry:
+            entry["params"] = meta["decoder" if name == "decoder" else "dit"]
+    local = repo / "conf/local/catalog.yml"
+    local.write_text(yaml.safe_dump(catalog))
+    try:
+        lines = [line for line in _bash_lines() if line.startswith("kedro run --pipelines sample")]
+        assert len(lines) == 2
+        for line in lines:
+            out = run([t.strip('"') for t in re.findall(r'"[^"]*"|\S+', line.split("  #")[0])], repo)
+            assert "sampled 500 images" in out
+            with np.load(repo / "data/07_model_output/samples.npz") as npz:
+                assert npz["arr_0"].shape == (500, 16, 16, 3) and np.bincount(npz["arr_1"]).tolist() == [50] * 10
+        assert "autoguidance 1.42" in out
+    finally:
+        local.unlink()

@@ -106,6 +106,7 @@ EXERCISED = {
     "dvc exp show": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
     "dvc plots diff": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
     "dvc exp apply": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "kedro run --pipelines sample --params": "test_official_weights_profile_runs_the_readme_sample_lines",
     "kedro run --pipelines": "test_kedro_runs_one_pipeline_on_its_own",
     "torchrun": "test_torchrun_launches_the_same_stage",
     "srun python -m unirae_pipeline": "test_torchrun_launches_the_same_stage",
