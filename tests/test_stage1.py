@@ -60,9 +60,10 @@ def recipe(weights: dict[str, str], **over) -> dict:
 
 
 def test_lpips_equals_the_reference_implementation(weights):
+    # offline: pretrained=True reads the heads shipped inside the package, pnet_rand=True keeps VGG random
     ref = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False).eval()
     ref.net.load_state_dict({f"slice{i + 1}.{k.split('.')[1]}.{k.split('.')[2]}": v
-                             for k, v in torch.load(weights["vgg"]).items()
+                             for k, v in torch.load(weights["vgg"], weights_only=True).items()
                              for i, (a, b) in enumerate(((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)))
                              if a <= int(k.split(".")[1]) < b})
     ours = LPIPS(LPIPSConfig(weights["vgg"], LPIPS_HEADS))
@@ -92,7 +93,8 @@ def test_missing_or_wrong_perceptual_weights_are_clear_errors(weights, tmp_path)
 def test_dino_discriminator_heads_and_backbone(weights, tmp_path):
     cfg = DiscConfig("vit_small_patch8_224", weights["dino"], 32, (1, 2), 3, TINY_DINO)
     disc = DinoDiscriminator(cfg)
-    assert torch.equal(disc.backbone.state_dict()["pos_embed"], torch.load(weights["dino"])["pos_embed"])
+    saved = torch.load(weights["dino"], weights_only=True)
+    assert torch.equal(disc.backbone.state_dict()["pos_embed"], saved["pos_embed"])
     assert disc.taps == [3, 1, 2]
     logits = disc(torch.rand(2, 3, 16, 16) * 2 - 1)  # resized to the backbone's 32 px: 16 tokens per head
     assert logits.shape == (2, 3 * 16)
