@@ -195,20 +195,15 @@ def test_official_weights_profile_runs_the_readme_sample_lines(repo, tmp_path):
     """The README's official-weights profile: its conf/local/catalog.yml (paths and converter params swapped for the
     small official-code fixture) and its two `kedro run --pipelines sample` lines, verbatim: 50 per class in the ADM
     layout, unguided and with AutoGuidance."""
-    import json
-
     import numpy as np
     import torch
-    from safetensors import safe_open
 
+    from .test_official import read_fixture
     from .test_readme import _bash_lines
 
-    with safe_open(str(ROOT / "tests/fixtures/official_tiny.safetensors"), framework="pt") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-        meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "source"}
-    part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-    torch.save({"ema": part("dit."), "model": {}}, tmp_path / "dit.pt")
-    torch.save(part("decoder."), tmp_path / "decoder.pt")
+    _, meta, dit_state, decoder_state = read_fixture()
+    torch.save({"ema": dit_state, "model": {}}, tmp_path / "dit.pt")
+    torch.save(decoder_state, tmp_path / "decoder.pt")
     torch.save({"mean": None, "var": torch.rand(32, 4, 4) + 0.5}, tmp_path / "stat.pt")
     readme = (ROOT / "README.md").read_text()
     catalog = yaml.safe_load(re.search(r"```yaml\n(dit:.*?)```", readme, re.S).group(1))

@@ -24,13 +24,18 @@ from unirae_pipeline.models.official import (
 FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny.safetensors"
 
 
-@pytest.fixture(scope="module")
-def official():
+def read_fixture() -> tuple[dict, dict, dict, dict]:
+    """(all tensors, the modules' kwargs, the DiT state, the decoder state) of the official-code fixture."""
     with safe_open(str(FIXTURE), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = {k: json.loads(v) for k, v in f.metadata().items() if k != "source"}
     part = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
     return tensors, meta, part("dit."), part("decoder.")
+
+
+@pytest.fixture(scope="module")
+def official():
+    return read_fixture()
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -128,22 +128,16 @@ def test_autoguidance_uses_the_guide_snapshot(chain):
 def test_train_rae_reference_recipe_from_images(chain, tmp_path):
     """The stage-1 recipe end to end through the node: online encoder on random crops, LPIPS from the start, the
     discriminator training from step 4 and reaching the decoder from step 6 (random-init weights files)."""
-    import timm
-    import torchvision
-
     from unirae_pipeline.pipelines.train_rae.nodes import evaluate_decoder, train_decoder
 
-    from .test_stage1 import LPIPS_HEADS, TINY_DINO
+    from .test_stage1 import LPIPS_HEADS, TINY_DINO, write_random_weights
 
     params, catalog, outputs = chain
-    torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()},
-               tmp_path / "vgg16.pth")
-    torch.save(timm.create_model("vit_small_patch8_224", num_classes=0, img_size=32, **TINY_DINO).state_dict(),
-               tmp_path / "dino.pth")
+    weights = write_random_weights(tmp_path)
     recipe = {**params["train_rae"], "source": "images", "resize": 20, "duration": 10, "warmup": 2, "batch_size": 16,
               "lpips_weight": 1.0, "gan_weight": 0.75, "disc_upd_start": 4, "disc_start": 6,
-              "lpips": {"vgg_weights": str(tmp_path / "vgg16.pth"), "heads_weights": LPIPS_HEADS},
-              "disc": {**params["train_rae"]["disc"], "weights": str(tmp_path / "dino.pth"), "input_size": 32,
+              "lpips": {"vgg_weights": weights["vgg"], "heads_weights": LPIPS_HEADS},
+              "disc": {**params["train_rae"]["disc"], "weights": weights["dino"], "input_size": 32,
                        "key_depths": [1, 2], "kernel_size": 3, "overrides": TINY_DINO}}
     latents, image_set = catalog.load("latents"), catalog.load("image_set")
     trainer = {**params["trainer"], "log_every_n_steps": 1}

@@ -3,6 +3,7 @@ and ends exactly where an unbroken run ends; another config never picks the chec
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,9 +132,9 @@ def test_killed_latent_caching_keeps_complete_shards(tmp_path):
 
 
 RAE_SCRIPT = textwrap.dedent('''
-    import logging, os, signal, sys
+    import json, logging, os, signal, sys
     import lightning as L
-    import timm, torch, torchvision
+    import torch
     from safetensors.torch import save_file
     from unirae_pipeline.data.images import RandomCrops, scan_image_folder
     from unirae_pipeline.models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder
@@ -148,17 +149,12 @@ RAE_SCRIPT = textwrap.dedent('''
             if trainer.global_step == int(os.environ.get("KILL_AT", "0")):
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    tiny = {"depth": 2, "embed_dim": 32, "num_heads": 2}
-    if not os.path.exists("vgg.pth"):
-        torch.manual_seed(0)
-        torch.save({f"features.{k}": v for k, v in torchvision.models.vgg16().features.state_dict().items()}, "vgg.pth")
-        dino = timm.create_model("vit_small_patch8_224", num_classes=0, img_size=32, **tiny)
-        torch.save(dino.state_dict(), "dino.pth")
+    tiny = json.loads(sys.argv[3])  # the sizes of the DINO weights file
     cfg = build(RAETrainConfig, dict(
         unit="steps", duration=14, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0, warmup=2,
         schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0, source="images", resize=20,
         num_workers=0, lpips_weight=1.0, lpips_start=0, gan_weight=0.75, disc_start=6, disc_upd_start=4,
-        max_d_weight=1e4, diffaug=True, lpips={"vgg_weights": "vgg.pth", "heads_weights": sys.argv[2]},
+        max_d_weight=1e4, diffaug=True, lpips={"vgg_weights": "vgg16.pth", "heads_weights": sys.argv[2]},
         disc={"model": "vit_small_patch8_224", "weights": "dino.pth", "input_size": 32, "key_depths": [1],
               "kernel_size": 3, "overrides": tiny}), "train_rae")
     encoder = FrozenEncoder(EncoderConfig("vit_small_patch14_reg4_dinov2", "none", 16,
@@ -179,14 +175,15 @@ def test_killed_stage1_gan_training_resumes_to_the_unbroken_result(tmp_path):
     """Stage 1 with LPIPS and the discriminator, on random crops encoded online: killed after the discriminator
     started, resumed, equal to the unbroken run (decoder EMA, heads, every loss term of the curve)."""
     from .conftest import write_folder
-    from .test_stage1 import LPIPS_HEADS
+    from .test_stage1 import LPIPS_HEADS, TINY_DINO, write_random_weights
 
     write_folder(tmp_path / "imgs", {"a": 12, "b": 12}, size=24)
+    write_random_weights(tmp_path)  # vgg16.pth, dino.pth
     (tmp_path / "rae.py").write_text(RAE_SCRIPT)
 
     def train(out: str, kill_at: int = 0) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "rae.py", out, LPIPS_HEADS], cwd=tmp_path, capture_output=True,
-                              text=True, env={**os.environ, "KILL_AT": str(kill_at)})
+        return subprocess.run([sys.executable, "rae.py", out, LPIPS_HEADS, json.dumps(TINY_DINO)], cwd=tmp_path,
+                              capture_output=True, text=True, env={**os.environ, "KILL_AT": str(kill_at)})
 
     unbroken = train("unbroken.safetensors")
     assert unbroken.returncode == 0, unbroken.stderr[-3000:]

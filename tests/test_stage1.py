@@ -36,16 +36,20 @@ TINY_DINO = {"depth": 4, "embed_dim": 32, "num_heads": 2}
 LPIPS_HEADS = str(Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth")  # the real LPIPS v0.1 heads
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> dict[str, str]:
-    """Randomly initialised networks of the real architectures, saved in the released files' layouts."""
-    tmp = tmp_path_factory.mktemp("weights")
+def write_random_weights(folder: Path) -> dict[str, str]:
+    """Randomly initialised networks of the real architectures (VGG16 features, a tiny DINO ViT/8), saved in the
+    released files' layouts."""
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16().features.state_dict()
-    torch.save({f"features.{k}": v for k, v in vgg.items()}, tmp / "vgg16.pth")
+    torch.save({f"features.{k}": v for k, v in vgg.items()}, folder / "vgg16.pth")
     dino = timm.create_model("vit_small_patch8_224", num_classes=0, img_size=32, **TINY_DINO).state_dict()
-    torch.save(dino, tmp / "dino.pth")
-    return {"vgg": str(tmp / "vgg16.pth"), "dino": str(tmp / "dino.pth")}
+    torch.save(dino, folder / "dino.pth")
+    return {"vgg": str(folder / "vgg16.pth"), "dino": str(folder / "dino.pth")}
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> dict[str, str]:
+    return write_random_weights(tmp_path_factory.mktemp("weights"))
 
 
 def recipe(weights: dict[str, str], **over) -> dict:
