@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from hydra.errors import MissingConfigException
 
@@ -37,13 +38,19 @@ def test_unknown_preset_is_a_clear_error():
         compose_params(["dit=XXL"], conf_dir=ROOT / "conf")
 
 
-def test_kedro_reads_params_yaml(params):
+def test_kedro_reads_params_yaml_and_sets_tf32(params):
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
 
-    bootstrap_project(ROOT)
-    with KedroSession.create(project_path=ROOT) as session:
-        assert session.load_context().params == params
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        bootstrap_project(ROOT)
+        with KedroSession.create(project_path=ROOT) as session:
+            assert session.load_context().params == params
+        assert torch.backends.cuda.matmul.allow_tf32  # the reference's fp32 policy, set before any node runs
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def test_dvc_yaml_is_generated_and_fresh():

@@ -22,7 +22,7 @@ from PIL import Image
 
 from ...data.latents import denormalize
 from ...data.samples import SampleSet, read_shard, write_shard
-from ...diffusion import SamplerConfig, TransportConfig, integrate, shift_factor, time_grid
+from ...diffusion import SamplerConfig, TransportConfig, VelocityFn, integrate, shift_factor, time_grid
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
@@ -44,6 +44,7 @@ class SampleConfig:
     grid_per_class: int
     device: Literal["auto", "cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
+    compile: bool              # torch.compile the DiT (and guide) once per run: about 2.5x faster on a GPU
     untrained_baseline: bool   # also sample an untrained twin of the DiT: the floor of the metrics (small models)
     sampler: dict
 
@@ -71,35 +72,37 @@ def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor
     return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
 
 
-def model_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    return model.in_channels, model.input_size, model.input_size
+def velocity_of(model: torch.nn.Module, guide: torch.nn.Module | None, cfg: SampleConfig,
+                sampler: SamplerConfig) -> VelocityFn:
+    """The guided velocity of `model` on the sampling device, compiled once per run with `sample.compile` (one
+    graph per batch shape: no dynamic-shape code); outputs cast to fp32 so that guidance arithmetic stays exact
+    under autocast."""
+    device = cfg.torch_device()
 
+    def fp32(net: torch.nn.Module) -> VelocityFn:
+        net = net.eval().to(device)
+        net = torch.compile(net, dynamic=False) if cfg.compile else net
+        return lambda x, t, y: net(x, t, y).float()
 
-def _fp32(model: torch.nn.Module, device: torch.device):
-    """The model on `device`, its output cast to fp32 so that guidance arithmetic stays exact under autocast."""
-    model = model.eval().to(device)
-    return lambda x, t, y: model(x, t, y).float()
+    return sampler.velocity(fp32(model), model.num_classes, fp32(guide) if guide is not None else None)
 
 
 @torch.no_grad()
-def generate(model: torch.nn.Module, decoder: torch.nn.Module, stats: dict[str, torch.Tensor], labels: torch.Tensor,
-             cfg: SampleConfig, sampler: SamplerConfig, shift: float, seed: int,
-             guide: torch.nn.Module | None = None, first_batch: int = 0) -> np.ndarray:
+def generate(velocity: VelocityFn, latent_shape: tuple[int, int, int], decoder: torch.nn.Module,
+             stats: dict[str, torch.Tensor], labels: torch.Tensor, cfg: SampleConfig, sampler: SamplerConfig,
+             grid: torch.Tensor, seed: int, first_batch: int = 0) -> np.ndarray:
     """Noise -> latents (ODE/SDE, guided) -> raw latents -> images, uint8 NHWC. Batch i of the whole run is seeded
     by seed + i (`first_batch` places these labels in the run), its noise drawn on the CPU so that a seed gives the
     same samples on every device and in any shard split."""
     device = cfg.torch_device()
     decoder = decoder.eval().to(device)
     mean, var = stats["mean"].to(device), stats["var"].to(device)
-    velocity = sampler.velocity(_fp32(model, device), model.num_classes,
-                                _fp32(guide, device) if guide is not None else None)
-    grid = time_grid(sampler.num_steps, shift).float()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     out = []
     batches = labels.split(cfg.batch_size)
     for i, y in progress(enumerate(batches), "sampling", total=len(batches), unit="batch"):
         generator = torch.Generator().manual_seed(seed + first_batch + i)
-        noise = torch.randn((len(y), *model_shape(model)), generator=generator).to(device)
+        noise = torch.randn((len(y), *latent_shape), generator=generator).to(device)
         with autocast:
             z = integrate(velocity, noise, y.to(device), grid, sampler, generator)
             images = decoder(denormalize(z.float(), mean, var))
@@ -146,18 +149,21 @@ def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params
     models = [dit, decoder, latent_stats, *([dit_guide] if autoguided else [])]
     key = run_key(models=blob_digest(*models), sample=params, diffusion=diffusion, seed=seed)
     start = time.perf_counter()
+    times = time_grid(sampler.num_steps, shift).float()
+    velocity, shape = velocity_of(model, guide, cfg, sampler), tuple(meta["latent_shape"])
     samples = generate_shards(CACHE / key, labels, cfg, image_shape, lambda y, first: generate(
-        model, dec, stats, y, cfg, sampler, shift, seed, guide, first))
+        velocity, shape, dec, stats, y, cfg, sampler, times, seed, first))
     seconds = time.perf_counter() - start
-    log.info("sampled %d images (%s, %d grid points, %s %.2f, %s on %s) in %.1f s, %.1f img/s", len(labels),
+    log.info("sampled %d images (%s, %d grid points, %s %.2f, %s%s on %s) in %.1f s, %.1f img/s", len(labels),
              sampler.method, sampler.num_steps, sampler.guidance, sampler.guidance_scale, cfg.precision,
-             cfg.torch_device(), seconds, len(labels) / seconds)
+             ", compiled" if cfg.compile else "", cfg.torch_device(), seconds, len(labels) / seconds)
     if cfg.untrained_baseline:  # the floor: the untrained twin, unguided (its zero-init velocity is 0 anyway)
         untrained = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"],
                               meta["seed"])
         unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
+        floor = velocity_of(untrained, None, cfg, unguided)
         baseline = generate_shards(CACHE / f"{key}-untrained", labels, cfg, image_shape, lambda y, first: generate(
-            untrained, dec, stats, y, cfg, unguided, shift, seed, first_batch=first))
+            floor, shape, dec, stats, y, cfg, unguided, times, seed, first))
     else:
         baseline = SampleSet([], labels.numpy()[:0], image_shape)
     order = torch.argsort(labels, stable=True).view(meta["num_classes"], -1)[:, : cfg.grid_per_class]
