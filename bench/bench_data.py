@@ -1,5 +1,5 @@
 """Throughput of the data paths: train_dit's batches from memory-mapped latent shards, and latent caching
-(JPEG decode + ADM centre crop + frozen-encoder forward).
+(JPEG decode + ADM centre crop + frozen-encoder forward on the image and its mirror, as cache_latents does).
 
 Pure torch (runs on the GPU image without kedro/dvc): `PYTHONPATH=src python bench/bench_data.py --device cuda`.
 Each figure is reported as a ratio against the baseline measured in the same run: in-memory batches for the latent
@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from unirae_pipeline.data.images import ImageDataset, ImageSet, ImageSplit
-from unirae_pipeline.data.latents import LatentRows, LatentStore, Shard, save_shard
+from unirae_pipeline.data.latents import LatentRows, LatentStore, Shard, encode_block, encode_uint8, save_shard
 from unirae_pipeline.models import EncoderConfig, FrozenEncoder
 from unirae_pipeline.training.data import KeyedBatches, TensorBatches
 
@@ -90,7 +90,9 @@ def _jpegs(root: Path, n: int, size: int) -> ImageSet:
 
 def caching(root: Path, size: int, encoder: tuple, n: int, batch: int, workers: list[int],
             device: str) -> dict[str, float]:
-    """Images/s of decode + crop alone (PIL in worker processes; nvJPEG on CUDA) and of decode + encode."""
+    """Images/s of decode + crop alone (PIL in worker processes; nvJPEG on CUDA) and of cache_latents' own path:
+    uint8 batches to the device, mirrored there, encoded in each precision (train split: two encoder passes per
+    image, so encoder forwards/s are twice the images/s)."""
     images = _jpegs(root, n, size)
     dataset = ImageDataset(images, "train", size)
 
@@ -116,16 +118,14 @@ def caching(root: Path, size: int, encoder: tuple, n: int, batch: int, workers: 
     enc = FrozenEncoder(EncoderConfig(name, "none", input_size, overrides), seed=0).to(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=max(workers),
                                          pin_memory=device == "cuda")
-    with torch.no_grad():
-        enc(next(iter(loader))[0].to(device))  # warm-up
+    for precision in ("fp32", "bf16") if device == "cuda" else ("fp32",):
+        encode = encode_uint8(enc, precision, device)
+        encode_block(encode, [next(iter(loader))], "train", True, torch.bfloat16, device)  # warm-up
         if device == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for x, _, _ in loader:
-            enc(x.to(device, non_blocking=True))
-        if device == "cuda":
-            torch.cuda.synchronize()
-    rates[f"decode_and_encode_fp32_{max(workers)}_workers"] = n / (time.perf_counter() - start)
+        encode_block(encode, loader, "train", True, torch.bfloat16, device)
+        rates[f"cache_{precision}_{max(workers)}_workers"] = n / (time.perf_counter() - start)  # .cpu() synced
     return rates
 
 

@@ -144,7 +144,9 @@ def test_normalize_roundtrip_and_cache_config_errors():
     z, mean, var = torch.randn(2, 3, 2, 2), torch.randn(3, 2, 2), torch.rand(3, 2, 2)
     assert torch.allclose(denormalize(normalize(z, mean, var), mean, var), z, atol=1e-6)
     with pytest.raises(ValueError, match="latents.dtype"):
-        CacheConfig(256, 1024, "int8", 0)
+        CacheConfig(256, 1024, "int8", "fp32", 0)
+    with pytest.raises(ValueError, match="latents.precision"):
+        CacheConfig(256, 1024, "bfloat16", "fp16", 0)
 
 
 def test_bad_files_are_skipped_or_converted_by_policy(tmp_path, monkeypatch, caplog):
@@ -257,7 +259,7 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
 
     encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 64,
                "overrides": {"patch_size": 4, "embed_dim": 256, "depth": 1, "num_heads": 4}}  # 128 KB per latent
-    latents = {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "num_workers": 0}
+    latents = {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "precision": "fp32", "num_workers": 0}
 
     def cache(name: str, n: int) -> tuple[float, float]:
         """(peak growth of anonymous memory in MB, size of the cache written in MB)."""
@@ -294,3 +296,26 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
     assert large_size > 450 and large_size > 20 * small_size
     # holding the cache would add >= 500 MB; one shard in flight plus the encoder's activations stay ~100-150 MB
     assert large < 0.4 * large_size, f"caching {large_size:.0f} MB grew memory by {large:.0f} MB ({small:.0f} for 64)"
+
+
+def test_bf16_caching_is_close_to_fp32_and_cached_apart(tmp_path, monkeypatch):
+    """`latents.precision: bf16` runs the encoder under autocast: latents within bf16 rounding of the fp32 ones, in
+    a cache folder of their own (the precision is part of the run's key, so no fp32 shard is ever reused)."""
+    from safetensors.torch import load_file
+
+    from unirae_pipeline.pipelines.cache_latents import nodes
+
+    monkeypatch.setattr(nodes, "CACHE", tmp_path / "cache")
+    image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 2}, size=16))
+    encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
+               "overrides": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}}
+    caches = {}
+    for precision in ("fp32", "bf16"):
+        latents = {"batch_size": 4, "shard_size": 4, "dtype": "float32", "precision": precision, "num_workers": 0}
+        cache = nodes.cache_latents(image_set, 16, encoder, latents, 0)
+        caches[precision] = torch.cat([load_file(str(cache.folder / "train" / f"shard_{k:05d}.safetensors"))["latents"]
+                                       for k in range(cache.shards["train"])])
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    fp32, bf16 = caches["fp32"], caches["bf16"]
+    assert fp32.shape == bf16.shape == (10, 64, 4, 4) and not torch.equal(fp32, bf16)
+    assert (bf16 - fp32).norm() / fp32.norm() < 0.01  # 0.003 here; bf16 rounds at 0.004

@@ -114,7 +114,7 @@ def test_sampling_with_official_checkpoints_through_the_catalog(official, tmp_pa
     decoder = OfficialModelDataset(filepath=str(tmp_path / "decoder.pt"), kind="decoder", params=meta["decoder"]).load()
     stats = OfficialModelDataset(filepath=str(tmp_path / "stat.pt"), kind="stats").load()
     params = {"num_per_class": 2, "batch_size": 8, "shard_size": 8, "grid_per_class": 2, "device": "cpu",
-              "precision": "bf16", "untrained_baseline": False,
+              "precision": "bf16", "compile": False, "untrained_baseline": False,
               "sampler": {"method": "euler", "num_steps": 4, "guidance": "cfg", "guidance_scale": 1.5,
                           "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0}}
     diffusion = {"time_dist": "uniform", "shift_base": 4096, "logit_mean": 0.0, "logit_std": 1.0}

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ...data.images import ImageDataset, ImageSet
-from ...data.latents import DTYPES, CacheConfig, encode_block, save_shard
+from ...data.latents import DTYPES, CacheConfig, encode_block, encode_uint8, save_shard
 from ...io.datasets import LatentCache
 from ...models import EncoderConfig, FrozenEncoder
 from ...params import build, run_key
@@ -46,6 +46,7 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
     folder = CACHE / run_key(meta=meta, latents=latents, index=_index_digest(image_set))
     plan = [(split, flips, k, lo) for split, flips in SPLITS
             for k, lo in enumerate(range(0, len(image_set.splits[split]), cfg.shard_size))]
+    encode = encode_uint8(enc, cfg.precision, device)
     world, rank = world_size(), global_rank()
     kept, encoded, start = 0, 0, time.perf_counter()
     for split, flips, k, lo in progress(plan[rank::world], "caching latents", unit="shard"):
@@ -57,8 +58,7 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(ImageDataset(image_set, split, image_size), rows), batch_size=cfg.batch_size,
             num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-        save_shard(path, encode_block(lambda x: enc(x.to(device, non_blocking=True)), loader, split, flips,
-                                      DTYPES[cfg.dtype]), meta["fingerprint"])
+        save_shard(path, encode_block(encode, loader, split, flips, DTYPES[cfg.dtype], device), meta["fingerprint"])
         encoded += len(rows)
         log.debug("rank %d: %s shard %d (%d images) cached", rank, split, k, len(rows))
     seconds = time.perf_counter() - start

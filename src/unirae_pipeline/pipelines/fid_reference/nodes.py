@@ -62,7 +62,7 @@ def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int) ->
     loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256)
     features, correct = [], 0
     for images, labels, _ in loader:
-        f, logits = extractor((images * 255).round().to(torch.uint8))
+        f, logits = extractor(images)
         features.append(f)
         if extractor.kind == "classifier":
             correct += int((logits.argmax(-1) == labels).sum())

@@ -88,15 +88,16 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
             real, _, image_rows = next(images)
             if not torch.equal(image_rows, rows):
                 raise ValueError("the val latents are not in image-index order; re-run cache_latents")
+            real = real.to(device, non_blocking=True).float() / 255
             with torch.no_grad():
-                recon = model(z.to(device).float()).clamp(0, 1).cpu()
+                recon = model(z.to(device).float()).clamp(0, 1)
             for k, v in psnr_ssim(recon, real).items():
                 sums[k] += v * len(z)
             f, logits = extractor((recon * 255).round().to(torch.uint8))
             features.append(f.float())
             if extractor.kind == "classifier":
                 correct += int((logits.argmax(-1) == labels).sum())
-            shown.update({seen + i: (real[i], recon[i]) for i in range(len(z)) if seen + i in pick})
+            shown.update({seen + i: (real[i].cpu(), recon[i].cpu()) for i in range(len(z)) if seen + i in pick})
             seen += len(z)
     val = {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]}
     metrics = {k: v / seen for k, v in sums.items()}
