@@ -96,8 +96,28 @@ def test_non_finite_loss_stops_training(params):
     module = TrainModule(model, optim(duration=5, batch_size=2, warmup=0),
                          lambda m, batch: m(batch[0]).sum() * float("nan"))
     trainer = build(TrainerConfig, params["trainer"], "trainer")
-    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+    with pytest.raises(FloatingPointError, match="non-finite training loss at step 0"):
         fit(module, TensorBatches((torch.randn(4, 2),), 2, seed=0), trainer, "test", seed=0)
+
+
+def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
+    """The loss turns NaN at step 7, between checkpoints (every 2 steps) and checks at logging steps (every 5): the
+    run stops naming step 7 before writing the step-8 checkpoint, so the last one holds the finite step-6 state."""
+    monkeypatch.chdir(tmp_path)
+    calls = []
+
+    def objective(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        calls.append(None)
+        return (m(batch[0]) ** 2).mean() * (float("nan") if len(calls) > 7 else 1.0)
+
+    module = TrainModule(nn.Linear(2, 1), optim(duration=20, batch_size=2, warmup=0), objective)
+    trainer = build(TrainerConfig, {**params["trainer"], "checkpoint_every_n_steps": 2, "log_every_n_steps": 5},
+                    "trainer")
+    with pytest.raises(FloatingPointError, match="non-finite training loss at step 7"):
+        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, "nan", seed=0, run_key="k")
+    last = torch.load(tmp_path / ".cache" / "ckpts" / "nan-k" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 6 and len(calls) == 8  # stopped at the first check after the NaN step
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
 def test_gradient_accumulation_steps_once_per_global_batch(params):

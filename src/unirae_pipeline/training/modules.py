@@ -24,6 +24,7 @@ class TrainModule(L.LightningModule):
         super().__init__()
         self.model, self.optim, self.objective = model, optim, objective
         self.ema = EMA(model, optim.ema_decay)
+        self._first_bad: torch.Tensor | None = None  # on the device: the first step with a non-finite loss, else -1
 
     def compile_model(self) -> None:
         """Train through torch.compile of the model; the EMA, checkpoints and outputs keep the plain module."""
@@ -40,8 +41,7 @@ class TrainModule(L.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         out = self.compute_loss(batch)
-        if not torch.isfinite(out["loss"]):
-            raise FloatingPointError(f"non-finite training loss {out['loss'].item()} at step {self.global_step}")
+        self._watch(out["loss"])
         self.log("loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False)
         self.log_dict({k: v for k, v in out.items() if k != "loss"}, on_step=True, on_epoch=False)
         return out
@@ -50,7 +50,28 @@ class TrainModule(L.LightningModule):
         opt, sched = build_optimizer(self.optim, self.model.parameters())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def _watch(self, loss: torch.Tensor) -> None:
+        """Note the first non-finite loss on the device, without a host sync: checking it every step would stall
+        the GPU's queue once per step. `_check` reads it at every logging step, before each checkpoint and at the
+        end, so no checkpoint or output holds weights trained on a NaN/Inf loss."""
+        bad = ~torch.isfinite(loss.detach())
+        first = torch.full_like(bad, -1, dtype=torch.long) if self._first_bad is None else self._first_bad
+        self._first_bad = torch.where(bad & (first < 0), self.global_step, first)
+
+    def _check(self) -> None:
+        if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
+            raise FloatingPointError(f"non-finite training loss at step {step}: training stopped; the last checkpoint "
+                                     "(if any) holds the state before it")
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.global_step % self.trainer.log_every_n_steps == 0:  # Lightning syncs to log here anyway
+            self._check()
+
+    def on_train_end(self) -> None:
+        self._check()
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        self._check()
         checkpoint["torch_rng_state"] = torch.get_rng_state()  # label dropout, times and noise continue exactly
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
