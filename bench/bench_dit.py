@@ -46,15 +46,15 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, compiled: bool, fused: bool,
+def train_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, mode: str | None, fused: bool,
                steps: int, warmup: int) -> float:
-    """Images per second of forward + backward + AdamW + EMA."""
+    """Images per second of forward + backward + AdamW + EMA; `mode`: torch.compile's mode, None for eager."""
     arch, shape, classes = SIZES[size]
     model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).train()
     ema = EMA(model, 0.9995)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0,
                             **({"fused": True} if fused else {"foreach": True}))
-    net = torch.compile(model) if compiled else model
+    net = torch.compile(model, mode=mode) if mode else model
     transport, s = TransportConfig("logit_normal", 4096, 0.0, 1.0), shift_factor(shape, 4096)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
@@ -79,12 +79,58 @@ def train_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, co
     return batch * steps / (time.perf_counter() - start)
 
 
+def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int, warmup: int) -> float:
+    """Images per second of train_dit's own loop: `fit` (Lightning, bf16-mixed on CUDA) of the TrainModule with
+    dit_objective on bf16 latents normalized on the device, timed from step `warmup` on. The gap to `train_rate` is
+    the cost of the loop itself (hooks, logging, the data hand-over). Needs lightning, pandas and tensorboard."""
+    import os
+    import tempfile
+    from functools import partial
+
+    import lightning as L
+
+    from unirae_pipeline.training.data import TensorBatches
+    from unirae_pipeline.training.fit import TrainerConfig, fit
+    from unirae_pipeline.training.modules import TrainModule, dit_objective
+    from unirae_pipeline.training.optim import OptimConfig
+
+    arch, shape, classes = SIZES[size]
+    model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0)
+    optim = OptimConfig("steps", warmup + steps, batch, 2e-4, 2e-5, (0.9, 0.95), 0.0, 0, "constant", None, None,
+                        0.9995, 1.0)
+    transport = TransportConfig("logit_normal", 4096, 0.0, 1.0)
+    stats = torch.zeros(shape), torch.ones(shape)
+    module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift_factor(shape, 4096),
+                                               stats=stats))
+    cuda = device == "cuda"
+    trainer = TrainerConfig("gpu" if cuda else "cpu", 1, 1, "auto", "bf16-mixed" if cuda else "32-true", 1, 100, 0,
+                            compiled)
+    n = batch * 4
+    batches = TensorBatches((torch.randn(n, *shape).to(torch.bfloat16), torch.randint(0, classes, (n,))), batch, 0)
+    times: dict[str, float] = {}
+
+    class Timer(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step in (warmup, warmup + steps):
+                sync(device)
+                times[f"at_{trainer.global_step}"] = time.perf_counter()
+
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)  # fit's TensorBoard logs
+        try:
+            fit(module, batches, trainer, "bench", seed=0, callbacks=(Timer(),))
+        finally:
+            os.chdir(cwd)
+    return batch * steps / (times[f"at_{warmup + steps}"] - times[f"at_{warmup}"])
+
+
 @torch.no_grad()
 def sample_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, compiled: bool, num_steps: int) -> float:
     """Images per second of a `num_steps`-point Euler ODE with CFG (two forwards per step), latents only."""
     arch, shape, classes = SIZES[size]
     model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).eval()
-    net = torch.compile(model) if compiled else model
+    net = torch.compile(model, dynamic=False) if compiled else model  # as the sample stage does
     autocast = torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
     velocity = guided_velocity(lambda x, t, y: net(x, t, y).float(), classes, 1.5, 0.0, 1.0)
     grid = time_grid(num_steps, shift_factor(shape, 4096)).float()
@@ -109,6 +155,9 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=64)
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--compile-modes", nargs="+", default=["default"],
+                        help="torch.compile modes of the training step, e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--pipeline", action="store_true", help="also time train_dit's own Lightning loop")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -116,23 +165,24 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     dev = args.device
     bf16 = torch.bfloat16 if dev == "cuda" else None
-    batches = args.batch or [{"tiny": 32, "S": 256, "XL": 64}[s] for s in args.sizes]
+    batches = args.batch or [{"tiny": 32, "S": 256, "XL": 128}[s] for s in args.sizes]  # XL 128 fits an H100
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     results = {"device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "train": {},
                "sample": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"dit-{name.replace(' ', '_').replace('/', '_')}-{results['date']}.json"
-    # variant: (autocast dtype, torch.compile, fused AdamW); the first one is the baseline of the ratios
-    variants = {"eager_fp32_foreach": (None, False, False)}
+    # variant: (autocast dtype, torch.compile mode or None, fused AdamW); the first one is the baseline of the ratios
+    variants = {"eager_fp32_foreach": (None, None, False)}
     if dev == "cuda":
-        variants["eager_bf16_fused"] = (bf16, False, True)
-    if not args.no_compile:
-        variants[f"compiled_{'bf16_fused' if dev == 'cuda' else 'fp32_foreach'}"] = (bf16, True, dev == "cuda")
+        variants["eager_bf16_fused"] = (bf16, None, True)
+    for mode in [] if args.no_compile else args.compile_modes:
+        tag = "compiled" if mode == "default" else f"compiled_{mode.replace('-', '_')}"
+        variants[f"{tag}_{'bf16_fused' if dev == 'cuda' else 'fp32_foreach'}"] = (bf16, mode, dev == "cuda")
     for size, batch in zip(args.sizes, batches):
         rates = {}
-        for label, (dtype, compiled, fused) in variants.items():
+        for label, (dtype, mode, fused) in variants.items():
             try:
-                rates[label] = train_rate(size, batch, dev, dtype, compiled, fused, args.steps, args.warmup)
+                rates[label] = train_rate(size, batch, dev, dtype, mode, fused, args.steps, args.warmup)
             except torch.OutOfMemoryError:
                 rates[label] = None
             if dev == "cuda":
@@ -142,6 +192,16 @@ def main() -> None:
             results["train"][size] = {"batch": batch, "img_per_s": rates, "ratio_vs_eager_fp32":
                                       {k: (v / base if v and base else None) for k, v in rates.items()}}
             out.write_text(json.dumps(results, indent=2))  # a killed run keeps what it measured
+        if args.pipeline:
+            label = f"train_dit_fit_{'compiled' if not args.no_compile else 'eager'}"
+            try:
+                rates[label] = pipeline_rate(size, batch, dev, not args.no_compile, args.steps, args.warmup)
+            except (ImportError, torch.OutOfMemoryError) as err:  # e.g. no tensorboard on the GPU image
+                log.warning("train_dit loop not measured: %s", err)
+                rates[label] = None
+            log.info("train %s batch %d %s: %s img/s", size, batch, label, rates[label])
+            results["train"][size]["ratio_vs_eager_fp32"][label] = rates[label] / base if rates[label] else None
+            out.write_text(json.dumps(results, indent=2))
         precision = "bf16" if bf16 else "fp32"
         srates = {f"eager_{precision}": sample_rate(size, args.sample_batch, dev, bf16, False, args.sample_steps)}
         if not args.no_compile:
