@@ -125,6 +125,30 @@ def test_torchrun_shards_cache_latents_across_ranks(repo):
     assert not list((repo / ".cache" / "latents").glob("*/train/*.safetensors"))  # moved into the store
 
 
+def test_torchrun_shards_sampling_across_ranks(repo):
+    """The sample stage under torchrun: each rank makes every other shard on its own device, rank 0 alone writes the
+    npz files and the grid, equal to what one process makes with the same params."""
+    import numpy as np
+
+    outputs = [repo / "data/07_model_output" / f for f in ("samples.npz", "samples_untrained.npz")]
+    outputs.append(repo / "data/08_reporting/samples.png")
+    kept = {p: p.read_bytes() for p in outputs if p.exists()}  # the pipeline's own outputs, put back afterwards
+    try:
+        params = "sample.batch_size=10,sample.shard_size=10"
+        run(["kedro", "run", "--pipelines", "sample", "--params", params], repo)
+        with np.load(outputs[0]) as f:
+            alone = f["arr_0"], f["arr_1"]
+        outputs[0].unlink()
+        out = run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+                   "unirae_pipeline", "--pipelines", "sample", "--params", params], repo)
+        assert out.count("rank 1: not saving") == 3 and "rank 0: not saving" not in out
+        with np.load(outputs[0]) as f:
+            assert np.array_equal(f["arr_0"], alone[0]) and np.array_equal(f["arr_1"], alone[1])
+    finally:
+        for path, data in kept.items():
+            path.write_bytes(data)
+
+
 def test_progress_bars_and_log_levels_come_from_the_environment(repo):
     """Quiet by default (one-line summaries, no bars off a terminal); UNIRAE_PROGRESS=1 draws the bars,
     UNIRAE_LOG_LEVEL=WARNING drops the summaries, DEBUG adds per-shard lines."""

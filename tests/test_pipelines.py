@@ -175,6 +175,34 @@ def test_compiled_sampling_equals_eager(chain, tmp_path, monkeypatch):
     assert runs[True].shape == runs[False].shape and diff.max() <= 1 and diff.mean() < 0.01
 
 
+def test_sampling_splits_its_shards_across_ranks(chain, tmp_path, monkeypatch):
+    """Under torchrun/SLURM rank r makes shards r, r + world, ...; rank zero waits for the rest and returns the whole
+    set, equal to a one-process run (the untrained floor too). Ranks run one after the other here."""
+    from unirae_pipeline.pipelines.sample import nodes
+
+    params, _, outputs = chain
+    sample_params = {**params["sample"], "num_per_class": 6, "batch_size": 10, "shard_size": 20,
+                     "untrained_baseline": True}
+    inputs = (outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"], sample_params,
+              params["diffusion"], 0)
+    monkeypatch.setattr(nodes, "CACHE", tmp_path / "one")
+    alone = nodes.sample(*inputs)
+    monkeypatch.setattr(nodes, "CACHE", tmp_path / "two")
+    real, made = nodes.generate, []
+    monkeypatch.setattr(nodes, "generate", lambda *a, **k: made.append(a[-1]) or real(*a, **k))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    other = nodes.sample(*inputs)
+    assert made == [2, 2] and len(other[0]) == len(other[1]) == 0  # shard 1 (first batch 2) of samples and floor
+    monkeypatch.setenv("RANK", "0")
+    samples, floor, grid = nodes.sample(*inputs)
+    assert made == [2, 2, 0, 4, 0, 4]  # rank zero: shards 0 and 2 of each
+    for mine, single in zip((samples, floor), alone[:2]):
+        assert np.array_equal(mine.labels, single.labels)
+        assert all(np.array_equal(a, b) for a, b in zip(mine.chunks(20), single.chunks(20)))
+    assert np.array_equal(np.asarray(grid), np.asarray(alone[2]))
+
+
 def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tmp_path, monkeypatch):
     """A run killed after its first shard keeps it; the rerun makes only the rest and equals an unbroken run. The
     catalog writes np.savez's layout (arr_0 uint8 NHWC, arr_1 labels), read back memory-mapped."""

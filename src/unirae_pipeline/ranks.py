@@ -34,3 +34,15 @@ def local_device():
     import torch
 
     return torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
+
+
+def wait_for_files(paths: list, what: str, poll_s: float = 1.0) -> None:
+    """Rank zero's wait for the files the other ranks write (no process group needed: a shared filesystem)."""
+    import logging
+    import time
+
+    log, reported = logging.getLogger(__name__), None
+    while missing := [p for p in paths if not p.is_file()]:
+        if len(missing) != reported:
+            log.info("rank %d: waiting for %d %s of other ranks", global_rank(), reported := len(missing), what)
+        time.sleep(poll_s)

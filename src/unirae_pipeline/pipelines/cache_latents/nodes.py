@@ -20,7 +20,7 @@ from ...io.datasets import LatentCache
 from ...models import EncoderConfig, FrozenEncoder
 from ...params import build, run_key
 from ...progress import progress
-from ...ranks import global_rank, local_device, world_size
+from ...ranks import global_rank, local_device, wait_for_files, world_size
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,7 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
     log.info("rank %d: encoded %d images in %.1f s (%.0f img/s); %d complete shards kept from an earlier run", rank,
              encoded, seconds, encoded / max(seconds, 1e-9), kept)
     paths = [folder / split / f"shard_{k:05d}.safetensors" for split, _, k, _ in plan]
-    if rank == 0 and world > 1:  # the other ranks' shards: wait for their files (no process group needed)
-        reported = None
-        while missing := [p for p in paths if not p.is_file()]:
-            if len(missing) != reported:
-                log.info("rank 0: waiting for %d shards of other ranks", reported := len(missing))
-            time.sleep(1)
+    if rank == 0 and world > 1:
+        wait_for_files(paths, "latent shards")
     shards = {split: sum(1 for s, *_ in plan if s == split) for split, _ in SPLITS}
     return LatentCache(folder, shards, meta)

@@ -28,6 +28,7 @@ from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
 from ...params import build, run_key
 from ...progress import progress
+from ...ranks import global_rank, local_device, wait_for_files, world_size
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,9 @@ class SampleConfig:
         build(SamplerConfig, self.sampler, "sample.sampler")
 
     def torch_device(self) -> torch.device:
-        return torch.device("cuda" if self.device == "auto" and torch.cuda.is_available() else
-                            "cpu" if self.device == "auto" else self.device)
+        """This rank's GPU (one per rank under torchrun/SLURM) when CUDA is asked for or `auto` finds it."""
+        return local_device() if self.device == "cuda" or self.device == "auto" and torch.cuda.is_available() \
+            else torch.device("cpu")
 
 
 def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor:
@@ -111,20 +113,26 @@ def generate(velocity: VelocityFn, latent_shape: tuple[int, int, int], decoder: 
 
 
 def generate_shards(folder: Path, labels: torch.Tensor, cfg: SampleConfig, image_shape: tuple[int, int, int],
-                    make: Callable[[torch.Tensor, int], np.ndarray]) -> SampleSet:
-    """Shards of `cfg.shard_size` images in `folder`; complete shards of an earlier, interrupted run are kept."""
+                    make: Callable[[torch.Tensor, int], np.ndarray]) -> SampleSet | None:
+    """Shards of `cfg.shard_size` images in `folder`; complete shards of an earlier, interrupted run are kept.
+    Under torchrun or SLURM each rank makes every world-size-th shard; rank zero waits for the others' files and
+    returns the whole set, the other ranks None (they write no output)."""
     folder.mkdir(parents=True, exist_ok=True)
-    parts, kept = [], 0
-    for k, lo in enumerate(range(0, len(labels), cfg.shard_size)):
-        path = folder / f"shard_{k:05d}.npy"
-        if path.is_file():
-            parts.append(read_shard(path))
+    starts = range(0, len(labels), cfg.shard_size)
+    paths = [folder / f"shard_{k:05d}.npy" for k in range(len(starts))]
+    world, rank = world_size(), global_rank()
+    kept = 0
+    for k in range(rank, len(paths), world):
+        if paths[k].is_file():
             kept += 1
         else:
-            parts.append(write_shard(path, make(labels[lo: lo + cfg.shard_size], lo // cfg.batch_size)))
+            write_shard(paths[k], make(labels[starts[k]: starts[k] + cfg.shard_size], starts[k] // cfg.batch_size))
     if kept:
-        log.info("resumed %s: %d of %d shards were complete", folder, kept, len(parts))
-    return SampleSet(parts, labels.numpy(), image_shape, cache=folder)
+        log.info("resumed %s: %d of this rank's %d shards were complete", folder, kept, len(paths[rank::world]))
+    if rank != 0:
+        return None
+    wait_for_files(paths, "sample shards")
+    return SampleSet([read_shard(p) for p in paths], labels.numpy(), image_shape, cache=folder)
 
 
 def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params: dict, diffusion: dict,
@@ -154,9 +162,9 @@ def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params
     samples = generate_shards(CACHE / key, labels, cfg, image_shape, lambda y, first: generate(
         velocity, shape, dec, stats, y, cfg, sampler, times, seed, first))
     seconds = time.perf_counter() - start
-    log.info("sampled %d images (%s, %d grid points, %s %.2f, %s%s on %s) in %.1f s, %.1f img/s", len(labels),
-             sampler.method, sampler.num_steps, sampler.guidance, sampler.guidance_scale, cfg.precision,
-             ", compiled" if cfg.compile else "", cfg.torch_device(), seconds, len(labels) / seconds)
+    log.info("sampled %d images (%s, %d grid points, %s %.2f, %s%s on %s, %d rank(s)) in %.1f s, %.1f img/s",
+             len(labels), sampler.method, sampler.num_steps, sampler.guidance, sampler.guidance_scale, cfg.precision,
+             ", compiled" if cfg.compile else "", cfg.torch_device(), world_size(), seconds, len(labels) / seconds)
     if cfg.untrained_baseline:  # the floor: the untrained twin, unguided (its zero-init velocity is 0 anyway)
         untrained = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"],
                               meta["seed"])
@@ -166,6 +174,9 @@ def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params
             floor, shape, dec, stats, y, cfg, unguided, times, seed, first))
     else:
         baseline = SampleSet([], labels.numpy()[:0], image_shape)
+    if samples is None:  # another rank: its shards are on disk, and rank zero writes every output
+        nothing = SampleSet([], labels.numpy()[:0], image_shape)
+        return nothing, nothing, Image.new("RGB", (1, 1))
     order = torch.argsort(labels, stable=True).view(meta["num_classes"], -1)[:, : cfg.grid_per_class]
     grid = image_grid(samples.take(order.flatten().numpy()), ncol=order.shape[1])  # one row per class
     return samples, baseline, grid
