@@ -10,7 +10,7 @@ out=${OUT:-bench/results}
 device=${DEVICE:-cuda}
 export PYTHONPATH=src
 # shellcheck disable=SC2086  # the *_ARGS are word lists on purpose
-python bench/bench_dit.py --device "$device" --sizes XL --batch 128 --sample-batch 128 --pipeline --out "$out" \
+python bench/bench_dit.py --device "$device" --sizes XL --batch 128 --sample-batch 256 --pipeline --out "$out" \
   ${DIT_ARGS:-}
 rate=$(python -c "import glob, json; r = json.load(open(sorted(glob.glob('$out/dit-*.json'))[-1]))
 print(max(v for s in r['train'].values() for v in s['img_per_s'].values() if v))")  # the fastest step measured
