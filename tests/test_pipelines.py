@@ -155,20 +155,24 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
                       params["decoder"], recipe, trainer, params["seed"])
 
 
+def _sample_inputs(chain, **sample: object) -> tuple:
+    """The sample node's inputs from the chain's artefacts, with these `sample` params."""
+    params, _, outputs = chain
+    return (outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
+            {**params["sample"], **sample}, params["diffusion"], 0)
+
+
 def test_compiled_sampling_equals_eager(chain, tmp_path, monkeypatch):
     """`sample.compile` traces the DiT once per run (one graph per batch shape) and changes no sample beyond float
     rounding: at most one uint8 level, in a handful of pixels."""
     from unirae_pipeline.pipelines.sample import nodes
 
-    params, _, outputs = chain
     monkeypatch.setattr(nodes, "CACHE", tmp_path)
     torch._dynamo.reset()
     runs = {}
     for compiled in (False, True):
-        sample_params = {**params["sample"], "num_per_class": 3, "batch_size": 4, "shard_size": 8,
-                         "untrained_baseline": False, "compile": compiled}
-        samples, _, _ = nodes.sample(outputs["dit"], outputs["dit_guide"], outputs["decoder"],
-                                     outputs["latent_stats"], sample_params, params["diffusion"], 0)
+        samples, _, _ = nodes.sample(*_sample_inputs(chain, num_per_class=3, batch_size=4, shard_size=8,
+                                                     untrained_baseline=False, compile=compiled))
         runs[compiled] = np.concatenate(list(samples.chunks(100))).astype(int)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did run compiled
     diff = np.abs(runs[True] - runs[False])
@@ -180,11 +184,7 @@ def test_sampling_splits_its_shards_across_ranks(chain, tmp_path, monkeypatch):
     set, equal to a one-process run (the untrained floor too). Ranks run one after the other here."""
     from unirae_pipeline.pipelines.sample import nodes
 
-    params, _, outputs = chain
-    sample_params = {**params["sample"], "num_per_class": 6, "batch_size": 10, "shard_size": 20,
-                     "untrained_baseline": True}
-    inputs = (outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"], sample_params,
-              params["diffusion"], 0)
+    inputs = _sample_inputs(chain, num_per_class=6, batch_size=10, shard_size=20, untrained_baseline=True)
     monkeypatch.setattr(nodes, "CACHE", tmp_path / "one")
     alone = nodes.sample(*inputs)
     monkeypatch.setattr(nodes, "CACHE", tmp_path / "two")
@@ -209,11 +209,7 @@ def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tm
     from unirae_pipeline.io.datasets import SamplesDataset
     from unirae_pipeline.pipelines.sample import nodes
 
-    params, _, outputs = chain
-    sample_params = {**params["sample"], "num_per_class": 6, "batch_size": 10, "shard_size": 20,
-                     "untrained_baseline": False}
-    inputs = (outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"], sample_params,
-              params["diffusion"], 0)
+    inputs = _sample_inputs(chain, num_per_class=6, batch_size=10, shard_size=20, untrained_baseline=False)
     monkeypatch.setattr(nodes, "CACHE", tmp_path / "unbroken")
     unbroken, _, grid = nodes.sample(*inputs)
     assert [len(p) for p in unbroken.parts] == [20, 20, 20]
@@ -246,4 +242,4 @@ def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tm
     loaded = dataset.load()
     assert isinstance(loaded.parts[0], np.memmap) and np.array_equal(loaded.labels, unbroken.labels)
     with pytest.raises(ValueError, match="multiple of sample.batch_size"):
-        nodes.sample(*inputs[:4], {**sample_params, "shard_size": 25}, *inputs[5:])
+        nodes.sample(*inputs[:4], {**inputs[4], "shard_size": 25}, *inputs[5:])
