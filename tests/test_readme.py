@@ -110,6 +110,9 @@ EXERCISED = {
     "kedro run --pipelines": "test_kedro_runs_one_pipeline_on_its_own",
     "torchrun": "test_torchrun_launches_the_same_stage",
     "srun python -m unirae_pipeline": "test_torchrun_launches_the_same_stage",
+    "bash bench/gpu_run.sh": "test_the_prepared_gpu_run_works_small_on_the_cpu",
+    "PYTHONPATH=src python bench/bench_dit.py": "test_bench_dit_tiny",
+    "PYTHONPATH=src python bench/bench_data.py": "test_bench_data_tiny",
     "dvc remote add": "test_dvc_remote_shares_the_artefacts",
     "dvc push": "test_dvc_remote_shares_the_artefacts",
 }
