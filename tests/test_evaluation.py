@@ -157,12 +157,17 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 3}))
     mu, sigma = np.full(384, 0.5), np.eye(384)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, arr_0=np.zeros((4, 16, 16, 3), np.uint8))
-    stats, metrics = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "ref.npz")})
+    cache = {"batch_size": 8, "shard_size": 8, "dtype": "bfloat16", "precision": "fp32", "num_workers": 0}
+    stats, metrics = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "ref.npz")},
+                                          cache)
     assert np.array_equal(stats["mu"], mu) and stats["features"].shape == (4, 384)
     assert stats["val_mu"].shape == (384,) and not np.allclose(stats["val_mu"], mu) and metrics["num_val"] == 6
+    in_workers, _ = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": None},
+                                         {**cache, "num_workers": 2})  # val decoded in `latents.num_workers`
+    assert np.array_equal(in_workers["val_mu"], stats["val_mu"]) and np.array_equal(in_workers["mu"], stats["val_mu"])
     np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match="2048-d statistics"):
-        reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "inception.npz")})
+        reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "inception.npz")}, cache)
 
 
 def test_reference_npz_in_the_adm_layout(tmp_path):

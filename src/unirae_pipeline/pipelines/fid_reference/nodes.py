@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from ...data.images import ImageDataset, ImageSet, load_split_uint8
+from ...data.latents import CacheConfig
 from ...evaluation.classifier import ClassifierConfig, ShapeClassifier
 from ...evaluation.extractors import Extractor, FIDConfig, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
@@ -57,9 +58,12 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, tra
     return blob, curve
 
 
-def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int) -> tuple[torch.Tensor, float]:
-    """Features of the real val images, streamed from disk, and the classifier's accuracy on them (else 0)."""
-    loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256)
+def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int,
+                  workers: int) -> tuple[torch.Tensor, float]:
+    """Features of the real val images, streamed from disk (decoded in `workers` processes), and the classifier's
+    accuracy on them (else 0)."""
+    loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256,
+                                         num_workers=workers, pin_memory=torch.cuda.is_available())
     features, correct = [], 0
     for images, labels, _ in loader:
         f, logits = extractor(images)
@@ -70,14 +74,15 @@ def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int) ->
     return features, correct / len(features)
 
 
-def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int,
-                         fid: dict) -> tuple[dict[str, np.ndarray], dict]:
+def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int, fid: dict,
+                         cache: dict) -> tuple[dict[str, np.ndarray], dict]:
     """The generation reference (mu/sigma, plus features for precision/recall) and `val_mu`/`val_sigma`, the real
     val images' statistics that rFID compares reconstructions with (never the train-set ADM batch, whose use inflates
     rFID); for the classifier, its val accuracy."""
     cfg = build(FIDConfig, fid, "fid")
     extractor = Extractor(feature_extractor)
-    val_features, accuracy = _val_features(extractor, image_set, image_size)
+    val_features, accuracy = _val_features(extractor, image_set, image_size, build(CacheConfig, cache, "latents")
+                                           .num_workers)
     metrics: dict = {"extractor": extractor.kind, "reference": cfg.reference_npz or "val", "num_val": len(val_features)}
     if extractor.kind == "classifier":
         metrics["val_accuracy"] = accuracy

@@ -8,6 +8,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         Node(build_feature_extractor, ["image_set", "params:data.image_size", "params:fid", "params:trainer",
                                        "params:seed"], ["feature_extractor", "classifier_loss"],
              name="build_feature_extractor"),
-        Node(reference_statistics, ["feature_extractor", "image_set", "params:data.image_size", "params:fid"],
+        Node(reference_statistics, ["feature_extractor", "image_set", "params:data.image_size", "params:fid",
+                                    "params:latents"],
              ["reference_stats", "classifier_metrics"], name="reference_statistics"),
     ])
