@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,9 +91,10 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def scan_image_folder(root: str | Path, param: str = "data.root", workers: int = 8) -> ImageSet:
-    """Index `root/{train,val}/<class>/*` (the ImageNet layout), decoding every file once (`workers` threads) and
-    skipping the unusable ones with a logged count. Fails early, naming `param`, on a bad tree or an empty class."""
+def scan_image_folder(root: str | Path, param: str = "data.root", workers: int | None = None) -> ImageSet:
+    """Index `root/{train,val}/<class>/*` (the ImageNet layout), decoding every file once (`workers` threads, default
+    one per core: ImageNet's 1.33 M files are minutes, not an hour) and skipping the unusable ones with a logged
+    count. Fails early, naming `param`, on a bad tree or an empty class."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{param}: ImageFolder path {str(root)!r} does not exist or is not a directory")
@@ -108,7 +110,7 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int =
             raise ValueError(f"{param}: train and val have different class folders")
         names = classes
         files, labels, skipped = [], [], Counter()
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # PIL decodes without the GIL
+        with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
             for label, name in enumerate(classes):
                 candidates = sorted(p for p in (split_dir / name).iterdir() if p.is_file())
                 found = []
