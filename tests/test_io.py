@@ -70,3 +70,20 @@ def test_only_rank_zero_writes(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "0")
     ds.save({"fd": 1.0})
     assert ds.load() == {"fd": 1.0}
+
+
+def test_rank_zero_stops_waiting_for_a_rank_that_died(tmp_path):
+    """The wait for the other ranks' shard files returns once they exist, and gives up, naming what is missing, when
+    none appears for `stall_s` (a dead rank under SLURM would otherwise hang rank zero for ever)."""
+    import threading
+
+    from unirae_pipeline.ranks import wait_for_files
+
+    paths = [tmp_path / "shard_00000.npy", tmp_path / "shard_00001.npy"]
+    paths[0].touch()
+    later = threading.Timer(0.1, paths[1].touch)
+    later.start()
+    wait_for_files(paths, "shards", poll_s=0.01, stall_s=5.0)  # returns once the second file appears
+    later.join()
+    with pytest.raises(TimeoutError, match=r"no new shards .* 1 missing \(first: .*shard_00002.npy\). Did a rank"):
+        wait_for_files([*paths, tmp_path / "shard_00002.npy"], "shards", poll_s=0.01, stall_s=0.1)

@@ -36,13 +36,20 @@ def local_device():
     return torch.device(f"cuda:{local_rank()}" if torch.cuda.is_available() else "cpu")
 
 
-def wait_for_files(paths: list, what: str, poll_s: float = 1.0) -> None:
-    """Rank zero's wait for the files the other ranks write (no process group needed: a shared filesystem)."""
+def wait_for_files(paths: list, what: str, poll_s: float = 1.0, stall_s: float = 3 * 3600) -> None:
+    """Rank zero's wait for the files the other ranks write (no process group needed: a shared filesystem). A rank
+    that died (SLURM keeps the others running unless told to kill them) would leave it waiting for ever: after
+    `stall_s` without a new file it stops, naming what is missing."""
     import logging
     import time
 
-    log, reported = logging.getLogger(__name__), None
+    log, reported, since = logging.getLogger(__name__), None, time.monotonic()
     while missing := [p for p in paths if not p.is_file()]:
         if len(missing) != reported:
             log.info("rank %d: waiting for %d %s of other ranks", global_rank(), reported := len(missing), what)
+            since = time.monotonic()
+        elif time.monotonic() - since > stall_s:
+            raise TimeoutError(f"rank {global_rank()}: no new {what} from the other ranks for {stall_s:.0f} s, "
+                               f"{len(missing)} missing (first: {missing[0]}). Did a rank fail? Complete shards "
+                               "are kept: rerun the stage")
         time.sleep(poll_s)

@@ -44,10 +44,11 @@ class TrainerConfig:
 
 
 class LossHistory(L.Callback):
-    """Collects (step, loss, lr) every `every` optimizer steps for the stage's DVC plot."""
+    """Collects (step, loss, lr) every `every` optimizer steps for the stage's DVC plot, and when each was logged
+    (in this process: not part of the checkpointed state) for the throughput after warm-up."""
 
     def __init__(self, every: int) -> None:
-        self.every, self.rows = every, []
+        self.every, self.rows, self.clock = every, [], []
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
@@ -57,6 +58,15 @@ class LossHistory(L.Callback):
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr,
                               **{k: float(v) for k, v in outputs.items() if k != "loss"}})
+            self.clock.append((step, time.perf_counter()))  # after float(): the step has finished on the device
+
+    def steady_rate(self, samples_per_step: int) -> float | None:
+        """Samples/s between the first logged step after step 1 (compilation, warm-up) and the last one."""
+        timed = [(s, t) for s, t in self.clock if s > 1]
+        if len(timed) < 2:
+            return None
+        (s0, t0), (s1, t1) = timed[0], timed[-1]
+        return (s1 - s0) * samples_per_step / (t1 - t0)
 
     def state_dict(self) -> dict:
         return {"rows": self.rows}
@@ -137,9 +147,13 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
         trainer.fit(module, batches.loader(), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
-    seconds = time.perf_counter() - start
-    log.info("%s: %d steps of batch %d in %.1f s (%.0f samples/s), final loss %.4f", name, module.optim.steps,
-             batches.batch_size, seconds, module.optim.steps * batches.batch_size / seconds, history.rows[-1]["loss"])
+    resumed_at = batches.start // cfg.accumulate_grad_batches  # set by ResumeData when a checkpoint was restored
+    seconds, steps = time.perf_counter() - start, trainer.global_step - resumed_at
+    per_step = batches.batch_size * cfg.accumulate_grad_batches * trainer.world_size  # the global batch
+    steady = history.steady_rate(per_step)
+    log.info("%s: %d steps of global batch %d in %.1f s (%.0f samples/s; %s after warm-up), final loss %.4f", name,
+             steps, per_step, seconds, steps * per_step / seconds, f"{steady:.0f}" if steady else "n/a",
+             history.rows[-1]["loss"])
     if ckpt_dir is not None:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the stage's outputs now hold the result
     return pd.DataFrame(history.rows)
