@@ -160,7 +160,9 @@ def main() -> None:
         base = cached[f"pil_decode_{args.workers[0]}_workers"]
         results["caching"] = {"images": args.images, "image_size": image_size, "img_per_s": cached,
                               f"ratio_vs_pil_decode_{args.workers[0]}_workers": {k: v / base
-                                                                                 for k, v in cached.items()}}
+                                                                                 for k, v in cached.items()},
+                              # each train image is encoded twice (plain + mirrored): encoder forwards per second
+                              "latents_per_s": {k: 2 * v for k, v in cached.items() if k.startswith("cache_")}}
         log.info("caching: %s", results["caching"])
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"data-{name.replace(' ', '_').replace('/', '_')}-{results['date']}.json"

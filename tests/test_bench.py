@@ -36,6 +36,7 @@ def test_bench_data_tiny(tmp_path):
     assert path["ratio_vs_in_memory"]["in_memory"] == 1.0 and all(v > 0 for v in path["samples_per_s"].values())
     assert path["feed_margin_vs_step_rate"]["mmap_0_workers"] == path["samples_per_s"]["mmap_0_workers"] / 100
     assert cache["img_per_s"]["cache_fp32_1_workers"] > 0
+    assert cache["latents_per_s"]["cache_fp32_1_workers"] == 2 * cache["img_per_s"]["cache_fp32_1_workers"]
 
 
 def test_the_prepared_gpu_run_works_small_on_the_cpu(tmp_path):
