@@ -64,8 +64,8 @@ class SampleConfig:
 
     def torch_device(self) -> torch.device:
         """This rank's GPU (one per rank under torchrun/SLURM) when CUDA is asked for or `auto` finds it."""
-        return local_device() if self.device == "cuda" or self.device == "auto" and torch.cuda.is_available() \
-            else torch.device("cpu")
+        cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+        return local_device() if cuda else torch.device("cpu")
 
 
 def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor:
