@@ -21,6 +21,7 @@ from unirae_pipeline.diffusion import (
     TransportConfig,
     flow_matching_loss,
     guided_velocity,
+    module_velocity,
     sample_ode,
     sample_time,
     shift_factor,
@@ -130,9 +131,8 @@ def sample_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, c
     """Images per second of a `num_steps`-point Euler ODE with CFG (two forwards per step), latents only."""
     arch, shape, classes = SIZES[size]
     model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).eval()
-    net = torch.compile(model, dynamic=False) if compiled else model  # as the sample stage does
     autocast = torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
-    velocity = guided_velocity(lambda x, t, y: net(x, t, y).float(), classes, 1.5, 0.0, 1.0)
+    velocity = guided_velocity(module_velocity(model, device, compiled), classes, 1.5, 0.0, 1.0)  # as `sample`
     grid = time_grid(num_steps, shift_factor(shape, 4096)).float()
     noise = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)

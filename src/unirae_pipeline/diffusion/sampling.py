@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch import nn
 
 from .transport import T_MAX, VelocityFn, shift_time
 
@@ -47,6 +48,15 @@ class SamplerConfig:
         if guide is None:
             raise ValueError("sample.guidance is 'autoguidance' but no guide model was given")
         return autoguided_velocity(model, guide, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
+
+
+def module_velocity(net: nn.Module, device: torch.device | str, compile: bool) -> VelocityFn:
+    """A velocity network in eval mode on `device`, through torch.compile if asked (one graph per batch shape: the
+    batch is fixed and doubles under CFG, so no dynamic-shape code), its output cast to fp32 so that guidance
+    arithmetic stays exact under autocast."""
+    net = net.eval().to(device)
+    run = torch.compile(net, dynamic=False) if compile else net
+    return lambda x, t, y: run(x, t, y).float()
 
 
 def time_grid(num_steps: int, s: float) -> torch.Tensor:

@@ -22,7 +22,15 @@ from PIL import Image
 
 from ...data.latents import denormalize
 from ...data.samples import SampleSet, read_shard, write_shard
-from ...diffusion import SamplerConfig, TransportConfig, VelocityFn, integrate, shift_factor, time_grid
+from ...diffusion import (
+    SamplerConfig,
+    TransportConfig,
+    VelocityFn,
+    integrate,
+    module_velocity,
+    shift_factor,
+    time_grid,
+)
 from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
@@ -76,17 +84,10 @@ def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor
 
 def velocity_of(model: torch.nn.Module, guide: torch.nn.Module | None, cfg: SampleConfig,
                 sampler: SamplerConfig) -> VelocityFn:
-    """The guided velocity of `model` on the sampling device, compiled once per run with `sample.compile` (one
-    graph per batch shape: no dynamic-shape code); outputs cast to fp32 so that guidance arithmetic stays exact
-    under autocast."""
+    """The guided velocity of `model` on the sampling device, compiled once per run with `sample.compile`."""
     device = cfg.torch_device()
-
-    def fp32(net: torch.nn.Module) -> VelocityFn:
-        net = net.eval().to(device)
-        net = torch.compile(net, dynamic=False) if cfg.compile else net
-        return lambda x, t, y: net(x, t, y).float()
-
-    return sampler.velocity(fp32(model), model.num_classes, fp32(guide) if guide is not None else None)
+    return sampler.velocity(module_velocity(model, device, cfg.compile), model.num_classes,
+                            module_velocity(guide, device, cfg.compile) if guide is not None else None)
 
 
 @torch.no_grad()
