@@ -119,7 +119,7 @@ def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
                     "trainer")
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 7"):
         fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, "nan", seed=0, run_key="k")
-    last = torch.load(tmp_path / ".cache" / "ckpts" / "nan-k" / "last.ckpt", weights_only=False)
+    last = torch.load(tmp_path / ".cache" / "ckpts" / "nan-k" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 6 and len(calls) == 8  # stopped at the first check after the NaN step
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
