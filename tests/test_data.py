@@ -104,6 +104,39 @@ def test_encode_block_interleaves_mirrored_batches():
     assert torch.allclose(latents[flips], mirrored)
 
 
+@pytest.mark.parametrize("hflip", [True, False])
+def test_an_epoch_visits_every_image_once_plain_or_mirrored_at_random(tmp_path, hflip):
+    """The reference's epoch (RandomHorizontalFlip over the image set): N images per epoch, not the 2N cached latents,
+    each read plain or mirrored as drawn per image and epoch; with latents.hflip off, always plain. The in-memory
+    stream (train_rae) and the memory-mapped one (train_dit) read the same rows."""
+    from unirae_pipeline.data.latents import LatentRows
+    from unirae_pipeline.training.data import KeyedBatches, TensorBatches
+    from unirae_pipeline.training.fit import TrainerConfig, steps_per_epoch
+
+    images, shards = _shards(12, 4, flips=hflip)
+    store = write_store(tmp_path / "latents", shards, {"fingerprint": "abc", "latent_shape": [1, 4, 4]})
+    cache, views = store.load("train"), store.views("train")
+    assert views.shape == (12, 2 if hflip else 1)
+    assert torch.equal(cache["rows"][views], torch.arange(12)[:, None].expand_as(views))
+    assert torch.equal(cache["flip"][views].long(), torch.arange(views.shape[1]).expand_as(views))
+
+    batches = KeyedBatches(LatentRows(store, "train"), 4, seed=0, views=views)
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, 0, False)
+    assert batches.num_samples == 12 and steps_per_epoch(batches.num_samples, 4, trainer) == 3
+    epochs = 200
+    keys = [torch.tensor([r for r, _ in k]) for _, k in zip(range(3 * epochs), iter(batches))]
+    seen = torch.stack([torch.cat(keys[3 * e: 3 * e + 3]) for e in range(epochs)])  # (epoch, 12) latent rows
+    assert all(sorted(cache["rows"][e].tolist()) == list(range(12)) for e in seen)  # each image once per epoch
+    mirrored = cache["flip"][seen].float()
+    if hflip:  # a fair coin per image and epoch: every image both ways, about half of the reads mirrored
+        assert 0.4 < float(mirrored.mean()) < 0.6 and bool((mirrored.mean(0) > 0).all() & (mirrored.mean(0) < 1).all())
+    else:
+        assert float(mirrored.sum()) == 0
+    in_memory = TensorBatches((cache["latents"], cache["rows"]), 4, seed=0, views=views)
+    for k, (z, rows) in zip(keys, in_memory):
+        assert torch.equal(rows, cache["rows"][k]) and torch.equal(z, cache["latents"][k])
+
+
 def test_latent_store_roundtrip_and_fingerprint_check(tmp_path):
     _, shards = _shards(7, 3, flips=False)
     store = write_store(tmp_path / "latents", shards, {"fingerprint": "abc", "latent_shape": [1, 4, 4]})
@@ -144,9 +177,11 @@ def test_normalize_roundtrip_and_cache_config_errors():
     z, mean, var = torch.randn(2, 3, 2, 2), torch.randn(3, 2, 2), torch.rand(3, 2, 2)
     assert torch.allclose(denormalize(normalize(z, mean, var), mean, var), z, atol=1e-6)
     with pytest.raises(ValueError, match="latents.dtype"):
-        CacheConfig(256, 1024, "int8", "fp32", 0)
+        CacheConfig(256, 1024, "int8", "fp32", 0, True)
     with pytest.raises(ValueError, match="latents.precision"):
-        CacheConfig(256, 1024, "bfloat16", "fp16", 0)
+        CacheConfig(256, 1024, "bfloat16", "fp16", 0, True)
+    with pytest.raises(ValueError, match="latents.hflip"):
+        CacheConfig(256, 1024, "bfloat16", "fp32", 0, "maybe")
 
 
 def test_bad_files_are_skipped_or_converted_by_policy(tmp_path, monkeypatch, caplog):
@@ -259,7 +294,8 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
 
     encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 64,
                "overrides": {"patch_size": 4, "embed_dim": 256, "depth": 1, "num_heads": 4}}  # 128 KB per latent
-    latents = {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "precision": "fp32", "num_workers": 0}
+    latents = {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "precision": "fp32",
+               "num_workers": 0, "hflip": True}
 
     def cache(name: str, n: int) -> tuple[float, float]:
         """(peak growth of anonymous memory in MB, size of the cache written in MB)."""
@@ -311,7 +347,8 @@ def test_bf16_caching_is_close_to_fp32_and_cached_apart(tmp_path, monkeypatch):
                "overrides": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}}
     caches = {}
     for precision in ("fp32", "bf16"):
-        latents = {"batch_size": 4, "shard_size": 4, "dtype": "float32", "precision": precision, "num_workers": 0}
+        latents = {"batch_size": 4, "shard_size": 4, "dtype": "float32", "precision": precision,
+                   "num_workers": 0, "hflip": True}
         cache = nodes.cache_latents(image_set, 16, encoder, latents, 0)
         caches[precision] = torch.cat([load_file(str(cache.folder / "train" / f"shard_{k:05d}.safetensors"))["latents"]
                                        for k in range(cache.shards["train"])])

@@ -157,7 +157,8 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 3}))
     mu, sigma = np.full(384, 0.5), np.eye(384)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, arr_0=np.zeros((4, 16, 16, 3), np.uint8))
-    cache = {"batch_size": 8, "shard_size": 8, "dtype": "bfloat16", "precision": "fp32", "num_workers": 0}
+    cache = {"batch_size": 8, "shard_size": 8, "dtype": "bfloat16", "precision": "fp32",
+             "num_workers": 0, "hflip": True}
     stats, metrics = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "ref.npz")},
                                           cache)
     assert np.array_equal(stats["mu"], mu) and stats["features"].shape == (4, 384)

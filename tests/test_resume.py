@@ -97,7 +97,8 @@ CACHE_SCRIPT = textwrap.dedent('''
     nodes.save_shard = save_then_maybe_die
     encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
                "overrides": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}}
-    latents = {"batch_size": 8, "shard_size": 16, "dtype": sys.argv[2], "precision": "fp32", "num_workers": 0}
+    latents = {"batch_size": 8, "shard_size": 16, "dtype": sys.argv[2], "precision": "fp32",
+               "num_workers": 0, "hflip": True}
     cache = nodes.cache_latents(scan_image_folder("imgs"), 16, encoder, latents, 0)
     LatentStoreDataset(filepath=sys.argv[1]).save(cache)
 ''')

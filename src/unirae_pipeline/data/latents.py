@@ -103,12 +103,34 @@ class LatentStore:
                     raise ValueError(f"{file}: encoder fingerprint differs from the cache manifest")
                 yield {k: f.get_tensor(k) for k in f.keys()}
 
+    def views(self, split: str) -> torch.Tensor:
+        """(images, V) rows of each image's latents in the split: [plain] or [plain, mirrored] (see `view_table`);
+        reads the small row and flip columns only."""
+        rows, flips = [], []
+        for file in self.shard_files(split):
+            with safe_open(str(file), framework="pt") as f:
+                rows.append(f.get_tensor("rows"))
+                flips.append(f.get_tensor("flip"))
+        return view_table(torch.cat(rows), torch.cat(flips))
+
     def load(self, split: str, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """A whole split in memory (the embedded default's data sets are small)."""
         parts = list(self.iter_shards(split))
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         out["latents"] = out["latents"].to(dtype)
         return out
+
+
+def view_table(rows: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """(images, V) positions of each image's stored latents: column 0 plain, column 1 mirrored when the cache holds
+    mirrors (V = 2), from the per-latent image `rows` and `flip` flags. Training reads one view per image and epoch."""
+    images, views = int(rows.max()) + 1, int(flip.max()) + 1
+    table = torch.full((images, views), -1, dtype=torch.long)
+    table[rows.long(), flip.long()] = torch.arange(len(rows))
+    if (table < 0).any() or len(rows) != images * views:
+        raise ValueError(f"latent cache: {len(rows)} latents do not hold each of {images} images in {views} "
+                         "view(s) exactly once; re-run cache_latents")
+    return table
 
 
 def _write_manifest(folder: Path, meta: dict, counts: dict[str, list[int]]) -> None:
@@ -198,19 +220,24 @@ def denormalize(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch
 
 @dataclass(frozen=True)
 class CacheConfig:
-    """How `cache_latents` runs: encoder batch, latents per shard, storage dtype, encoder precision (fp32: TF32 on a
-    GPU, as the reference; bf16: autocast, about twice the rate), image-decoding workers."""
+    """How `cache_latents` runs: encoder batch, images per shard, storage dtype, encoder precision (fp32: TF32 on a
+    GPU, as the reference; bf16: autocast, about twice the rate), image-decoding workers, and whether the train
+    images are also cached mirrored (`hflip`, as the reference's random flip; off for data whose classes are not
+    mirror-symmetric: handwriting, text, some medical or satellite images)."""
 
     batch_size: int
     shard_size: int
     dtype: str
     precision: str
     num_workers: int
+    hflip: bool
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"latents.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"latents.precision must be fp32 or bf16, got {self.precision!r}")
+        if not isinstance(self.hflip, bool):
+            raise ValueError(f"latents.hflip must be true or false, got {self.hflip!r}")
         if self.batch_size < 1 or self.shard_size < 1 or self.num_workers < 0:
             raise ValueError("latents.batch_size and latents.shard_size must be >= 1, latents.num_workers >= 0")

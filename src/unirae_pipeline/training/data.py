@@ -18,10 +18,15 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
-def batch_indices(n: int, batch_size: int, seed: int, start: int) -> Iterator[tuple[torch.Tensor, int]]:
-    """(this rank's rows, the stream position of its first row) from global batch `start` on. Every rank draws the
-    same permutation per epoch (seed + epoch) and takes its own slice of each global batch; the last partial global
-    batch of an epoch is dropped."""
+def batch_indices(n: int, batch_size: int, seed: int, start: int,
+                  views: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, int]]:
+    """(this rank's rows, the stream position of its first row) from global batch `start` on. An epoch visits each of
+    the `n` items once: every rank draws the same permutation per epoch (seed + epoch) and takes its own slice of
+    each global batch; the last partial global batch of an epoch is dropped. With `views` (n, V), item i is stored
+    as the V rows views[i] (plain and mirrored latents) and each epoch reads one of them, drawn per item (the
+    reference's random horizontal flip): an epoch is one pass over the images, not over their stored copies."""
+    if views is not None and len(views) != n:
+        raise ValueError(f"views cover {len(views)} items, expected {n}")
     world, rank = _world()
     step = batch_size * world
     per_epoch = n // step
@@ -29,7 +34,10 @@ def batch_indices(n: int, batch_size: int, seed: int, start: int) -> Iterator[tu
         raise ValueError(f"the global batch {step} exceeds the data set size {n}")
     epoch, first = divmod(start, per_epoch)
     while True:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        generator = torch.Generator().manual_seed(seed + epoch)
+        perm = torch.randperm(n, generator=generator)
+        if views is not None:
+            perm = views[perm, torch.randint(views.shape[1], (n,), generator=generator)]
         for i in range(first, per_epoch):
             lo = i * step + rank * batch_size
             yield perm[lo: lo + batch_size], (epoch * per_epoch + i) * step + rank * batch_size
@@ -37,24 +45,25 @@ def batch_indices(n: int, batch_size: int, seed: int, start: int) -> Iterator[tu
 
 
 class TensorBatches(torch.utils.data.IterableDataset):
-    """Shuffled batches of aligned in-memory tensors."""
+    """Shuffled batches of aligned in-memory tensors; `views` as in `batch_indices` (rows of the tensors)."""
 
-    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int) -> None:
+    def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int,
+                 views: torch.Tensor | None = None) -> None:
         super().__init__()
-        n = len(tensors[0])
-        if any(len(t) != n for t in tensors):
+        if any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("all tensors must have the same length")
-        if n < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the data set size {n}")
-        self.tensors, self.batch_size, self.seed = tensors, batch_size, seed
+        self.tensors, self.batch_size, self.seed, self.views = tensors, batch_size, seed, views
+        if self.num_samples < batch_size:
+            raise ValueError(f"batch size {batch_size} exceeds the data set size {self.num_samples}")
         self.start = 0
 
     @property
     def num_samples(self) -> int:
-        return len(self.tensors[0])
+        """Items per epoch: images, however many stored views each has."""
+        return len(self.tensors[0]) if self.views is None else len(self.views)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for idx, _ in batch_indices(self.num_samples, self.batch_size, self.seed, self.start):
+        for idx, _ in batch_indices(self.num_samples, self.batch_size, self.seed, self.start, self.views):
             yield tuple(t[idx] for t in self.tensors)
 
     def loader(self) -> torch.utils.data.DataLoader:
@@ -69,20 +78,24 @@ def _as_batch(batch):
 class KeyedBatches(torch.utils.data.Sampler):
     """Batch sampler of (row, draw) keys over a map-style dataset, with the permutation stream of `batch_indices`
     (drawn in the main process, so that it knows its DDP rank); `draw` numbers every sample of the stream, for
-    per-sample randomness that does not depend on the number of workers. Items are read in `num_workers` processes."""
+    per-sample randomness that does not depend on the number of workers. Items are read in `num_workers` processes;
+    `views` as in `batch_indices` (rows of the dataset)."""
 
-    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, seed: int, num_workers: int = 0) -> None:
-        if len(dataset) < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the data set size {len(dataset)}")
+    def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, seed: int, num_workers: int = 0,
+                 views: torch.Tensor | None = None) -> None:
         self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
+        self.views = views
+        if self.num_samples < batch_size:
+            raise ValueError(f"batch size {batch_size} exceeds the data set size {self.num_samples}")
         self.start = 0
 
     @property
     def num_samples(self) -> int:
-        return len(self.dataset)
+        """Items per epoch: images, however many stored views each has."""
+        return len(self.dataset) if self.views is None else len(self.views)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:  # endless: no __len__, the trainer counts steps
-        for idx, position in batch_indices(self.num_samples, self.batch_size, self.seed, self.start):
+        for idx, position in batch_indices(self.num_samples, self.batch_size, self.seed, self.start, self.views):
             yield [(int(r), position + j) for j, r in enumerate(idx)]
 
     def loader(self) -> torch.utils.data.DataLoader:

@@ -1,4 +1,5 @@
-"""cache_latents: run the frozen encoder once over every image (train: plain + mirrored, val: plain).
+"""cache_latents: run the frozen encoder once over every image (train: plain, and mirrored with `latents.hflip`;
+val: plain).
 
 The work is split into shards of `latents.shard_size` images, each written to .cache/latents/<hash of the inputs>/ as
 soon as it is complete: a rerun after a kill encodes only the missing ones, and under torchrun or SLURM each rank
@@ -25,7 +26,7 @@ from ...ranks import global_rank, local_device, wait_for_files, world_size
 log = logging.getLogger(__name__)
 
 CACHE = Path(".cache/latents")  # shards of unfinished runs (relative to the project root, like .cache/ckpts)
-SPLITS = (("train", True), ("val", False))  # (split, with mirrored copies)
+SPLITS = ("train", "val")
 
 
 def _index_digest(image_set: ImageSet) -> str:
@@ -41,10 +42,10 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
     device = local_device()
     enc = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed).to(device)
     meta = {"fingerprint": enc.fingerprint(), "latent_shape": list(enc.latent_shape), "image_size": image_size,
-            "class_names": image_set.class_names, "dtype": cfg.dtype}
+            "class_names": image_set.class_names, "dtype": cfg.dtype, "hflip": cfg.hflip}
     log.info("encoder %s -> latents %s, fingerprint %s", enc.cfg.model, enc.latent_shape, meta["fingerprint"])
     folder = CACHE / run_key(meta=meta, latents=latents, index=_index_digest(image_set))
-    plan = [(split, flips, k, lo) for split, flips in SPLITS
+    plan = [(split, cfg.hflip and split == "train", k, lo) for split in SPLITS
             for k, lo in enumerate(range(0, len(image_set.splits[split]), cfg.shard_size))]
     encode = encode_uint8(enc, cfg.precision, device)
     world, rank = world_size(), global_rank()
@@ -67,5 +68,5 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
     paths = [folder / split / f"shard_{k:05d}.safetensors" for split, _, k, _ in plan]
     if rank == 0 and world > 1:
         wait_for_files(paths, "latent shards")
-    shards = {split: sum(1 for s, *_ in plan if s == split) for split, _ in SPLITS}
+    shards = {split: sum(1 for s, *_ in plan if s == split) for split in SPLITS}
     return LatentCache(folder, shards, meta)

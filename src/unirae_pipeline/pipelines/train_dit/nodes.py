@@ -31,7 +31,7 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
                                      latent_stats=json.loads(latent_stats[1]["fingerprint"]))
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
     rows = LatentRows(latents, "train")
-    batches = KeyedBatches(rows, optim.batch_size, seed, optim.num_workers)
+    batches = KeyedBatches(rows, optim.batch_size, seed, optim.num_workers, views=latents.views("train"))
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     model = build_dit(cfg, shape, num_classes, seed)
     shift = shift_factor(shape, transport.shift_base)

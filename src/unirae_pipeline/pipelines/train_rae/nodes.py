@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
-from ...data.latents import CacheConfig, LatentStore
+from ...data.latents import CacheConfig, LatentStore, view_table
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, to_uint8_nhwc
@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[torch.Tensor, ...]:
-    """Raw latents, the uint8 images they were encoded from (mirrored where the latent was) and their labels."""
+    """Raw latents, the uint8 images they were encoded from (mirrored where the latent was), and the views table
+    (`data.latents.view_table`) that makes an epoch one pass over the images."""
     cache = latents.load(split)
     images, _ = load_split_uint8(image_set, split, latents.manifest["image_size"])
     images = images[cache["rows"]]
     flip = cache["flip"].bool()
     images[flip] = images[flip].flip(-1)
-    return cache["latents"], images, cache["labels"]
+    return cache["latents"], images, view_table(cache["rows"], cache["flip"])
 
 
 def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, decoder: dict, train_rae: dict,
@@ -53,8 +54,8 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
         crops = RandomCrops(image_set, "train", manifest["image_size"], optim.resize, seed)
         batches = KeyedBatches(crops, optim.batch_size, seed, optim.num_workers)
     else:  # the cached centre-crop latents and their images, held in memory
-        z, images, _ = _targets(latents, image_set, "train")
-        batches = TensorBatches((z, images), optim.batch_size, seed)
+        z, images, views = _targets(latents, image_set, "train")
+        batches = TensorBatches((z, images), optim.batch_size, seed, views)
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
