@@ -56,7 +56,7 @@ def train_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, mo
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0,
                             **({"fused": True} if fused else {"foreach": True}))
     net = torch.compile(model, mode=mode) if mode else model
-    transport, s = TransportConfig("logit_normal", 4096, 0.0, 1.0), shift_factor(shape, 4096)
+    transport, s = TransportConfig("logit_normal", 4096, 0.0, 1.0, "var"), shift_factor(shape, 4096)
     x = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
     autocast = torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
@@ -99,7 +99,7 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
     model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0)
     optim = OptimConfig("steps", warmup + steps, batch, 2e-4, 2e-5, (0.9, 0.95), 0.0, 0, "constant", None, None,
                         0.9995, 1.0)
-    transport = TransportConfig("logit_normal", 4096, 0.0, 1.0)
+    transport = TransportConfig("logit_normal", 4096, 0.0, 1.0, "var")
     stats = torch.zeros(shape), torch.ones(shape)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift_factor(shape, 4096),
                                                stats=stats))

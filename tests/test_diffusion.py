@@ -31,7 +31,7 @@ def test_shift_factor_and_map():
 
 @pytest.mark.parametrize("dist", ["uniform", "logit_normal"])
 def test_time_distributions_stay_in_range(dist):
-    cfg = TransportConfig(dist, 4096, 0.0, 1.0)
+    cfg = TransportConfig(dist, 4096, 0.0, 1.0, "mean_var")
     t = sample_time(cfg, 20000, 1.0, generator=torch.Generator().manual_seed(0))
     assert t.min() >= 0 and t.max() <= T_MAX
     if dist == "uniform":

@@ -199,8 +199,8 @@ def test_precision_recall_of_matching_and_disjoint_sets():
 def test_psnr_and_ssim():
     from unirae_pipeline.evaluation.fd import psnr_ssim
 
-    target = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 256, (3, 3, 16, 16), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     perfect = psnr_ssim(target, target)
     assert perfect["psnr"] == pytest.approx(100.0) and perfect["ssim"] == pytest.approx(1.0)
-    noisy = psnr_ssim((target + 0.1).clamp(0, 1), target)
+    noisy = psnr_ssim((target.float() + 25).clamp(0, 255).to(torch.uint8), target)  # ~0.1 of the range
     assert 15 < noisy["psnr"] < 25 and noisy["ssim"] < 1.0

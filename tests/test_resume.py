@@ -36,8 +36,8 @@ SCRIPT = textwrap.dedent('''
     cfg = DiTConfig(32, 2, 2, 32, 1, 2, 2.0, 1, 0.1, 0.2, 16)
     model = build_dit(cfg, (8, 2, 2), 3, seed=0)
     optim = OptimConfig("steps", 30, 16, 2e-3, 1e-5, (0.9, 0.95), 0.0, 3, "cosine", None, None, 0.9, 1.0)
-    module = TrainModule(model, optim, partial(dit_objective, transport=TransportConfig("uniform", 4096, 0.0, 1.0),
-                                               shift=1.0))
+    transport = TransportConfig("uniform", 4096, 0.0, 1.0, "mean_var")
+    module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=1.0))
     data = torch.randn(70, 8, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(70) % 3
     trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 4, int(sys.argv[2]), False)
     snapshot = EMASnapshot(12)

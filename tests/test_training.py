@@ -83,7 +83,7 @@ def test_short_dit_fit_lowers_the_loss(params, caplog):
     x = torch.randn(2, 64, 4, 4).repeat(64, 1, 1, 1)
     y = torch.arange(2).repeat(64)
     model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 2, seed=0)
-    transport = TransportConfig("uniform", 4096, 0.0, 1.0)
+    transport = TransportConfig("uniform", 4096, 0.0, 1.0, "mean_var")
     module = TrainModule(model, optim(duration=120, batch_size=32, lr=2e-3, warmup=5),
                          partial(dit_objective, transport=transport, shift=1.0))
     trainer = build(TrainerConfig, params["trainer"], "trainer")
@@ -165,7 +165,7 @@ def test_bf16_mixed_training_tracks_fp32(params):
     CPU: the same short DiT fit as in fp32 lands on nearly the same loss curve, and weights and EMA stay fp32."""
     x = torch.randn(2, 64, 4, 4, generator=torch.Generator().manual_seed(0)).repeat(32, 1, 1, 1)
     y = torch.arange(2).repeat(32)
-    transport = TransportConfig("uniform", 4096, 0.0, 1.0)
+    transport = TransportConfig("uniform", 4096, 0.0, 1.0, "mean_var")
     curves, modules = {}, {}
     for precision in ("32-true", "bf16-mixed"):
         model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 2, seed=0)

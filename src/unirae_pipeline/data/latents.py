@@ -218,6 +218,15 @@ def denormalize(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch
     return z * torch.sqrt(var + STATS_EPS) + mean
 
 
+def norm_stats(stats: dict[str, torch.Tensor], latent_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var) for `normalize`/`denormalize` under `diffusion.latent_norm`: `var` scales only (a zero mean, as
+    the reference treats statistics without one), `mean_var` also centres."""
+    if latent_norm not in ("mean_var", "var"):
+        raise ValueError(f"latent normalization must be 'mean_var' or 'var', got {latent_norm!r}")
+    var = stats["var"]
+    return (stats["mean"] if latent_norm == "mean_var" else torch.zeros_like(var)), var
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     """How `cache_latents` runs: encoder batch, images per shard, storage dtype, encoder precision (fp32: TF32 on a

@@ -38,6 +38,9 @@ class SamplerConfig:
             raise ValueError(f"sample.sde_norm must be >= 0, got {self.sde_norm}")
         if self.num_steps < 2:
             raise ValueError(f"sample.num_steps must be >= 2 (grid points), got {self.num_steps}")
+        if not self.guidance_scale >= 1:
+            raise ValueError(f"sample.sampler.guidance_scale must be >= 1 (1: no guidance; the reference guides only "
+                             f"above 1), got {self.guidance_scale}")
         if not 0 <= self.guidance_t_min <= self.guidance_t_max <= 1:
             raise ValueError("sample.guidance_t_min/guidance_t_max must satisfy 0 <= t_min <= t_max <= 1")
 
@@ -65,8 +68,9 @@ def time_grid(num_steps: int, s: float) -> torch.Tensor:
 
 
 def guided_velocity(model: VelocityFn, null_label: int, scale: float, t_min: float, t_max: float) -> VelocityFn:
-    """Wrap a conditional model with CFG: v = v_u + w (v_c - v_u) inside [t_min, t_max], else v_c."""
-    if scale == 1.0:
+    """Wrap a conditional model with CFG: v = v_u + w (v_c - v_u) inside [t_min, t_max], else v_c; for w <= 1 the
+    plain conditional model, as the reference (`sample_ddp.py` guides only for scale > 1)."""
+    if scale <= 1.0:
         return model
 
     def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -82,8 +86,8 @@ def guided_velocity(model: VelocityFn, null_label: int, scale: float, t_min: flo
 def autoguided_velocity(model: VelocityFn, guide: VelocityFn, scale: float, t_min: float,
                         t_max: float) -> VelocityFn:
     """AutoGuidance (Karras et al. 2024): v = v_g + w (v_main - v_g), the guide a smaller, under-trained model
-    conditioned on the same labels; one forward of each model, no doubled batch."""
-    if scale == 1.0:
+    conditioned on the same labels; one forward of each model, no doubled batch. For w <= 1 the plain model."""
+    if scale <= 1.0:
         return model
 
     def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

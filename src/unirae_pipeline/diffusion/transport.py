@@ -17,16 +17,22 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class TransportConfig:
-    """`shift_base` is n in s = sqrt(C*H*W / n); 4096 in the reference (SD3-style resolution shift)."""
+    """`shift_base` is n in s = sqrt(C*H*W / n); 4096 in the reference (SD3-style resolution shift). `latent_norm`:
+    how the DiT sees the raw latents, `var` divides by sqrt(var + eps) only (the reference: its released DINOv2-B
+    statistics hold no mean, and its DiT-DH was trained on them), `mean_var` also subtracts the mean; sampling
+    undoes the same."""
 
     time_dist: Literal["uniform", "logit_normal"]
     shift_base: float
     logit_mean: float
     logit_std: float
+    latent_norm: Literal["mean_var", "var"]
 
     def __post_init__(self) -> None:
         if self.time_dist not in ("uniform", "logit_normal"):
             raise ValueError(f"diffusion.time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
+        if self.latent_norm not in ("mean_var", "var"):
+            raise ValueError(f"diffusion.latent_norm must be 'mean_var' or 'var', got {self.latent_norm!r}")
         if self.shift_base <= 0 or self.logit_std <= 0:
             raise ValueError("diffusion.shift_base and diffusion.logit_std must be positive")
 
@@ -52,6 +58,13 @@ def sample_time(cfg: TransportConfig, n: int, s: float, generator: torch.Generat
         u = torch.rand(n, generator=generator, device=device) * hi.to(device)
         t0 = torch.sigmoid(normal.icdf(u.clamp_min(1e-12)))
     return shift_time(t0, s)
+
+
+def draw_noise_and_time(cfg: TransportConfig, x: torch.Tensor, s: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training step's noise, then its times, from the global generators in the reference's order and devices
+    (`Transport.sample`: noise like x, times on the CPU): a seed gives the reference's draws."""
+    noise = torch.randn_like(x)
+    return noise, sample_time(cfg, x.shape[0], s).to(x.device, non_blocking=True)
 
 
 def flow_matching_loss(model: VelocityFn, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor,

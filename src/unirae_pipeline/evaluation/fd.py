@@ -46,7 +46,11 @@ def precision_recall(generated: torch.Tensor, real: torch.Tensor, neighborhood: 
 
 
 def psnr_ssim(recon: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-    """Mean per-image PSNR (MSE clamped at 1e-10) and SSIM (Gaussian 11x11, sigma 1.5) of images in [0, 1]."""
+    """Mean per-image PSNR (MSE clamped at 1e-10) and SSIM (Gaussian 11x11, sigma 1.5) of uint8 (N, 3, H, W) images
+    read as [0, 1], as the reference's `src/eval` scores its saved reconstructions."""
+    if recon.dtype != torch.uint8 or target.dtype != torch.uint8:
+        raise TypeError(f"psnr_ssim scores uint8 images, got {recon.dtype} and {target.dtype}")
+    recon, target = recon.float() / 255, target.float() / 255
     mse = ((recon - target) ** 2).mean(dim=(1, 2, 3)).clamp_min(1e-10)
     ssim = structural_similarity_index_measure(recon, target, data_range=1.0)
     return {"psnr": float((10 * torch.log10(1 / mse)).mean()), "ssim": float(ssim)}

@@ -10,7 +10,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.latents import normalize
-from ..diffusion import TransportConfig, flow_matching_loss, sample_time
+from ..diffusion import TransportConfig, flow_matching_loss
+from ..diffusion.transport import draw_noise_and_time
 from ..evaluation.classifier import ClassifierConfig, augment
 from .optim import EMA, OptimConfig, build_optimizer
 
@@ -91,13 +92,14 @@ class TrainModule(L.LightningModule):
 def dit_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, transport: TransportConfig, shift: float,
                   stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Velocity loss with shifted training times on latents normalized here, on the training device, with
-    `stats` (mean, var): batches travel in the cache's dtype (bf16: half the bytes of float32)."""
+    `stats` (mean, var; see `data.latents.norm_stats`): batches travel in the cache's dtype (bf16: half the bytes of
+    float32). Noise, times and label dropout are drawn in the reference's order (`Transport.training_losses`)."""
     x, y = batch
     x = x.float()
     if stats is not None:
         x = normalize(x, *(s.to(x.device, non_blocking=True) for s in stats))
-    t = sample_time(transport, x.shape[0], shift, device=x.device)
-    return flow_matching_loss(model, x, y, t, torch.randn_like(x))
+    noise, t = draw_noise_and_time(transport, x, shift)
+    return flow_matching_loss(model, x, y, t, noise)
 
 
 def classifier_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, cfg: ClassifierConfig) -> torch.Tensor:

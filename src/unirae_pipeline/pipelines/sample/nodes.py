@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ...data.latents import denormalize
+from ...data.latents import denormalize, norm_stats
 from ...data.samples import SampleSet, read_shard, write_shard
 from ...diffusion import (
     SamplerConfig,
@@ -92,14 +92,15 @@ def velocity_of(model: torch.nn.Module, guide: torch.nn.Module | None, cfg: Samp
 
 @torch.no_grad()
 def generate(velocity: VelocityFn, latent_shape: tuple[int, int, int], decoder: torch.nn.Module,
-             stats: dict[str, torch.Tensor], labels: torch.Tensor, cfg: SampleConfig, sampler: SamplerConfig,
+             stats: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, cfg: SampleConfig, sampler: SamplerConfig,
              grid: torch.Tensor, seed: int, first_batch: int = 0) -> np.ndarray:
-    """Noise -> latents (ODE/SDE, guided) -> raw latents -> images, uint8 NHWC. Batch i of the whole run is seeded
+    """Noise -> latents (ODE/SDE, guided) -> raw latents (`stats`: the training's (mean, var), `norm_stats`) ->
+    images, uint8 NHWC as the reference exports them. Batch i of the whole run is seeded
     by seed + i (`first_batch` places these labels in the run), its noise drawn on the CPU so that a seed gives the
     same samples on every device and in any shard split."""
     device = cfg.torch_device()
     decoder = decoder.eval().to(device)
-    mean, var = stats["mean"].to(device), stats["var"].to(device)
+    mean, var = (s.to(device) for s in stats)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     out = []
     batches = labels.split(cfg.batch_size)
@@ -150,7 +151,8 @@ def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params
     check_fingerprints(dit=meta["fingerprint"], decoder=blob_meta(decoder)["fingerprint"],
                        latent_stats=json.loads(latent_stats[1]["fingerprint"]),
                        **({"dit_guide": blob_meta(dit_guide)["fingerprint"]} if autoguided else {}))
-    model, dec, stats = dit_from_blob(dit), decoder_from_blob(decoder), latent_stats[0]
+    model, dec = dit_from_blob(dit), decoder_from_blob(decoder)
+    stats = norm_stats(latent_stats[0], transport.latent_norm)  # as train_dit normalized
     guide = dit_from_blob(dit_guide) if autoguided else None
     shift = shift_factor(tuple(meta["latent_shape"]), transport.shift_base)
     labels = balanced_labels(meta["num_classes"], cfg.num_per_class, seed)

@@ -8,7 +8,7 @@ from functools import partial
 
 import pandas as pd
 
-from ...data.latents import LatentRows, LatentStore
+from ...data.latents import LatentRows, LatentStore, norm_stats
 from ...diffusion import TransportConfig, shift_factor
 from ...models import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
@@ -35,7 +35,7 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     model = build_dit(cfg, shape, num_classes, seed)
     shift = shift_factor(shape, transport.shift_base)
-    stats = latent_stats[0]["mean"], latent_stats[0]["var"]
+    stats = norm_stats(latent_stats[0], transport.latent_norm)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift, stats=stats))
     snapshot = EMASnapshot(int(optim.guide_at))
     key = run_key(dit=dit, train_dit=train_dit, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest)

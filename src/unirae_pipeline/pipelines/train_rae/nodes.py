@@ -14,7 +14,7 @@ from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
 from ...data.latents import CacheConfig, LatentStore, view_table
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
-from ...evaluation.report import image_grid, to_uint8_nhwc
+from ...evaluation.report import image_grid, quantize
 from ...models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder, decoder_from_blob
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
 from ...params import build, run_key
@@ -70,10 +70,11 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
                      reference_stats: dict[str, np.ndarray], cache: dict) -> tuple[dict, Image.Image]:
-    """Reconstruct val (no noise): PSNR and SSIM on [0, 1], FD to the val images' statistics (rFID with Inception,
-    on ImageNet's 50k centre-cropped val images), the classifier's accuracy on the reconstructions, and a grid.
-    Streams val shard by shard, the images decoded in `latents.num_workers` processes: memory does not grow with N;
-    the decoder and the feature network run on the GPU when there is one."""
+    """Reconstruct val (no noise) to uint8 as the reference saves them, and score those: PSNR and SSIM on [0, 1], FD
+    to the val images' statistics (rFID with Inception, on ImageNet's 50k centre-cropped val images), the classifier's
+    accuracy on the reconstructions, and a grid. Streams val shard by shard, the images decoded in
+    `latents.num_workers` processes: memory does not grow with N; the decoder and the feature network run on the GPU
+    when there is one."""
     check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
     device = local_device()
     model = decoder_from_blob(decoder).to(device)
@@ -89,12 +90,12 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
             real, _, image_rows = next(images)
             if not torch.equal(image_rows, rows):
                 raise ValueError("the val latents are not in image-index order; re-run cache_latents")
-            real = real.to(device, non_blocking=True).float() / 255
+            real = real.to(device, non_blocking=True)
             with torch.no_grad():
-                recon = model(z.to(device).float()).clamp(0, 1)
+                recon = quantize(model(z.to(device).float()))  # scored as saved, as the reference's src/eval
             for k, v in psnr_ssim(recon, real).items():
                 sums[k] += v * len(z)
-            f, logits = extractor((recon * 255).round().to(torch.uint8))
+            f, logits = extractor(recon)
             features.append(f.float())
             if extractor.kind == "classifier":
                 correct += int((logits.argmax(-1) == labels).sum())
@@ -108,4 +109,4 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
     log.info("decoder on val (%d images): %s", seen, metrics)
     real, fake = (torch.stack([shown[i][j] for i in sorted(shown)]) for j in (0, 1))
     rows = torch.cat([real[:8], fake[:8], real[8:], fake[8:]])  # a row of originals above its reconstructions
-    return metrics, image_grid(to_uint8_nhwc(rows), ncol=8)
+    return metrics, image_grid(rows.permute(0, 2, 3, 1).numpy(), ncol=8)
