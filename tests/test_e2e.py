@@ -52,7 +52,7 @@ def repo(tmp_path_factory):
 def test_dvc_repro_runs_all_stages_then_nothing(repo):
     first = run(["dvc", "repro"], repo)
     assert stages_run(first) == ["prepare_data", "cache_latents", "latent_stats", "fid_reference", "train_rae",
-                                 "train_dit", "sample", "evaluate"]
+                                 "train_dit", "train_guide", "sample", "evaluate"]
     metrics = yaml.safe_load((repo / "data/08_reporting/metrics.json").read_text())
     assert {"class_accuracy", "fd", "fd_untrained"} <= set(metrics)
     assert (repo / "data/08_reporting/samples.png").is_file()
@@ -71,6 +71,14 @@ def test_exp_run_depth_reruns_only_the_dit_stages(repo):
     assert "class_accuracy" in shown and "dit.depth" in shown
 
 
+def test_a_trained_autoguidance_guide_is_its_own_stage(repo):
+    """guide=tiny trains a separate guide in train_guide, and only what reads it reruns; the main DiT is kept."""
+    out = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2", "-S", "guide=tiny", "-S",
+               "guide.duration=5", "-S", "sample.sampler.guidance=autoguidance"], repo)
+    assert stages_run(out) == ["train_guide", "sample", "evaluate"]
+    assert "AutoGuidance guide: dit_guide" in out
+
+
 def test_kedro_runs_one_pipeline_on_its_own(repo):
     out = run(["kedro", "run", "--pipelines", "evaluate"], repo)
     assert "Completed 1 out of 1 tasks" in out
@@ -82,7 +90,7 @@ def test_ddp_train_dit_under_kedro_writes_once(repo):
     before = (repo / "data/06_models/dit.safetensors").stat().st_mtime_ns
     out = run(["kedro", "run", "--pipelines", "train_dit", "--params",
                "trainer.devices=2,trainer.strategy=ddp,train_dit.batch_size=32"], repo)
-    assert out.count("rank 1: not saving") == 3  # dit, dit_guide, dit_loss
+    assert out.count("rank 1: not saving") == 3  # dit, dit_snapshot, dit_loss
     assert "rank 0: not saving" not in out
     assert (repo / "data/06_models/dit.safetensors").stat().st_mtime_ns > before
 

@@ -18,6 +18,7 @@ from unirae_pipeline.pipelines import (
     prepare_data,
     sample,
     train_dit,
+    train_guide,
     train_rae,
 )
 
@@ -35,8 +36,9 @@ def _catalog(tmp_path, params: dict) -> DataCatalog:
     # Only the two folder-shaped artefacts need a disk; everything else stays in memory.
     catalog = DataCatalog({"image_set": ImageSetDataset(filepath=str(tmp_path / "image_set")),
                            "latents": LatentStoreDataset(filepath=str(tmp_path / "latents"))})
-    flat = {"params:seed": params["seed"], "params:data.image_size": params["data"]["image_size"]}
-    flat.update({f"params:{k}": v for k, v in params.items()})
+    flat = {f"params:{k}": v for k, v in params.items()}  # every group and its keys, as Kedro's own catalog
+    flat.update({f"params:{k}.{key}": v for k, group in params.items() if isinstance(group, dict)
+                 for key, v in group.items()})
     for name, value in flat.items():
         catalog[name] = KeptDataset(value)
     return catalog
@@ -48,7 +50,7 @@ def chain(tmp_path_factory):
     params = compose_params(["profile=smoke"], conf_dir=ROOT / "conf")
     catalog = _catalog(tmp, params)
     slices = [m.create_pipeline() for m in (prepare_data, cache_latents, latent_stats, fid_reference, train_rae,
-                                            train_dit, sample, evaluate)]
+                                            train_dit, train_guide, sample, evaluate)]
     memory = {name for pipe in slices for name in pipe.all_outputs()} - {"image_set", "latents"}
     for name in memory:
         catalog[name] = KeptDataset()
@@ -105,24 +107,55 @@ def test_sample_refuses_artefacts_of_another_encoder(chain):
     tensors, meta = outputs["decoder"]
     forged = (tensors, {**meta, "fingerprint": '"0000000000000000"'})
     with pytest.raises(ValueError, match="fingerprints differ"):
-        sample_node(outputs["dit"], outputs["dit_guide"], forged, outputs["latent_stats"], params["sample"],
-                    params["diffusion"], 0)
+        sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], forged, outputs["latent_stats"],
+                    params["sample"], params["diffusion"], 0)
 
 
 def test_autoguidance_uses_the_guide_snapshot(chain):
+    """With guide.source: snapshot (the default) train_guide trains nothing and the guide is train_dit's EMA at
+    guide_at."""
     from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
 
     params, _, outputs = chain
-    guide_meta = outputs["dit_guide"][1]
+    assert params["guide"]["source"] == "snapshot" and outputs["dit_guide"][0] == {}
+    guide_meta = outputs["dit_snapshot"][1]
     assert guide_meta["step"] == str(params["train_dit"]["guide_at"])
-    assert not all(torch.equal(outputs["dit"][0][k], outputs["dit_guide"][0][k]) for k in outputs["dit"][0])
+    assert not all(torch.equal(outputs["dit"][0][k], outputs["dit_snapshot"][0][k]) for k in outputs["dit"][0])
     sample_params = {**params["sample"], "untrained_baseline": False,
                      "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
-    guided, _, _ = sample_node(outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
-                               sample_params, params["diffusion"], 0)
+    guided, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], outputs["decoder"],
+                               outputs["latent_stats"], sample_params, params["diffusion"], 0)
     first, guided_first = next(outputs["samples"].chunks(1000)), next(guided.chunks(1000))
     assert guided_first.shape == first.shape
     assert not np.array_equal(guided_first, first)  # the guide changed the samples
+
+
+def test_train_guide_trains_a_separate_smaller_dit_that_autoguidance_uses(chain):
+    """guide=tiny: train_guide trains its own, narrower DiT-DH for guide.duration steps by the main run's recipe, and
+    AutoGuidance then takes it instead of train_dit's snapshot."""
+    from unirae_pipeline.models.serialization import blob_meta
+    from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
+    from unirae_pipeline.pipelines.train_guide.nodes import train_guide
+    from unirae_pipeline.pipelines.train_guide.pipeline import RECIPE
+
+    params, catalog, outputs = chain
+    guide = {**compose_params(["guide=tiny"], conf_dir=ROOT / "conf")["guide"], "duration": 6}
+    blob = train_guide(catalog.load("latents"), outputs["latent_stats"], guide, params["diffusion"],
+                       params["trainer"], params["seed"], **{k: params["train_dit"][k] for k in RECIPE})
+    meta = blob_meta(blob)
+    assert (meta["config"]["hidden_size"], meta["config"]["depth"], meta["step"], meta["source"]) == (64, 2, 6, "train")
+    assert meta["fingerprint"] == blob_meta(outputs["dit"])["fingerprint"]
+    sample_params = {**params["sample"], "untrained_baseline": False,
+                     "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
+    inputs = outputs["decoder"], outputs["latent_stats"], sample_params, params["diffusion"], 0
+    trained, _, _ = sample_node(outputs["dit"], None, blob, *inputs)  # no snapshot needed (as with a released guide)
+    snapshot, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], *inputs)
+    assert not np.array_equal(next(trained.chunks(1000)), next(snapshot.chunks(1000)))
+    with pytest.raises(ValueError, match="no guide"):
+        sample_node(outputs["dit"], None, outputs["dit_guide"], *inputs)
+    with pytest.raises(ValueError, match="guide.duration"):
+        train_guide(catalog.load("latents"), outputs["latent_stats"], {**guide, "duration": 0}, params["diffusion"],
+                    params["trainer"], params["seed"], **{k: params["train_dit"][k] for k in RECIPE})
 
 
 def test_train_rae_reference_recipe_from_images(chain, tmp_path):
@@ -158,7 +191,7 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
 def _sample_inputs(chain, **sample: object) -> tuple:
     """The sample node's inputs from the chain's artefacts, with these `sample` params."""
     params, _, outputs = chain
-    return (outputs["dit"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
+    return (outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
             {**params["sample"], **sample}, params["diffusion"], 0)
 
 
@@ -242,4 +275,4 @@ def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tm
     loaded = dataset.load()
     assert isinstance(loaded.parts[0], np.memmap) and np.array_equal(loaded.labels, unbroken.labels)
     with pytest.raises(ValueError, match="multiple of sample.batch_size"):
-        nodes.sample(*inputs[:4], {**inputs[4], "shard_size": 25}, *inputs[5:])
+        nodes.sample(*inputs[:5], {**inputs[5], "shard_size": 25}, *inputs[6:])

@@ -1,11 +1,11 @@
-"""The eight stage pipelines; each is also a DVC stage of the same name (see dvc_stages.py)."""
+"""The stage pipelines; each is also a DVC stage of the same name (see dvc_stages.py)."""
 
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
 # DAG order, so that dvc.yaml reads top to bottom.
-STAGES = ("prepare_data", "cache_latents", "latent_stats", "fid_reference", "train_rae", "train_dit", "sample",
-          "evaluate")
+STAGES = ("prepare_data", "cache_latents", "latent_stats", "fid_reference", "train_rae", "train_dit", "train_guide",
+          "sample", "evaluate")
 
 
 def register_pipelines() -> dict[str, Pipeline]:

@@ -48,7 +48,7 @@ class SamplerConfig:
         """The model's velocity with the configured guidance."""
         if self.guidance == "cfg":
             return guided_velocity(model, null_label, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
-        if guide is None:
+        if guide is None and self.guidance_scale > 1:
             raise ValueError("sample.guidance is 'autoguidance' but no guide model was given")
         return autoguided_velocity(model, guide, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
 

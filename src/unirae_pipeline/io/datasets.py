@@ -93,14 +93,21 @@ class LatentStoreDataset(_PathDataset):
 
 
 class SafetensorsDataset(_PathDataset):
-    """(tensors, str metadata) in one safetensors file: model weights and latent statistics."""
+    """(tensors, str metadata) in one safetensors file: model weights and latent statistics. An `optional` file that
+    does not exist loads as None (the node that needs it says why)."""
+
+    def __init__(self, *, filepath: str, optional: bool = False, metadata: dict | None = None) -> None:
+        super().__init__(filepath=filepath, metadata=metadata)
+        self.optional = optional
 
     def _write(self, data: Blob) -> None:
         tensors, meta = data
         with atomic_file(self._filepath) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
 
-    def load(self) -> Blob:
+    def load(self) -> Blob | None:
+        if self.optional and not self._filepath.exists():
+            return None
         with safe_open(str(self._require()), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 

@@ -137,27 +137,44 @@ def generate_shards(folder: Path, labels: torch.Tensor, cfg: SampleConfig, image
     return SampleSet([read_shard(p) for p in paths], labels.numpy(), image_shape, cache=folder)
 
 
-def sample(dit: Blob, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params: dict, diffusion: dict,
-           seed: int) -> tuple[SampleSet, SampleSet, Image.Image]:
+def autoguidance_guide(dit_snapshot: Blob | None, dit_guide: Blob) -> Blob:
+    """The AutoGuidance guide: train_guide's separately trained (or a released) DiT-DH when `dit_guide` holds
+    weights, else train_dit's EMA snapshot."""
+    if dit_guide[0]:
+        return dit_guide
+    if dit_snapshot is None:
+        raise ValueError("sample.sampler.guidance is 'autoguidance' but there is no guide: train_guide trained none "
+                         "(guide.source: snapshot) and train_dit's dit_snapshot does not exist; run train_dit, or "
+                         "train a guide with guide=S (guide=tiny for the embedded default)")
+    return dit_snapshot
+
+
+def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params: dict,
+           diffusion: dict, seed: int) -> tuple[SampleSet, SampleSet, Image.Image]:
     """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class.
 
-    `dit_guide` is used only with `sample.sampler.guidance: autoguidance`.
+    The guide (`autoguidance_guide`) is used only with `sample.sampler.guidance: autoguidance`.
     """
     cfg = build(SampleConfig, params, "sample")
     sampler = build(SamplerConfig, cfg.sampler, "sample.sampler")
     transport = build(TransportConfig, diffusion, "diffusion")
     meta = blob_meta(dit)
-    autoguided = sampler.guidance == "autoguidance"
+    autoguided = sampler.guidance == "autoguidance" and sampler.guidance_scale > 1
+    guide_blob = autoguidance_guide(dit_snapshot, dit_guide) if autoguided else None
     check_fingerprints(dit=meta["fingerprint"], decoder=blob_meta(decoder)["fingerprint"],
                        latent_stats=json.loads(latent_stats[1]["fingerprint"]),
-                       **({"dit_guide": blob_meta(dit_guide)["fingerprint"]} if autoguided else {}))
+                       **({"dit_guide": blob_meta(guide_blob)["fingerprint"]} if guide_blob else {}))
     model, dec = dit_from_blob(dit), decoder_from_blob(decoder)
     stats = norm_stats(latent_stats[0], transport.latent_norm)  # as train_dit normalized
-    guide = dit_from_blob(dit_guide) if autoguided else None
+    guide = dit_from_blob(guide_blob) if guide_blob else None
+    if guide_blob:
+        which = "train_dit's EMA snapshot" if guide_blob is dit_snapshot else "dit_guide"
+        log.info("AutoGuidance guide: %s, %s", which,
+                 {k: v for k, v in blob_meta(guide_blob).items() if k in ("step", "source", "config")})
     shift = shift_factor(tuple(meta["latent_shape"]), transport.shift_base)
     labels = balanced_labels(meta["num_classes"], cfg.num_per_class, seed)
     image_shape = (dec.image_size, dec.image_size, 3)
-    models = [dit, decoder, latent_stats, *([dit_guide] if autoguided else [])]
+    models = [dit, decoder, latent_stats, *([guide_blob] if guide_blob else [])]
     key = run_key(models=blob_digest(*models), sample=params, diffusion=diffusion, seed=seed)
     start = time.perf_counter()
     times = time_grid(sampler.num_steps, shift).float()

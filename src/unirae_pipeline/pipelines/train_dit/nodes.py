@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from functools import partial
 
+import lightning as L
 import pandas as pd
 
 from ...data.latents import LatentRows, LatentStore, norm_stats
@@ -19,29 +20,41 @@ from ...training.modules import TrainModule, dit_objective
 from ...training.optim import DiTTrainConfig
 
 
-def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: dict, diffusion: dict, trainer: dict,
-              seed: int) -> tuple[Blob, Blob, pd.DataFrame]:
-    """The EMA model, the EMA snapshot at `train_dit.guide_at` (the AutoGuidance guide) and the loss curve."""
-    cfg = build(DiTConfig, dit, "dit")
-    optim = build(DiTTrainConfig, train_dit, "train_dit")
+def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, recipe: dict, diffusion: dict, trainer: dict,
+            seed: int, name: str, key: dict, snapshot: bool = False,
+            ) -> tuple[TrainModule, pd.DataFrame, dict, dict | None]:
+    """Train one DiT-DH of architecture `cfg` by the `recipe` (a `train_dit` group) on the cached latents, resumable
+    under the run key made of `key` and the cache's manifest. Returns the module (its EMA is the model), the loss
+    curve, the metadata of its model files and, with `snapshot`, the EMA state at `recipe.guide_at`."""
+    optim = build(DiTTrainConfig, recipe, "train_dit")
     transport = build(TransportConfig, diffusion, "diffusion")
     trainer_cfg = build(TrainerConfig, trainer, "trainer")
     manifest = latents.manifest
     fingerprint = check_fingerprints(latents=manifest["fingerprint"],
                                      latent_stats=json.loads(latent_stats[1]["fingerprint"]))
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
-    rows = LatentRows(latents, "train")
-    batches = KeyedBatches(rows, optim.batch_size, seed, optim.num_workers, views=latents.views("train"))
+    batches = KeyedBatches(LatentRows(latents, "train"), optim.batch_size, seed, optim.num_workers,
+                           views=latents.views("train"))
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     model = build_dit(cfg, shape, num_classes, seed)
-    shift = shift_factor(shape, transport.shift_base)
     stats = norm_stats(latent_stats[0], transport.latent_norm)
-    module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift, stats=stats))
-    snapshot = EMASnapshot(int(optim.guide_at))
-    key = run_key(dit=dit, train_dit=train_dit, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest)
-    curve = fit(module, batches, trainer_cfg, "train_dit", seed, callbacks=(snapshot,), run_key=key)
+    module = TrainModule(model, optim, partial(dit_objective, transport=transport,
+                                               shift=shift_factor(shape, transport.shift_base), stats=stats))
+    callbacks: tuple[L.Callback, ...] = (EMASnapshot(int(optim.guide_at)),) if snapshot else ()
+    curve = fit(module, batches, trainer_cfg, name, seed, callbacks=callbacks,
+                run_key=run_key(**key, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest))
     meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
                 seed=seed)
-    guide = build_dit(cfg, shape, num_classes, seed)
-    guide.load_state_dict(snapshot.state)
-    return to_blob(module.ema.module, **meta), to_blob(guide, **meta, step=int(optim.guide_at)), curve
+    return module, curve, meta, callbacks[0].state if snapshot else None
+
+
+def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: dict, diffusion: dict, trainer: dict,
+              seed: int) -> tuple[Blob, Blob, pd.DataFrame]:
+    """The EMA model, the EMA snapshot at `train_dit.guide_at` (the AutoGuidance guide unless train_guide trains a
+    separate one) and the loss curve."""
+    cfg = build(DiTConfig, dit, "dit")
+    module, curve, meta, state = fit_dit(latents, latent_stats, cfg, train_dit, diffusion, trainer, seed, "train_dit",
+                                         dict(dit=dit, train_dit=train_dit), snapshot=True)
+    snapshot = build_dit(cfg, tuple(meta["latent_shape"]), meta["num_classes"], seed)
+    snapshot.load_state_dict(state)
+    return to_blob(module.ema.module, **meta), to_blob(snapshot, **meta, step=int(module.optim.guide_at)), curve

@@ -6,4 +6,4 @@ from .nodes import train_dit
 def create_pipeline(**kwargs) -> Pipeline:
     inputs = ["latents", "latent_stats", "params:dit", "params:train_dit", "params:diffusion", "params:trainer",
               "params:seed"]
-    return Pipeline([Node(train_dit, inputs, ["dit", "dit_guide", "dit_loss"], name="train_dit")])
+    return Pipeline([Node(train_dit, inputs, ["dit", "dit_snapshot", "dit_loss"], name="train_dit")])

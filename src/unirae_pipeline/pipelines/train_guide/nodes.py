@@ -1,0 +1,55 @@
+"""train_guide: the AutoGuidance guide as the reference makes it, a separate, smaller DiT-DH trained briefly by the
+stage-2 recipe (its 1.13: DiT-DH-S, 14 epochs); or nothing, when the guide is train_dit's EMA snapshot."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Literal
+
+from ...data.latents import LatentStore
+from ...models import DiTConfig
+from ...models.serialization import Blob, to_blob
+from ...params import build
+from ..train_dit.nodes import fit_dit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GuideConfig:
+    """The `guide` params group: `source: snapshot` uses train_dit's EMA weights at `train_dit.guide_at`; `train`
+    trains the DiT-DH `dit` for `duration` (in `train_dit.unit`) with the rest of the `train_dit` recipe."""
+
+    source: Literal["snapshot", "train"]
+    duration: float
+    dit: dict | None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("snapshot", "train"):
+            raise ValueError(f"guide.source must be 'snapshot' or 'train', got {self.source!r}")
+        if self.source == "train":
+            if not isinstance(self.duration, (int, float)) or self.duration <= 0:
+                raise ValueError(f"guide.duration must be > 0 when guide.source is 'train', got {self.duration!r}")
+            self.dit_config()
+
+    def dit_config(self) -> DiTConfig:
+        return build(DiTConfig, self.dit, "guide.dit")
+
+
+def empty_guide() -> Blob:
+    """What train_guide writes when it trains nothing: no weights (sample then uses train_dit's snapshot)."""
+    return {}, {"source": '"snapshot"'}
+
+
+def train_guide(latents: LatentStore, latent_stats: Blob, guide: dict, diffusion: dict, trainer: dict, seed: int,
+                **train_dit) -> Blob:
+    """`train_dit`: the main run's recipe less its duration and guide_at (see the pipeline)."""
+    cfg = build(GuideConfig, guide, "guide")
+    if cfg.source == "snapshot":
+        log.info("guide.source is snapshot: the AutoGuidance guide is train_dit's EMA weights at guide_at")
+        return empty_guide()
+    recipe = {**train_dit, "duration": cfg.duration, "guide_at": cfg.duration}
+    module, _, meta, _ = fit_dit(latents, latent_stats, cfg.dit_config(), recipe, diffusion, trainer, seed,
+                                 "train_guide", dict(guide=guide, train_dit=recipe))
+    return to_blob(module.ema.module, **meta, source="train", step=int(module.optim.steps))
