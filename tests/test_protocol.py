@@ -228,3 +228,41 @@ def test_the_autoguidance_guide_is_the_reference_dit_dh_s(configs):
                for size in ("XL", "S")]
     assert {k: v for k, v in recipes[0].items() if k != "sample_every"} == {
         k: v for k, v in recipes[1].items() if k != "sample_every"}
+
+
+def test_stage1_diffaug_hinge_loss_and_adaptive_weight_equal_the_reference(ref):
+    """DiffAug draws the reference's random numbers in its order (same seed, same augmentations)."""
+    from unirae_pipeline.training.stage1 import adaptive_weight, diff_augment, hinge_d_loss
+
+    tensors, _ = ref
+    torch.manual_seed(5)
+    assert torch.allclose(diff_augment(tensors["diffaug.in"]), tensors["diffaug.out"], atol=1e-6, rtol=0)
+    assert float(hinge_d_loss(tensors["gan.real"], tensors["gan.fake"])) == pytest.approx(
+        float(tensors["gan.d_hinge"]), rel=1e-6)
+    layer = torch.nn.Parameter(tensors["adaptive.layer"].clone())
+    pred = tensors["adaptive.z"] @ layer.T
+    rec = (pred - tensors["adaptive.target"]).abs().mean() + 0.3 * pred.pow(2).mean()
+    gan = -(pred * tensors["adaptive.probe"]).mean()
+    assert float(adaptive_weight(rec, gan, layer, 1e4)) == pytest.approx(float(tensors["adaptive.weight"]), rel=1e-6)
+    assert float(adaptive_weight(rec, gan, layer, 0.01)) == pytest.approx(float(tensors["adaptive.clamped"]))
+
+
+def test_dino_discriminator_equals_the_reference(ref, tmp_path):
+    """The reference's DinoDisc (a narrowed S/8 recipe) and ours on the same DINO file and head weights: the same
+    logits in eval mode and after the training forward's power iteration; its head states load as they are."""
+    from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
+
+    tensors, meta = ref
+    spec = meta["disc"]
+    torch.save({k[len("disc.backbone."):]: v for k, v in tensors.items() if k.startswith("disc.backbone.")},
+               tmp_path / "dino.pth")
+    cfg = DiscConfig("vit_small_patch8_224", str(tmp_path / "dino.pth"), 224, tuple(spec["key_depths"]), spec["ks"],
+                     {k: spec[k] for k in ("embed_dim", "num_heads", "depth")})
+    disc = DinoDiscriminator(cfg)
+    disc.heads.load_state_dict({k[len("disc.heads."):]: v for k, v in tensors.items() if k.startswith("disc.heads.")})
+    x = tensors["disc.x"]
+    with torch.no_grad():
+        for mode in ("eval", "train"):
+            out = getattr(disc, mode)()(x)
+            expected = tensors[f"disc.{mode}"]
+            assert float((out - expected).abs().max() / expected.abs().max()) < 1e-5, mode

@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import spectral_norm
 
 from .encoder import IMAGENET_MEAN, IMAGENET_STD
 from .serialization import load_strict, read_state_dict
@@ -52,6 +52,8 @@ class TokenNorm(nn.Module):
 
 
 def _conv_block(channels: int, kernel_size: int) -> nn.Sequential:
+    """Spectral norm as the reference applies it (`torch.nn.utils.spectral_norm`: one power iteration per training
+    forward, v from u first, state `weight_orig/_u/_v`), so that its discriminator states load and step alike."""
     conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, padding_mode="circular")
     return nn.Sequential(spectral_norm(conv, eps=1e-12), TokenNorm(channels), nn.LeakyReLU(0.2))
 
@@ -66,7 +68,8 @@ class Residual(nn.Module):
 
 
 class DinoDiscriminator(nn.Module):
-    """Images in [-1, 1] -> (B, heads x tokens) logits. The backbone is frozen; only the heads train."""
+    """Images in [-1, 1] -> (B, heads x tokens) logits. The backbone is frozen; only the heads train. Its MLPs use
+    tanh-approximated GELU, as the reference's `FrozenDINONoDrop` runs the DINO weights."""
 
     def __init__(self, cfg: DiscConfig, seed: int = 0) -> None:
         super().__init__()
@@ -74,7 +77,7 @@ class DinoDiscriminator(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=False, num_classes=0, img_size=cfg.input_size,
-                                    **cfg.overrides)
+                                    **{"act_layer": "gelu_tanh", **cfg.overrides})
             if cfg.weights != "none":  # "none": a random backbone, for tests of the machinery only
                 state = read_state_dict(cfg.weights, "train_rae.disc.weights")
                 load_strict(vit, {k: v for k, v in state.items() if not k.startswith("head.")},

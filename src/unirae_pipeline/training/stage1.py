@@ -74,21 +74,24 @@ class RAETrainConfig(OptimConfig):
 
 def diff_augment(x: torch.Tensor) -> torch.Tensor:
     """DiffAug as RAE uses it (translation + colour, no cutout): per image, a shift of up to 1/8 of the size with
-    zero fill, then brightness +U(-.5, .5), saturation x U(0, 2) and contrast x U(.5, 1.5)."""
+    zero fill, then brightness +U(-.5, .5), saturation x U(0, 2) and contrast x U(.5, 1.5). Random numbers are
+    drawn as the reference's `DiffAug.aug` draws them (three on/off decisions, then seven per image), so that a seed
+    gives its augmentations."""
     b, _, h, w = x.shape
     x = x.float()
-    r = torch.rand(5, b, 1, 1, 1, device=x.device)
+    torch.rand(3)  # the reference's per-batch on/off draws: at probability 1 every operation is on
+    r = torch.rand(7, b, 1, 1, device=x.device)
     dh, dw = round(h * 0.125), round(w * 0.125)
-    th = (r[0] * (2 * dh + 1)).floor().long().view(b, 1, 1) - dh
-    tw = (r[1] * (2 * dw + 1)).floor().long().view(b, 1, 1) - dw
+    th = (r[0] * (2 * dh + 1)).floor().long() - dh
+    tw = (r[1] * (2 * dw + 1)).floor().long() - dw
     rows = (torch.arange(h, device=x.device).view(1, h, 1) + th + 1).clamp(0, h + 1)
     cols = (torch.arange(w, device=x.device).view(1, 1, w) + tw + 1).clamp(0, w + 1)
     x = F.pad(x, (1, 1, 1, 1))[torch.arange(b, device=x.device).view(b, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
-    x = x + (r[2] - 0.5)
+    x = x + (r[2, :, None] - 0.5)
     mean = x.mean(1, keepdim=True)
-    x = (x - mean) * (2 * r[3]) + mean
+    x = (x - mean) * (2 * r[3, :, None]) + mean
     mean = x.mean((1, 2, 3), keepdim=True)
-    return (x - mean) * (r[4] + 0.5) + mean
+    return (x - mean) * (r[4, :, None] + 0.5) + mean
 
 
 def hinge_d_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -169,7 +172,8 @@ class RAEModule(TrainModule):
                 fakes = to_8bit(self.model(z) * 2 - 1)
                 self.model.train()
             self.disc.train()
-            d_real, d_fake = self.disc(self.augment(real)), self.disc(self.augment(fakes))
+            fakes, reals = self.augment(fakes), self.augment(real)  # the reference's order: fakes first
+            d_fake, d_real = self.disc(fakes), self.disc(reals)
             terms["disc"] = hinge_d_loss(d_real, d_fake)
             terms["disc_accuracy"] = (d_real > d_fake).float().mean()
             loss = loss + terms["disc"]  # reaches the heads only: fakes and reals carry no gradient
