@@ -77,6 +77,8 @@ def test_a_trained_autoguidance_guide_is_its_own_stage(repo):
                "guide.duration=5", "-S", "sample.sampler.guidance=autoguidance"], repo)
     assert stages_run(out) == ["train_guide", "sample", "evaluate"]
     assert "AutoGuidance guide: dit_guide" in out
+    back = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2"], repo)  # the later tests' state
+    assert "train_dit" not in stages_run(back)  # the rest comes back from DVC's run cache
 
 
 def test_kedro_runs_one_pipeline_on_its_own(repo):

@@ -118,7 +118,7 @@ def test_sampling_with_official_checkpoints_through_the_catalog(official, tmp_pa
               "sampler": {"method": "euler", "num_steps": 4, "guidance": "cfg", "guidance_scale": 1.5,
                           "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0}}
     diffusion = {"time_dist": "uniform", "shift_base": 4096, "logit_mean": 0.0, "logit_std": 1.0, "latent_norm": "var"}
-    samples, baseline, grid = sample(dit, dit, decoder, stats, params, diffusion, seed=0)
+    samples, baseline, grid = sample(dit, None, dit, decoder, stats, params, diffusion, seed=0)
     images = np.concatenate(list(samples.chunks(64)))
     assert images.shape == (20, 16, 16, 3) and sorted(set(samples.labels.tolist())) == list(range(10))
     assert len(samples.parts) == 3 and len(baseline) == 0  # shards of 8; no untrained twin unless asked for
