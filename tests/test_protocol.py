@@ -54,8 +54,8 @@ def imagenet() -> dict:
 def _lrs(cfg, steps: int, delayed: bool = False) -> torch.Tensor:
     """The LR of each parameter group at every optimizer step, from our optimizer and scheduler themselves."""
     heads = [torch.nn.Parameter(torch.zeros(1))] if delayed else []
-    opt, sched = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], heads, int(getattr(cfg, "disc_upd_start",
-                                                                                                0)))
+    delay = int(cfg.disc_upd_start) if delayed else 0  # stage 1: the discriminator's schedule starts there
+    opt, sched = build_optimizer(cfg, [torch.nn.Parameter(torch.zeros(1))], heads, delay)
     values = []
     for _ in range(steps):
         values.append([g["lr"] for g in opt.param_groups])
