@@ -220,9 +220,7 @@ def denormalize(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch
 
 def norm_stats(stats: dict[str, torch.Tensor], latent_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean, var) for `normalize`/`denormalize` under `diffusion.latent_norm`: `var` scales only (a zero mean, as
-    the reference treats statistics without one), `mean_var` also centres."""
-    if latent_norm not in ("mean_var", "var"):
-        raise ValueError(f"latent normalization must be 'mean_var' or 'var', got {latent_norm!r}")
+    the reference treats statistics without one), `mean_var` also centres; `TransportConfig` validates the value."""
     var = stats["var"]
     return (stats["mean"] if latent_norm == "mean_var" else torch.zeros_like(var)), var
 
