@@ -186,6 +186,9 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
         train_decoder(latents, image_set, {**params["encoder"], "overrides": {**params["encoder"]["overrides"],
                                                                                "depth": 1}},
                       params["decoder"], recipe, trainer, params["seed"])
+    with pytest.raises(ValueError, match="16-mixed with train_rae.gan_weight"):
+        train_decoder(latents, image_set, params["encoder"], params["decoder"], recipe,
+                      {**trainer, "precision": "16-mixed"}, params["seed"])
 
 
 def _sample_inputs(chain, **sample: object) -> tuple:

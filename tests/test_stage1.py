@@ -4,6 +4,9 @@ training and its data path (online encoder on random crops)."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -195,10 +198,41 @@ def test_gan_schedule_lpips_from_0_disc_updates_then_adversarial_term(weights):
 def test_generator_pass_leaves_no_gradient_on_the_discriminator(weights):
     cfg = build(RAETrainConfig, recipe(weights, disc_start=0, disc_upd_start=100, duration=200), "train_rae")
     module = RAEModule(_decoder(), cfg)
-    out = module.compute_loss((torch.randn(4, 8, 4, 4), torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)))
+    out = module.generator_loss(torch.randn(4, 8, 4, 4), torch.rand(4, 3, 16, 16))
     out["loss"].backward()
     assert all(p.grad is None for p in module.disc.parameters())
-    assert module.model.decoder_pred.weight.grad is not None and "gan" in out and "disc" not in out
+    assert module.model.decoder_pred.weight.grad is not None and "gan" in out
+
+
+def test_accumulated_micro_batches_equal_one_whole_batch(weights, tmp_path, monkeypatch):
+    """Stage 1 steps itself (two optimizer steps per batch): two accumulated micro-batches of 4 train the decoder and
+    the heads as one batch of 8 does. Without latent noise, DiffAug and the adversarial term, whose draws and
+    adaptive weight depend on the batch's split; the spectral norms run one power iteration per forward, so the heads
+    agree to that (and their u, v are not compared)."""
+    monkeypatch.chdir(tmp_path)  # Lightning's logs
+    z, images = torch.randn(32, 8, 4, 4), torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    cfg = build(RAETrainConfig, recipe(weights, lpips_weight=0.0, disc_upd_start=2, disc_start=6, duration=5,
+                                       diffaug=False, grad_clip=0.5), "train_rae")
+    runs = []
+    for batch, accumulate in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.0, "uniform"), 8, 4), cfg)
+        trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", accumulate, 1, 0, False)
+        curve = fit(module, TensorBatches((z, images), batch, seed=0), trainer, "stage1", 0)
+        runs.append((module, curve))
+    (whole, curve), (split, accumulated) = runs
+    assert accumulated["step"].tolist() == curve["step"].tolist() == [1, 2, 3, 4, 5]
+    assert accumulated["disc"].notna().tolist() == curve["disc"].notna().tolist() == [False] * 2 + [True] * 3
+    # compared by what they compute: AdamW turns round-off gradients (the attention's key bias, the heads' biases
+    # before their norm) into steps of up to the LR, with no effect on any output
+    with torch.no_grad():
+        for ours, theirs in ((split.model, whole.model), (split.ema.module, whole.ema.module)):
+            torch.testing.assert_close(ours.eval()(z), theirs.eval()(z), rtol=0, atol=1e-6)
+        x = images.float() / 127.5 - 1
+        before = DinoDiscriminator(cfg.disc_config).eval()(x)
+        a, b = split.disc.eval()(x), whole.disc.eval()(x)
+    assert (b - before).abs().max() > 1
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
 
 
 def test_random_crops_are_seeded_by_draw_and_stream_from_disk(tmp_path):
@@ -219,3 +253,46 @@ def test_random_crops_are_seeded_by_draw_and_stream_from_disk(tmp_path):
     with pytest.raises(ValueError, match="train_rae.resize"):
         RandomCrops(image_set, "train", 16, 8, seed=0)
     assert np.unique(crops[(3, 1)][0].numpy()).size > 1
+
+
+DDP_SCRIPT = '''
+import json, os, sys
+import torch
+from safetensors.torch import save_file
+from unirae_pipeline.models import DecoderConfig, ViTDecoder
+from unirae_pipeline.params import build
+from unirae_pipeline.training.data import TensorBatches
+from unirae_pipeline.training.fit import TrainerConfig, fit
+from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig
+
+cfg = build(RAETrainConfig, json.loads(sys.argv[1]), "train_rae")
+g = torch.Generator().manual_seed(0)
+z = torch.randn(64, 8, 4, 4, generator=g)
+images = torch.randint(0, 256, (64, 3, 16, 16), generator=g, dtype=torch.uint8)
+torch.manual_seed(0)
+module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.8, "uniform"), 8, 4), cfg)
+trainer = TrainerConfig("cpu", 2, 1, "ddp", "32-true", 2, 1, 0, False)
+curve = fit(module, TensorBatches((z, images), 4, seed=0), trainer, "stage1", seed=0)
+state = {"decoder." + k: v for k, v in module.model.state_dict().items()}
+state |= {"heads." + k: v for k, v in module.disc.heads.state_dict().items()}
+state["disc"] = torch.tensor(curve["disc"].to_numpy())
+save_file({k: v.contiguous() for k, v in state.items()}, f"rank{os.environ['RANK']}.safetensors")
+'''
+
+
+def test_ddp_stage1_keeps_the_ranks_equal(weights, tmp_path):
+    """Two CPU processes (gloo, torchrun), two accumulated micro-batches each, the adversarial term on: both
+    backward passes of every step (generator, discriminator) are all-reduced, so both ranks end with the same
+    decoder and heads though each saw its own data, latent noise and augmentations."""
+    from safetensors.torch import load_file
+
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    cfg = recipe(weights, lpips_weight=0.0, disc_upd_start=1, disc_start=2, duration=4)
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "ddp.py", json.dumps(cfg)], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert a["disc"][1:].isfinite().all()  # the discriminator stepped from step 1 on
+    for key in a:
+        if not key.endswith(("weight_u", "weight_v", "disc")):  # power-iteration vectors: each rank's own forwards
+            assert torch.equal(a[key], b[key]), key

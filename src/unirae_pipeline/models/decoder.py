@@ -65,21 +65,23 @@ class ViTDecoder(nn.Module):
     def image_size(self) -> int:
         return self.grid * self.cfg.patch_size
 
-    def add_noise(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Noise augmentation of the raw latent: sigma = tau*U(0,1) (reference code) or |N(0, tau^2)| (paper)."""
-        b = z.shape[0]
+    def add_noise(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Noise augmentation of the raw latent tokens (B, N, C): sigma = tau*U(0,1) (reference code) or
+        |N(0, tau^2)| (paper). Drawn in the token layout, as the reference's `RAE.noising`: a seed gives its noise."""
+        b = tokens.shape[0]
         draw = torch.rand if self.cfg.noise_dist == "uniform" else torch.randn
-        sigma = (self.cfg.noise_tau * draw(b, generator=generator, device=z.device)).abs().view(b, 1, 1, 1)
-        return z + sigma * torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        sigma = (self.cfg.noise_tau * draw(b, device=tokens.device)).abs().view(b, 1, 1)
+        return tokens + sigma * torch.randn(tokens.shape, device=tokens.device, dtype=tokens.dtype)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """z: raw (un-normalized) encoder latent (B, C, h, w) -> image (B, 3, H, W), ~[0, 1]."""
         if z.shape[1:] != (self.latent_dim, self.grid, self.grid):
             raise ValueError(f"decoder expects latents of shape {(self.latent_dim, self.grid, self.grid)}, "
                              f"got {tuple(z.shape[1:])}")
+        tokens = z.flatten(2).transpose(1, 2)                                     # (B, N, C)
         if self.training and self.cfg.noise_tau > 0:
-            z = self.add_noise(z)
-        x = self.decoder_embed(z.flatten(2).transpose(1, 2))                     # (B, N, D)
+            tokens = self.add_noise(tokens)
+        x = self.decoder_embed(tokens)                                            # (B, N, D)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         x = self.decoder_pred(self.norm(self.blocks(x)))[:, 1:]                   # (B, N, p*p*3)
         p, g = self.cfg.patch_size, self.grid

@@ -95,12 +95,12 @@ class EMASnapshot(L.Callback):
 class ResumeData(L.Callback):
     """Resumed runs continue the batch stream where the checkpoint left it, so that they equal an unbroken run."""
 
-    def __init__(self, batches: TensorBatches | KeyedBatches) -> None:
-        self.batches = batches
+    def __init__(self, batches: TensorBatches | KeyedBatches, micro_batches: int) -> None:
+        self.batches, self.micro_batches = batches, micro_batches
 
     def on_load_checkpoint(self, trainer: L.Trainer, module: L.LightningModule, checkpoint: dict) -> None:
         # Runs during the restore, before the data iterator exists.
-        self.batches.start = checkpoint["global_step"] * trainer.accumulate_grad_batches
+        self.batches.start = checkpoint["global_step"] * self.micro_batches
 
 
 def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> int:
@@ -123,21 +123,24 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         module.compile_model()
     history = LossHistory(cfg.log_every_n_steps)
     ckpt_dir = Path(".cache/ckpts") / f"{name}-{run_key}" if run_key and cfg.checkpoint_every_n_steps else None
-    extra: list[L.Callback] = [ResumeData(batches)]
+    extra: list[L.Callback] = [ResumeData(batches, cfg.accumulate_grad_batches)]
     if ckpt_dir is not None:
         extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every_n_steps,
                                      save_last=True, save_top_k=0))
     resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file()
     if resume:
         log.info("%s: resuming from %s", name, ckpt_dir / "last.ckpt")
+    manual = not module.automatic_optimization  # steps, accumulates and clips itself (stage 1's two steps)
+    if manual:
+        module.accumulate = cfg.accumulate_grad_batches
     strategy = cfg.strategy
     if strategy == "ddp" and getattr(module, "partly_unused", False):
         strategy = "ddp_find_unused_parameters_true"  # e.g. the discriminator heads before they start training
     trainer = L.Trainer(
         max_steps=module.optim.steps, max_epochs=-1, accelerator=cfg.accelerator, devices=cfg.devices,
         num_nodes=cfg.num_nodes, strategy=strategy, precision=cfg.precision,
-        accumulate_grad_batches=cfg.accumulate_grad_batches,
-        gradient_clip_val=module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
+        accumulate_grad_batches=1 if manual else cfg.accumulate_grad_batches,
+        gradient_clip_val=None if manual else module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
         logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
         enable_checkpointing=ckpt_dir is not None, enable_progress_bar=show_progress(), enable_model_summary=False,
         use_distributed_sampler=False)  # our batch streams take each rank's slice of every global batch themselves

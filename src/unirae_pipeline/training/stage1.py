@@ -3,7 +3,7 @@ discriminator (hinge loss, DiffAug, 8-bit fakes), as in the reference recipe (ra
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -124,33 +124,42 @@ def frozen(module: nn.Module):
 
 
 class RAEModule(TrainModule):
-    """The decoder (with its EMA) trained by one AdamW over two groups: the decoder, and the discriminator heads
-    whose schedule starts at `disc_upd_start`. The discriminator steps on the noise-free decoding by the decoder as
-    it is before this step's update (the reference re-decodes after the update: one step of lag, one pass fewer
-    to synchronize). Batches are (latent, image) or, with an online `encoder`, (image,), images uint8."""
+    """The decoder (with its EMA) and the discriminator heads, stepped as the reference's `train_stage1.py` does:
+    the generator step (L1 + LPIPS + adaptive-weighted GAN term; decoder gradients clipped), the EMA update, then
+    the discriminator step on the noise-free decoding by the *updated* decoder, then the schedule. One AdamW holds
+    both as two groups (the heads' schedule starts at `disc_upd_start`), each step moving only the group that has
+    gradients; the discriminator step does not count as an optimizer step. Gradient accumulation over `accumulate`
+    micro-batches (set by `fit`) keeps them for the discriminator step. Batches are (latent, image) or, with an
+    online `encoder`, (image,), images uint8."""
 
     def __init__(self, decoder: nn.Module, cfg: RAETrainConfig, encoder: nn.Module | None = None,
                  seed: int = 0) -> None:
         super().__init__(decoder, cfg, objective=None)
+        self.automatic_optimization = False
+        self.accumulate = 1
         self.encoder = encoder
         self.lpips = LPIPS(cfg.lpips_config) if cfg.lpips_weight > 0 else None
         self.disc = DinoDiscriminator(cfg.disc_config, seed) if cfg.gan_weight > 0 else None
         self.augment = diff_augment if cfg.diffaug else (lambda x: x)
+        self._micro: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (latent, target) micro-batches
 
     @property
     def partly_unused(self) -> bool:
-        """Under DDP the discriminator heads get no gradient before `disc_upd_start`."""
+        """Under DDP each backward pass leaves a part without gradient: the heads in the generator's, the decoder in
+        the discriminator's."""
         return self.disc is not None
 
-    def compute_loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
-        cfg, step = self.optim, self.global_step
+    def _inputs(self, batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(raw latent, target image in [0, 1])."""
         if self.encoder is not None:
             (images,) = batch
             x = images.float() / 255
-            z = self.encoder(x)
-        else:
-            z, images = batch
-            x = images.float() / 255
+            return self.encoder(x), x
+        z, images = batch
+        return z, images.float() / 255
+
+    def generator_loss(self, z: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        cfg, step = self.optim, self.global_step
         recon = self.net(z)  # train mode: noise-augmented latent
         real, fake = x * 2 - 1, recon * 2 - 1
         terms = {"l1": F.l1_loss(recon, x)}
@@ -166,25 +175,57 @@ class RAEModule(TrainModule):
                                                   cfg.max_d_weight)
             loss = loss + cfg.gan_weight * terms["gan_weight"] * terms["gan"]
         terms["rae"] = loss
-        if self.disc is not None and step >= cfg.disc_upd_start:
-            with torch.no_grad():
-                self.model.eval()
-                fakes = to_8bit(self.model(z) * 2 - 1)
-                self.model.train()
-            self.disc.train()
-            fakes, reals = self.augment(fakes), self.augment(real)  # the reference's order: fakes first
-            d_fake, d_real = self.disc(fakes), self.disc(reals)
-            terms["disc"] = hinge_d_loss(d_real, d_fake)
-            terms["disc_accuracy"] = (d_real > d_fake).float().mean()
-            loss = loss + terms["disc"]  # reaches the heads only: fakes and reals carry no gradient
-        return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
+        return {"loss": loss, **terms}
+
+    def discriminator_loss(self, z: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Hinge loss on DiffAug'd 8-bit fakes (the decoder in eval mode: no latent noise) and reals; gradients
+        reach the heads only."""
+        with torch.no_grad():
+            self.model.eval()
+            fakes = to_8bit(self.model(z) * 2 - 1)
+            self.model.train()
+        self.disc.train()
+        fakes, reals = self.augment(fakes), self.augment(x * 2 - 1)  # the reference's order: fakes first
+        d_fake, d_real = self.disc(fakes), self.disc(reals)
+        return {"disc": hinge_d_loss(d_real, d_fake), "disc_accuracy": (d_real > d_fake).float().mean()}
+
+    def _backward(self, loss: torch.Tensor, sync: bool) -> None:
+        """Backward of one micro-batch's share; under DDP, gradients are all-reduced on the last one only."""
+        ddp = self.trainer.model
+        with ddp.no_sync() if not sync and isinstance(ddp, nn.parallel.DistributedDataParallel) else nullcontext():
+            self.manual_backward(loss / self.accumulate)
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        z, x = self._inputs(batch)
+        out = self.generator_loss(z, x)
+        self._watch(out["loss"])
+        self._micro.append((z, x))
+        last = len(self._micro) == self.accumulate
+        self._backward(out["loss"], sync=last)
+        terms = {k: v.detach() for k, v in out.items()}
+        if not last:
+            return terms
+        step, opt, sched = self.global_step, self.optimizers(), self.lr_schedulers()
+        if self.optim.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+        opt.step()  # the decoder's group: the heads have no gradient (counted: global_step + 1)
+        opt.zero_grad(set_to_none=True)
+        self.ema.update(self.model)
+        if self.disc is not None and step >= self.optim.disc_upd_start:
+            for i, (zi, xi) in enumerate(self._micro):
+                d = self.discriminator_loss(zi, xi)
+                self._watch(d["disc"])
+                self._backward(d["disc"], sync=i == len(self._micro) - 1)
+            opt.optimizer.step()  # the heads' group, not counted as a step: the decoder has no gradient now
+            opt.zero_grad(set_to_none=True)
+            terms.update({k: v.detach() for k, v in d.items()})
+        sched.step()
+        self._micro.clear()
+        self.log("loss", terms["loss"], prog_bar=True, on_step=True, on_epoch=False)
+        self.log_dict({k: v for k, v in terms.items() if k != "loss"}, on_step=True, on_epoch=False)
+        return terms
 
     def configure_optimizers(self):
         heads = self.disc.heads.parameters() if self.disc is not None else ()
         opt, sched = build_optimizer(self.optim, self.model.parameters(), heads, int(self.optim.disc_upd_start))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if gradient_clip_val:  # the decoder's and the heads' gradients are clipped separately
-            for group in optimizer.param_groups:
-                torch.nn.utils.clip_grad_norm_(group["params"], gradient_clip_val)

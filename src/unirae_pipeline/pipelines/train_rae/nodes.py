@@ -47,6 +47,9 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
         raise ValueError(f"decoder.patch_size {cfg.patch_size} x latent grid {grid} != data.image_size "
                          f"{manifest['image_size']}")
     trainer_cfg = build(TrainerConfig, trainer, "trainer")
+    if optim.gan_weight > 0 and trainer_cfg.precision == "16-mixed":
+        raise ValueError("trainer.precision 16-mixed with train_rae.gan_weight > 0: stage 1 takes two optimizer "
+                         "steps per batch and no fp16 loss scaling; use 32-true (the reference) or bf16-mixed")
     online = None
     if optim.source == "images":  # random crops through the frozen encoder, streamed from disk
         online = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed)
