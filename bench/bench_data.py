@@ -24,7 +24,7 @@ from PIL import Image
 
 from unirae_pipeline.data.images import ImageDataset, ImageSet, ImageSplit
 from unirae_pipeline.data.latents import LatentRows, LatentStore, Shard, encode_block, encode_uint8, save_shard
-from unirae_pipeline.models import EncoderConfig, FrozenEncoder
+from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
 from unirae_pipeline.training.data import KeyedBatches, TensorBatches
 
 log = logging.getLogger("bench")

@@ -17,17 +17,9 @@ from pathlib import Path
 
 import torch
 
-from unirae_pipeline.diffusion import (
-    TransportConfig,
-    flow_matching_loss,
-    guided_velocity,
-    module_velocity,
-    sample_ode,
-    sample_time,
-    shift_factor,
-    time_grid,
-)
-from unirae_pipeline.models import DiTConfig, build_dit
+from unirae_pipeline.diffusion.sampling import guided_velocity, module_velocity, sample_ode, time_grid
+from unirae_pipeline.diffusion.transport import TransportConfig, flow_matching_loss, sample_time, shift_factor
+from unirae_pipeline.models.dit import DiTConfig, build_dit
 from unirae_pipeline.training.optim import EMA
 
 log = logging.getLogger("bench")
@@ -92,7 +84,8 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
 
     from unirae_pipeline.training.data import TensorBatches
     from unirae_pipeline.training.fit import TrainerConfig, fit
-    from unirae_pipeline.training.modules import TrainModule, dit_objective
+    from unirae_pipeline.training.modules import TrainModule
+    from unirae_pipeline.training.objectives import dit_objective
     from unirae_pipeline.training.optim import OptimConfig
 
     arch, shape, classes = SIZES[size]

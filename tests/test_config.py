@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,12 +74,14 @@ def test_dvc_stages_are_the_kedro_pipelines():
     assert readers == {"train_dit"}
     assert "data/06_models/dit.safetensors" in dvc["sample"]["deps"]
     assert "data/07_model_output/samples.npz" in dvc["evaluate"]["deps"]
-    stats = yaml.safe_load((ROOT / "params.yaml").read_text())
+    files = {"params.yaml": yaml.safe_load((ROOT / "params.yaml").read_text())}
     for stage in dvc.values():
-        for key in stage["params"]:
-            node = stats
-            for part in key.split("."):
-                node = node[part]  # every declared key exists in params.yaml
+        for entry in stage["params"]:
+            for file, keys in (entry.items() if isinstance(entry, dict) else [("params.yaml", [entry])]):
+                for key in keys:
+                    node = files.setdefault(file, yaml.safe_load((ROOT / file).read_text()))
+                    for part in key.split("."):
+                        node = node[part]  # every declared key exists in its file
 
 
 @pytest.mark.parametrize("path,value,message", [
@@ -115,3 +121,53 @@ def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
     assert result.returncode != 0
     assert "dit.hidden_size / dit.num_heads" in result.stdout + result.stderr
     assert "Running node" not in result.stdout + result.stderr
+
+
+def _repo_copy(dest: Path) -> Path:
+    """The tracked files as they are in the working tree (dvc.lock included), in a fresh git repository."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
+    """A real `dvc status` after one edit: a stage is stale when it runs the edited code or reads or writes the
+    edited catalog entry, and for nothing else (a plot title in a catalog entry's metadata stales no stage)."""
+    repo = _repo_copy(tmp_path / "repo")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    pkg = "src/unirae_pipeline/"
+
+    def stale_by(path: str, edit) -> set[str]:
+        before = (repo / path).read_text()
+        (repo / path).write_text(edit(before))
+        try:
+            out = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+        finally:
+            (repo / path).write_text(before)
+        assert out.returncode == 0, out.stderr
+        stale = set()
+        for stage, changes in json.loads(out.stdout).items():
+            for change in changes:
+                if not isinstance(change, dict):
+                    continue
+                params = change.get("changed params", {}).get(path, {})
+                if path in change.get("changed deps", {}) or params:
+                    stale.add(stage.split(":")[-1])
+        return stale
+
+    def comment(text: str) -> str:
+        return text + "\n# an edit\n"
+
+    assert stale_by(pkg + "models/dit.py", comment) == {"train_dit", "train_guide", "sample"}
+    assert stale_by(pkg + "models/decoder.py", comment) == {"train_rae", "sample"}
+    assert stale_by(pkg + "models/encoder.py", comment) == {"cache_latents", "train_rae"}
+    assert stale_by(pkg + "diffusion/sampling.py", comment) == {"sample"}
+    catalog = "conf/base/catalog.yml"
+    titled = "metadata: {dvc: plots, x: step, y: loss, title: DiT loss}"
+    assert stale_by(catalog, lambda t: t.replace("metadata: {dvc: plots, x: step, y: loss}", titled, 1)) == set()
+    assert stale_by(catalog, lambda t: t.replace("dit_loss.csv", "dit_curve.csv")) == {"train_dit"}

@@ -289,7 +289,7 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
     from PIL import Image
 
     from unirae_pipeline.data.images import scan_image_folder
-    from unirae_pipeline.io.datasets import LatentStoreDataset
+    from unirae_pipeline.io.latent_store import LatentStoreDataset
     from unirae_pipeline.pipelines.cache_latents import nodes
 
     encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 64,

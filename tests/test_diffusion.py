@@ -7,19 +7,15 @@ import math
 import pytest
 import torch
 
-from unirae_pipeline.diffusion import (
-    SamplerConfig,
+from unirae_pipeline.diffusion.sampling import SamplerConfig, guided_velocity, integrate, sample_ode, time_grid
+from unirae_pipeline.diffusion.transport import (
+    T_MAX,
     TransportConfig,
     flow_matching_loss,
-    guided_velocity,
-    integrate,
-    sample_ode,
     sample_time,
     shift_factor,
     shift_time,
-    time_grid,
 )
-from unirae_pipeline.diffusion.transport import T_MAX
 
 
 def test_shift_factor_and_map():
@@ -139,7 +135,7 @@ def test_sde_differs_from_ode_only_by_noise():
 
 
 def test_autoguidance_extrapolates_from_the_guide():
-    from unirae_pipeline.diffusion import autoguided_velocity
+    from unirae_pipeline.diffusion.sampling import autoguided_velocity
 
     main = lambda x, t, y: torch.ones_like(x)  # noqa: E731
     guide = lambda x, t, y: torch.zeros_like(x)  # noqa: E731
@@ -151,7 +147,7 @@ def test_autoguidance_extrapolates_from_the_guide():
 
 
 def test_bf16_autocast_sampling_matches_fp32(params):
-    from unirae_pipeline.models import DiTConfig, build_dit
+    from unirae_pipeline.models.dit import DiTConfig, build_dit
     from unirae_pipeline.params import build
 
     model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 10, seed=0).eval()

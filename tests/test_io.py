@@ -10,14 +10,8 @@ from kedro.io import DatasetError
 from PIL import Image
 
 from unirae_pipeline.data.images import GeneratedImages
-from unirae_pipeline.io.datasets import (
-    CSVDataset,
-    ImageSetDataset,
-    JSONDataset,
-    NpzDataset,
-    PNGDataset,
-    SafetensorsDataset,
-)
+from unirae_pipeline.io.datasets import CSVDataset, JSONDataset, NpzDataset, PNGDataset, SafetensorsDataset
+from unirae_pipeline.io.image_set import ImageSetDataset
 
 from .conftest import write_folder
 

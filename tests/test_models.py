@@ -5,17 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unirae_pipeline.models import (
-    DecoderConfig,
-    DiTConfig,
-    DiTDH,
-    EncoderConfig,
-    FrozenEncoder,
-    ViTDecoder,
-    build_dit,
-    decoder_from_blob,
-    dit_from_blob,
-)
+from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
+from unirae_pipeline.models.dit import DiTConfig, DiTDH, build_dit, dit_from_blob
+from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
 from unirae_pipeline.models.layers import Rope2D, count_params, sincos_pos_embed_2d, swiglu_hidden
 from unirae_pipeline.models.serialization import to_blob
 from unirae_pipeline.params import build

@@ -103,7 +103,7 @@ def test_read_checkpoint_prefers_ema_and_rejects_missing_files(tmp_path):
 
 def test_sampling_with_official_checkpoints_through_the_catalog(official, tmp_path):
     """The official-weights profile: catalog entries of type OfficialModelDataset feed the sample node."""
-    from unirae_pipeline.io.datasets import OfficialModelDataset
+    from unirae_pipeline.io.official import OfficialModelDataset
     from unirae_pipeline.pipelines.sample.nodes import sample
 
     _, meta, dit_state, decoder_state = official

@@ -9,7 +9,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from unirae_pipeline.compose import compose_params
-from unirae_pipeline.io.datasets import ImageSetDataset, LatentStoreDataset
+from unirae_pipeline.io.image_set import ImageSetDataset
+from unirae_pipeline.io.latent_store import LatentStoreDataset
 from unirae_pipeline.pipelines import (
     cache_latents,
     evaluate,
@@ -242,7 +243,7 @@ def test_sampling_splits_its_shards_across_ranks(chain, tmp_path, monkeypatch):
 def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tmp_path, monkeypatch):
     """A run killed after its first shard keeps it; the rerun makes only the rest and equals an unbroken run. The
     catalog writes np.savez's layout (arr_0 uint8 NHWC, arr_1 labels), read back memory-mapped."""
-    from unirae_pipeline.io.datasets import SamplesDataset
+    from unirae_pipeline.io.samples import SamplesDataset
     from unirae_pipeline.pipelines.sample import nodes
 
     inputs = _sample_inputs(chain, num_per_class=6, batch_size=10, shard_size=20, untrained_baseline=False)

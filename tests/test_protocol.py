@@ -17,14 +17,14 @@ from safetensors import safe_open
 
 from unirae_pipeline.compose import compose_params
 from unirae_pipeline.data.latents import denormalize, norm_stats, normalize
-from unirae_pipeline.diffusion import SamplerConfig, TransportConfig, integrate, shift_factor, time_grid
-from unirae_pipeline.diffusion.transport import draw_noise_and_time
+from unirae_pipeline.diffusion.sampling import SamplerConfig, integrate, time_grid
+from unirae_pipeline.diffusion.transport import TransportConfig, draw_noise_and_time, shift_factor
 from unirae_pipeline.evaluation.fd import psnr_ssim
 from unirae_pipeline.evaluation.report import to_uint8_nhwc
 from unirae_pipeline.models.official import load_official_decoder, load_official_dit, load_official_stats
 from unirae_pipeline.params import build
 from unirae_pipeline.training.fit import TrainerConfig, steps_per_epoch
-from unirae_pipeline.training.modules import dit_objective
+from unirae_pipeline.training.objectives import dit_objective
 from unirae_pipeline.training.optim import DiTTrainConfig, build_optimizer
 from unirae_pipeline.training.stage1 import RAETrainConfig
 

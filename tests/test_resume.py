@@ -19,12 +19,13 @@ SCRIPT = textwrap.dedent('''
     import lightning as L
     import torch
     from safetensors.torch import save_file
-    from unirae_pipeline.diffusion import TransportConfig
-    from unirae_pipeline.models import DiTConfig, build_dit
+    from unirae_pipeline.diffusion.transport import TransportConfig
+    from unirae_pipeline.models.dit import DiTConfig, build_dit
     from unirae_pipeline.training.data import TensorBatches
     from unirae_pipeline.params import run_key
     from unirae_pipeline.training.fit import EMASnapshot, TrainerConfig, fit
-    from unirae_pipeline.training.modules import TrainModule, dit_objective
+    from unirae_pipeline.training.modules import TrainModule
+    from unirae_pipeline.training.objectives import dit_objective
     from unirae_pipeline.training.optim import OptimConfig
     logging.basicConfig(level=logging.INFO)
 
@@ -82,7 +83,7 @@ def test_killed_training_resumes_to_the_unbroken_result(tmp_path):
 CACHE_SCRIPT = textwrap.dedent('''
     import logging, os, signal, sys
     from unirae_pipeline.data.images import scan_image_folder
-    from unirae_pipeline.io.datasets import LatentStoreDataset
+    from unirae_pipeline.io.latent_store import LatentStoreDataset
     from unirae_pipeline.pipelines.cache_latents import nodes
     logging.basicConfig(level=logging.INFO)
 
@@ -138,7 +139,8 @@ RAE_SCRIPT = textwrap.dedent('''
     import torch
     from safetensors.torch import save_file
     from unirae_pipeline.data.images import RandomCrops, scan_image_folder
-    from unirae_pipeline.models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder
+    from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
+    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
     from unirae_pipeline.params import build, run_key
     from unirae_pipeline.training.data import KeyedBatches
     from unirae_pipeline.training.fit import TrainerConfig, fit

@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 from unirae_pipeline.data.images import RandomCrops
-from unirae_pipeline.models import DecoderConfig, ViTDecoder
+from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
 from unirae_pipeline.models.perceptual import LPIPS, LPIPSConfig
 from unirae_pipeline.params import build
@@ -259,7 +259,7 @@ DDP_SCRIPT = '''
 import json, os, sys
 import torch
 from safetensors.torch import save_file
-from unirae_pipeline.models import DecoderConfig, ViTDecoder
+from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.params import build
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit

@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from unirae_pipeline.diffusion import TransportConfig
-from unirae_pipeline.models import DiTConfig, build_dit
+from unirae_pipeline.diffusion.transport import TransportConfig
+from unirae_pipeline.models.dit import DiTConfig, build_dit
 from unirae_pipeline.params import build
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit
-from unirae_pipeline.training.modules import TrainModule, dit_objective
+from unirae_pipeline.training.modules import TrainModule
+from unirae_pipeline.training.objectives import dit_objective
 from unirae_pipeline.training.optim import EMA, OptimConfig, lr_factor
 
 

@@ -6,11 +6,13 @@ from typing import Any
 
 from .data.images import DataConfig
 from .data.latents import CacheConfig
-from .diffusion import TransportConfig
+from .diffusion.transport import TransportConfig
 from .evaluation.classifier import ClassifierConfig
 from .evaluation.extractors import FIDConfig
-from .models import DecoderConfig, DiTConfig, EncoderConfig
+from .models.decoder import DecoderConfig
 from .models.discriminator import DiscConfig
+from .models.dit import DiTConfig
+from .models.encoder import EncoderConfig
 from .models.perceptual import LPIPSConfig
 from .params import build
 from .pipelines.sample.nodes import SampleConfig

@@ -1,8 +1,10 @@
 """Generate dvc.yaml from the Kedro pipelines and the catalog, so paths and params are written once.
 
 `python -m unirae_pipeline.dvc_stages` writes dvc.yaml; `--check` exits 1 when the committed file is stale.
-Each stage runs `kedro run --pipelines <name>`; its deps are the catalog files it reads plus the source files
-its nodes import (followed transitively inside this package), its params the exact `params:` keys it reads.
+Each stage runs `kedro run --pipelines <name>`; its deps are the catalog files it reads plus the source files its
+nodes and its catalog entries' dataset classes import (followed transitively inside this package); its params are the
+exact `params:` keys it reads and the catalog entries it reads or writes, less their `metadata` (plot titles and
+DVC routing change no result).
 """
 
 from __future__ import annotations
@@ -46,9 +48,16 @@ def _imports(file: Path) -> set[str]:
     return found
 
 
-def code_deps(stage: str) -> list[str]:
-    """Every package file that the stage's pipeline imports, directly or not, with the parent __init__ files."""
-    todo = [SRC / "pipelines" / stage / "pipeline.py"]
+def _dataset_module(entry: dict) -> Path | None:
+    """This package's module that defines a catalog entry's dataset class (None for other packages' datasets)."""
+    module = entry["type"].rpartition(".")[0]
+    return _module_file(module) if module.split(".")[0] == PACKAGE else None
+
+
+def code_deps(stage: str, entries: list[dict] = ()) -> list[str]:
+    """Every package file that the stage's pipeline and its catalog `entries`' dataset classes import, directly or
+    not, with the parent __init__ files."""
+    todo = [SRC / "pipelines" / stage / "pipeline.py", *filter(None, map(_dataset_module, entries))]
     seen: set[Path] = set()
     while todo:
         file = todo.pop()
@@ -78,9 +87,11 @@ def build_stages(pipelines: dict, catalog: dict) -> dict:
         missing = [i for i in data_inputs if i not in catalog]
         if missing:
             raise ValueError(f"stage {name}: inputs {missing} are not in {CATALOG}; cross-stage data must be files")
+        entries = sorted(i for i in {*data_inputs, *pipe.all_outputs()} if i in catalog)
+        tracked = [f"{entry}.{key}" for entry in entries for key in catalog[entry] if key != "metadata"]
         stage = {"cmd": f"kedro run --pipelines {name}",
-                 "deps": [str(CATALOG), *code_deps(name), *(_path(catalog[i]) for i in data_inputs)],
-                 "params": params}
+                 "deps": [*code_deps(name, [catalog[e] for e in entries]), *(_path(catalog[i]) for i in data_inputs)],
+                 "params": [*params, {str(CATALOG): tracked}]}
         outs, metrics, plots = [], [], []
         for out in sorted(pipe.all_outputs()):
             if out not in catalog:

@@ -61,6 +61,15 @@ def save_shard(path: Path, shard: Shard, fingerprint: str) -> None:
         save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint})
 
 
+@dataclass
+class LatentCache:
+    """What `cache_latents` returns: the folder of its complete shard files, their count per split, the manifest."""
+
+    folder: Path
+    shards: dict[str, int]
+    meta: dict
+
+
 class LatentStore:
     """A directory `<split>/shard_NNNNN.safetensors` + `manifest.json` (fingerprint, shape, counts)."""
 

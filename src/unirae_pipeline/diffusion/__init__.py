@@ -1,17 +1,3 @@
-"""Pure torch flow matching: time shift, time distributions, samplers and guidance."""
+"""Pure torch flow matching: time shift, time distributions (`transport`), samplers and guidance (`sampling`).
 
-from .sampling import (
-    SamplerConfig,
-    autoguided_velocity,
-    guided_velocity,
-    integrate,
-    module_velocity,
-    sample_ode,
-    sample_sde,
-    time_grid,
-)
-from .transport import TransportConfig, VelocityFn, flow_matching_loss, sample_time, shift_factor, shift_time
-
-__all__ = ["SamplerConfig", "TransportConfig", "VelocityFn", "autoguided_velocity", "flow_matching_loss",
-           "guided_velocity", "integrate", "module_velocity", "sample_ode", "sample_sde", "sample_time",
-           "shift_factor", "shift_time", "time_grid"]
+Nothing is re-exported here, so that a stage that trains does not depend on the samplers (`dvc_stages.code_deps`)."""

@@ -70,3 +70,9 @@ def augment(images: torch.Tensor, cfg: ClassifierConfig, generator: torch.Genera
 def classifier_from_blob(blob: Blob) -> ShapeClassifier:
     meta = blob_meta(blob)
     return load_weights(ShapeClassifier(ClassifierConfig(**meta["config"]), meta["num_classes"]), blob)
+
+
+def classifier_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, cfg: ClassifierConfig) -> torch.Tensor:
+    """Cross-entropy on blurred, noised, flipped real images."""
+    images, labels = batch
+    return F.cross_entropy(model(augment(images.float() / 255, cfg)), labels)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..models.encoder import IMAGENET_MEAN, IMAGENET_STD
+from ..models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models.serialization import Blob, blob_meta, load_strict, read_state_dict
 from ..ranks import local_device
 from .classifier import ClassifierConfig, classifier_from_blob

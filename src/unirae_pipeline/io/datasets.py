@@ -1,11 +1,11 @@
-"""Kedro datasets for the pipeline's artefacts; every save is atomic (see `fileio`)."""
+"""Kedro datasets of the generic formats (safetensors, npz, JSON, CSV, PNG) and their common base; every save is
+atomic (see `fileio`). The pipeline's own stores have a module each (`image_set`, `latent_store`, `samples`,
+`official`), so that a stage's DVC code dependencies hold only the dataset code it runs."""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,8 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..data.images import GeneratedImages, ImageSet, load_index, save_index, scan_image_folder, write_image_folder
-from ..data.latents import LatentStore
-from ..data.samples import SampleSet, read_adm_npz, write_adm_npz
-from ..fileio import atomic_dir, atomic_file
-from ..models.official import load_official_decoder, load_official_dit, load_official_stats, read_checkpoint
-from ..models.serialization import Blob, to_blob
+from ..fileio import atomic_file
+from ..models.serialization import Blob
 from ..ranks import global_rank, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -56,42 +52,6 @@ class _PathDataset(AbstractDataset):
         return self._filepath
 
 
-class ImageSetDataset(_PathDataset):
-    """An image index folder. Saving a `GeneratedImages` also writes its PNG tree under `images/`;
-    saving an `ImageSet` (an external ImageFolder) writes only the index with its absolute root."""
-
-    def _write(self, data: GeneratedImages | ImageSet) -> None:
-        with atomic_dir(self._filepath) as tmp:
-            if isinstance(data, GeneratedImages):
-                write_image_folder(tmp / "images", data)
-                save_index(scan_image_folder(tmp / "images"), tmp, "images")
-            else:
-                save_index(data, tmp, str(Path(data.root).resolve()))
-
-    def load(self) -> ImageSet:
-        return load_index(self._require())
-
-
-@dataclass
-class LatentCache:
-    """What `cache_latents` returns: the folder of its complete shard files, their count per split, the manifest."""
-
-    folder: Path
-    shards: dict[str, int]
-    meta: dict
-
-
-class LatentStoreDataset(_PathDataset):
-    """Sharded safetensors latents (see `data.latents.LatentStore`): the encoded shards moved in at once."""
-
-    def _write(self, data: LatentCache) -> None:
-        LatentStore(self._filepath).assemble(data.folder, data.shards, data.meta)
-
-    def load(self) -> LatentStore:
-        self._require()
-        return LatentStore(self._filepath)
-
-
 class SafetensorsDataset(_PathDataset):
     """(tensors, str metadata) in one safetensors file: model weights and latent statistics. An `optional` file that
     does not exist loads as None (the node that needs it says why)."""
@@ -123,19 +83,6 @@ class NpzDataset(_PathDataset):
     def load(self) -> dict[str, np.ndarray]:
         with np.load(self._require(), allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-
-
-class SamplesDataset(_PathDataset):
-    """Generated samples as the ADM evaluator's npz (arr_0 uint8 NHWC, arr_1 labels), written block by block from
-    the sampler's shards (whose cache folder is then removed) and read back memory-mapped."""
-
-    def _write(self, data: SampleSet) -> None:
-        write_adm_npz(self._filepath, data)
-        if data.cache is not None:
-            shutil.rmtree(data.cache, ignore_errors=True)
-
-    def load(self) -> SampleSet:
-        return read_adm_npz(self._require())
 
 
 class JSONDataset(_PathDataset):
@@ -173,39 +120,4 @@ class PNGDataset(_PathDataset):
 
 
 
-OFFICIAL_FINGERPRINT = "official-rae"  # the released decoder, statistics and DiT-DH share one encoder (DINOv2-B)
-
-
-class OfficialModelDataset(_PathDataset):
-    """A released RAE checkpoint (`kind`: dit, decoder or stats), converted on load into the pipeline's own format.
-
-    Point the `dit`, `decoder` and `latent_stats` entries at the released files in `conf/local/catalog.yml`
-    to sample with the official models; `params` are the official config's keyword arguments. Read-only.
-    """
-
-    def __init__(self, *, filepath: str, kind: str, params: dict | None = None, metadata: dict | None = None) -> None:
-        super().__init__(filepath=filepath, metadata=metadata)
-        if kind not in ("dit", "decoder", "stats"):
-            raise DatasetError(f"OfficialModelDataset kind must be dit, decoder or stats, got {kind!r}")
-        self._kind, self._params = kind, dict(params or {})
-
-    def _write(self, data: Any) -> None:
-        raise DatasetError(f"{self._filepath} is a released checkpoint; the pipeline does not overwrite it")
-
-    def load(self) -> Blob:
-        state = read_checkpoint(self._require())
-        if self._kind == "stats":
-            stats = load_official_stats(state)
-            return stats, {"fingerprint": json.dumps(OFFICIAL_FINGERPRINT), "count": json.dumps(0)}
-        if self._kind == "dit":
-            model = load_official_dit(state, **self._params)
-            shape = [model.in_channels, model.input_size, model.input_size]
-            return to_blob(model, config=model.cfg.to_dict(), latent_shape=shape, num_classes=model.num_classes,
-                           fingerprint=OFFICIAL_FINGERPRINT, seed=0)
-        model = load_official_decoder(state, **self._params)
-        return to_blob(model, config=model.cfg.to_dict(), latent_shape=[model.latent_dim, model.grid, model.grid],
-                       fingerprint=OFFICIAL_FINGERPRINT)
-
-
-__all__ = ["CSVDataset", "ImageSetDataset", "JSONDataset", "LatentCache", "LatentStoreDataset", "NpzDataset",
-           "OfficialModelDataset", "PNGDataset", "SafetensorsDataset", "SamplesDataset"]
+__all__ = ["CSVDataset", "JSONDataset", "NpzDataset", "PNGDataset", "SafetensorsDataset"]

@@ -1,8 +1,4 @@
-"""Pure torch + timm models: frozen encoder, ViT decoder, DiT-DH."""
+"""Pure torch + timm models: frozen encoder, ViT decoder, DiT-DH.
 
-from .decoder import DecoderConfig, ViTDecoder, decoder_from_blob
-from .dit import DiTConfig, DiTDH, build_dit, dit_from_blob
-from .encoder import EncoderConfig, FrozenEncoder
-
-__all__ = ["DecoderConfig", "DiTConfig", "DiTDH", "EncoderConfig", "FrozenEncoder", "ViTDecoder", "build_dit",
-           "decoder_from_blob", "dit_from_blob"]
+Nothing is re-exported here: a stage's DVC code dependencies are the modules it imports, so importing the package
+must not pull in every model (`dvc_stages.code_deps`)."""

@@ -11,7 +11,7 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .encoder import IMAGENET_MEAN, IMAGENET_STD
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .layers import check_heads, sincos_pos_embed_2d
 from .serialization import Blob, blob_meta, load_weights
 

@@ -1,4 +1,4 @@
-"""The one Lightning module of every training stage, and the stages' objectives (plain functions)."""
+"""The one Lightning module of every training stage (stage 1 subclasses it in `stage1`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,7 @@ from collections.abc import Callable
 import lightning as L
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..data.latents import normalize
-from ..diffusion import TransportConfig, flow_matching_loss
-from ..diffusion.transport import draw_noise_and_time
-from ..evaluation.classifier import ClassifierConfig, augment
 from .optim import EMA, OptimConfig, build_optimizer
 
 Objective = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
@@ -87,22 +82,3 @@ class TrainModule(L.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         self.ema.update(self.model)  # once per optimizer step, not per micro-batch
-
-
-def dit_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, transport: TransportConfig, shift: float,
-                  stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-    """Velocity loss with shifted training times on latents normalized here, on the training device, with
-    `stats` (mean, var; see `data.latents.norm_stats`): batches travel in the cache's dtype (bf16: half the bytes of
-    float32). Noise, times and label dropout are drawn in the reference's order (`Transport.training_losses`)."""
-    x, y = batch
-    x = x.float()
-    if stats is not None:
-        x = normalize(x, *(s.to(x.device, non_blocking=True) for s in stats))
-    noise, t = draw_noise_and_time(transport, x, shift)
-    return flow_matching_loss(model, x, y, t, noise)
-
-
-def classifier_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, cfg: ClassifierConfig) -> torch.Tensor:
-    """Cross-entropy on blurred, noised, flipped real images."""
-    images, labels = batch
-    return F.cross_entropy(model(augment(images.float() / 255, cfg)), labels)

@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 
 from ...data.images import ImageDataset, ImageSet
-from ...data.latents import DTYPES, CacheConfig, encode_block, encode_uint8, save_shard
-from ...io.datasets import LatentCache
-from ...models import EncoderConfig, FrozenEncoder
+from ...data.latents import DTYPES, CacheConfig, LatentCache, encode_block, encode_uint8, save_shard
+from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...params import build, run_key
 from ...progress import progress
 from ...ranks import global_rank, local_device, wait_for_files, world_size

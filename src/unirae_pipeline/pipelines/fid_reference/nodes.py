@@ -18,14 +18,14 @@ import torch
 
 from ...data.images import ImageDataset, ImageSet, load_split_uint8
 from ...data.latents import CacheConfig
-from ...evaluation.classifier import ClassifierConfig, ShapeClassifier
+from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifier_objective
 from ...evaluation.extractors import Extractor, FIDConfig, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
 from ...params import build, run_key
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
-from ...training.modules import TrainModule, classifier_objective
+from ...training.modules import TrainModule
 from ...training.optim import OptimConfig
 
 log = logging.getLogger(__name__)

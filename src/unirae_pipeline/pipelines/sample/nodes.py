@@ -22,17 +22,11 @@ from PIL import Image
 
 from ...data.latents import denormalize, norm_stats
 from ...data.samples import SampleSet, read_shard, write_shard
-from ...diffusion import (
-    SamplerConfig,
-    TransportConfig,
-    VelocityFn,
-    integrate,
-    module_velocity,
-    shift_factor,
-    time_grid,
-)
+from ...diffusion.sampling import SamplerConfig, integrate, module_velocity, time_grid
+from ...diffusion.transport import TransportConfig, VelocityFn, shift_factor
 from ...evaluation.report import image_grid, to_uint8_nhwc
-from ...models import DiTConfig, build_dit, decoder_from_blob, dit_from_blob
+from ...models.decoder import decoder_from_blob
+from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
 from ...params import build, run_key
 from ...progress import progress

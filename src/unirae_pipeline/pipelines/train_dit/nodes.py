@@ -10,13 +10,14 @@ import lightning as L
 import pandas as pd
 
 from ...data.latents import LatentRows, LatentStore, norm_stats
-from ...diffusion import TransportConfig, shift_factor
-from ...models import DiTConfig, build_dit
+from ...diffusion.transport import TransportConfig, shift_factor
+from ...models.dit import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
 from ...params import build, run_key
 from ...training.data import KeyedBatches
 from ...training.fit import EMASnapshot, TrainerConfig, fit, steps_per_epoch
-from ...training.modules import TrainModule, dit_objective
+from ...training.modules import TrainModule
+from ...training.objectives import dit_objective
 from ...training.optim import DiTTrainConfig
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ...data.latents import LatentStore
-from ...models import DiTConfig
+from ...models.dit import DiTConfig
 from ...models.serialization import Blob, to_blob
 from ...params import build
 from ..train_dit.nodes import fit_dit

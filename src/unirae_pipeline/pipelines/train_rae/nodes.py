@@ -15,7 +15,8 @@ from ...data.latents import CacheConfig, LatentStore, view_table
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, quantize
-from ...models import DecoderConfig, EncoderConfig, FrozenEncoder, ViTDecoder, decoder_from_blob
+from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
+from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
 from ...params import build, run_key
 from ...ranks import local_device
