@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -39,6 +41,7 @@ def test_bench_data_tiny(tmp_path):
     assert cache["latents_per_s"]["cache_fp32_1_workers"] == 2 * cache["img_per_s"]["cache_fp32_1_workers"]
 
 
+@pytest.mark.slow
 def test_the_prepared_gpu_run_works_small_on_the_cpu(tmp_path):
     """bench/gpu_run.sh, the one script a GPU session runs, end to end at tiny size."""
     env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu",

@@ -280,6 +280,7 @@ def test_latent_rows_stream_from_memory_mapped_shards(tmp_path):
     assert _rss_anon_mb() - loaded_base > 200 and len(whole["labels"]) == count * per_shard
 
 
+@pytest.mark.slow
 def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeypatch):
     """cache_latents holds one shard at a time: caching 2,000 images (500 MB of bf16 latents, 63 shards) raises the
     process's peak anonymous memory (sampled every 5 ms by a monitor thread) by a fraction of that, about what caching

@@ -10,8 +10,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # each test kills a training process and resumes it
 
 SCRIPT = textwrap.dedent('''
     import logging, os, signal, sys

@@ -280,6 +280,7 @@ save_file({k: v.contiguous() for k, v in state.items()}, f"rank{os.environ['RANK
 '''
 
 
+@pytest.mark.slow
 def test_ddp_stage1_keeps_the_ranks_equal(weights, tmp_path):
     """Two CPU processes (gloo, torchrun), two accumulated micro-batches each, the adversarial term on: both
     backward passes of every step (generator, discriminator) are all-reduced, so both ranks end with the same
