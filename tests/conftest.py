@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,25 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def copy_repository(dest: Path) -> Path:
+    """The tracked (and untracked, not ignored) files as they are in the working tree, as a clone would hold them."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        if (ROOT / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cwd(tmp_path_factory):
+    """The session's fixtures run in a temporary folder too (see `outside_the_repository`)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,6 +44,13 @@ def shard_caches(tmp_path_factory):
         mp.setattr(latents, "CACHE", tmp_path_factory.mktemp("latent-cache"))
         mp.setattr(samples, "CACHE", tmp_path_factory.mktemp("sample-cache"))
         yield
+
+
+@pytest.fixture(autouse=True)
+def outside_the_repository(tmp_path, monkeypatch):
+    """Every test runs in its own temporary folder: what a test writes relative to the working directory (Lightning's
+    logs, resume checkpoints) never lands in the checkout; tests reach the repository through ROOT."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope="session")

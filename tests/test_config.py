@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from unirae_pipeline.compose import compose_params, dump
 from unirae_pipeline.config import validate_params
 from unirae_pipeline.pipeline_registry import STAGES
 
-from .conftest import ROOT, write_folder
+from .conftest import ROOT, copy_repository, write_folder
 
 
 def test_params_yaml_is_the_hydra_composition(params):
@@ -123,22 +121,11 @@ def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
     assert "Running node" not in result.stdout + result.stderr
 
 
-def _repo_copy(dest: Path) -> Path:
-    """The tracked files as they are in the working tree (dvc.lock included), in a fresh git repository."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        if (ROOT / rel).is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, dest / rel)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    return dest
-
-
 def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     """A real `dvc status` after one edit: a stage is stale when it runs the edited code or reads or writes the
     edited catalog entry, and for nothing else (a plot title in a catalog entry's metadata stales no stage)."""
-    repo = _repo_copy(tmp_path / "repo")
+    repo = copy_repository(tmp_path / "repo")
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     pkg = "src/unirae_pipeline/"
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, copy_repository
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -30,14 +29,7 @@ def stages_run(output: str) -> list[str]:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     """A fresh git repo holding the tracked files (as a clone would), on the smoke profile."""
-    dest = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = ROOT / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
+    dest = copy_repository(tmp_path_factory.mktemp("e2e") / "repo")
     for generated in ("dvc.lock",):
         (dest / generated).unlink(missing_ok=True)
     run(["python", "-m", "unirae_pipeline.compose", "profile=smoke"], dest)

@@ -15,43 +15,38 @@ import pytest
 
 from unirae_pipeline.pipeline_registry import STAGES
 
-from .conftest import ROOT
+from .conftest import ROOT, copy_repository
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTEFACTS = ROOT / "logs" / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """Debian's chromium, installed by the test set-up when missing (as root, from the package registry)."""
     path = shutil.which("chromium")
-    if path is None:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=True, env=env, capture_output=True)
-        path = shutil.which("chromium")
-    assert path, "chromium could not be installed"
+    assert path, "chromium is missing: scripts/setup.sh installs it (Debian's package, as root)"
     return path
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    """`kedro viz build` of this project, served on a free localhost port."""
+    """`kedro viz build` of a copy of this project (its `build/` stays out of the checkout), served on a free
+    localhost port: (url, the copy's root)."""
+    root = copy_repository(tmp_path_factory.mktemp("viz") / "repo")
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
-    subprocess.run(["kedro", "viz", "build"], cwd=ROOT, env=env, check=True, capture_output=True)
+    subprocess.run(["kedro", "viz", "build"], cwd=root, env=env, check=True, capture_output=True)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d",
-                               str(ROOT / "build")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               str(root / "build")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(50):
             with socket.socket() as sock:
                 if sock.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/", root
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -66,19 +61,18 @@ def expected_task_nodes() -> set[str]:
 
 
 def test_static_site_lists_every_stage(site):
-    main = json.loads((ROOT / "build" / "api" / "main").read_text())
+    main = json.loads((site[1] / "build" / "api" / "main").read_text())
     assert {p["id"] for p in main["pipelines"]} == {*STAGES, "__default__"}
 
 
 def test_every_stage_node_is_drawn(site, chromium, tmp_path):
     dom = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                          "--virtual-time-budget=15000", "--dump-dom", site], capture_output=True, text=True,
+                          "--virtual-time-budget=15000", "--dump-dom", site[0]], capture_output=True, text=True,
                          timeout=120).stdout
     drawn = set(re.findall(r'data-node-type="task" data-node-fullname="([^"]+)"', dom))
     assert drawn == expected_task_nodes()
     assert len(re.findall(r'data-node-type="data"', dom)) >= 10  # the catalog datasets between the stages
-    ARTEFACTS.mkdir(parents=True, exist_ok=True)
-    shot = ARTEFACTS / "kedro-viz.png"
+    shot = tmp_path / "kedro-viz.png"
     subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1600,1000",
-                    "--virtual-time-budget=15000", f"--screenshot={shot}", site], capture_output=True, timeout=120)
+                    "--virtual-time-budget=15000", f"--screenshot={shot}", site[0]], capture_output=True, timeout=120)
     assert shot.is_file() and shot.stat().st_size > 10_000
