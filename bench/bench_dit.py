@@ -82,6 +82,7 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
 
     import lightning as L
 
+    from unirae_pipeline.runtime import RuntimeConfig
     from unirae_pipeline.training.data import TensorBatches
     from unirae_pipeline.training.fit import TrainerConfig, fit
     from unirae_pipeline.training.modules import TrainModule
@@ -97,8 +98,8 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift_factor(shape, 4096),
                                                stats=stats))
     cuda = device == "cuda"
-    trainer = TrainerConfig("gpu" if cuda else "cpu", 1, 1, "auto", "bf16-mixed" if cuda else "32-true", 1, 100, 0,
-                            compiled)
+    trainer = TrainerConfig("gpu" if cuda else "cpu", 1, 1, "auto", "bf16-mixed" if cuda else "32-true", 1)
+    run = RuntimeConfig(0, 100, 0, compiled, "auto", ".cache", "logs")
     n = batch * 4
     batches = TensorBatches((torch.randn(n, *shape).to(torch.bfloat16), torch.randint(0, classes, (n,))), batch, 0)
     times: dict[str, float] = {}
@@ -113,7 +114,7 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)  # fit's TensorBoard logs
         try:
-            fit(module, batches, trainer, "bench", seed=0, callbacks=(Timer(),))
+            fit(module, batches, trainer, run, "bench", seed=0, callbacks=(Timer(),))
         finally:
             os.chdir(cwd)
     return batch * steps / (times[f"at_{warmup + steps}"] - times[f"at_{warmup}"])

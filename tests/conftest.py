@@ -34,23 +34,24 @@ def session_cwd(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="session", autouse=True)
-def shard_caches(tmp_path_factory):
-    """Latent and sample shards of in-process tests go to temp folders, not the checkout's .cache/."""
-    from unirae_pipeline.pipelines.cache_latents import nodes as latents
-    from unirae_pipeline.pipelines.sample import nodes as samples
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(latents, "CACHE", tmp_path_factory.mktemp("latent-cache"))
-        mp.setattr(samples, "CACHE", tmp_path_factory.mktemp("sample-cache"))
-        yield
-
-
 @pytest.fixture(autouse=True)
 def outside_the_repository(tmp_path, monkeypatch):
     """Every test runs in its own temporary folder: what a test writes relative to the working directory (Lightning's
     logs, resume checkpoints) never lands in the checkout; tests reach the repository through ROOT."""
     monkeypatch.chdir(tmp_path)
+
+
+def runtime(**over):
+    """The committed `runtime` group (scratch and logs relative to the test's own folder), with `over` replaced."""
+    from unirae_pipeline.runtime import RuntimeConfig
+
+    return RuntimeConfig(**{**yaml.safe_load((ROOT / "params.yaml").read_text())["runtime"], **over})
+
+
+def scratch(folder: Path) -> dict:
+    """The committed `runtime` params (what the nodes take) with scratch space and logs in `folder`."""
+    return {**yaml.safe_load((ROOT / "params.yaml").read_text())["runtime"], "scratch": str(folder),
+            "logs": str(folder / "logs")}
 
 
 @pytest.fixture(scope="session")

@@ -122,8 +122,9 @@ def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
 
 
 def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
-    """A real `dvc status` after one edit: a stage is stale when it runs the edited code or reads or writes the
-    edited catalog entry, and for nothing else (a plot title in a catalog entry's metadata stales no stage)."""
+    """A real `dvc status` after one edit: a stage is stale when it runs the edited code, reads or writes the edited
+    catalog entry or reads the edited param, and for nothing else: a plot title in a catalog entry's metadata and
+    every `runtime` setting stale no stage."""
     repo = copy_repository(tmp_path / "repo")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
@@ -158,3 +159,14 @@ def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     titled = "metadata: {dvc: plots, x: step, y: loss, title: DiT loss}"
     assert stale_by(catalog, lambda t: t.replace("metadata: {dvc: plots, x: step, y: loss}", titled, 1)) == set()
     assert stale_by(catalog, lambda t: t.replace("dit_loss.csv", "dit_curve.csv")) == {"train_dit"}
+
+    def other_runtime(text: str) -> str:
+        params = yaml.safe_load(text)
+        params["runtime"] = {"num_workers": 3, "log_every_n_steps": 5, "checkpoint_every_n_steps": 7, "compile": True,
+                             "device": "cpu", "scratch": "/tmp/elsewhere", "logs": "tensorboard"}
+        return yaml.safe_dump(params, sort_keys=False)
+
+    assert stale_by("params.yaml", other_runtime) == set()  # runtime settings: never a result
+    readers = {name for name, stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items()
+               if "seed" in stage["params"]}
+    assert len(readers) > 5 and stale_by("params.yaml", lambda t: t.replace("\nseed: 0\n", "\nseed: 1\n")) == readers

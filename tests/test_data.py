@@ -19,7 +19,7 @@ from unirae_pipeline.data.latents import (
 from unirae_pipeline.data.shapes import SHAPES, ShapesConfig, generate
 from unirae_pipeline.params import build
 
-from .conftest import write_folder
+from .conftest import scratch, write_folder
 
 
 def shapes_cfg(params) -> ShapesConfig:
@@ -121,7 +121,7 @@ def test_an_epoch_visits_every_image_once_plain_or_mirrored_at_random(tmp_path, 
     assert torch.equal(cache["flip"][views].long(), torch.arange(views.shape[1]).expand_as(views))
 
     batches = KeyedBatches(LatentRows(store, "train"), 4, seed=0, views=views)
-    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, 0, False)
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1)
     assert batches.num_samples == 12 and steps_per_epoch(batches.num_samples, 4, trainer) == 3
     epochs = 200
     keys = [torch.tensor([r for r, _ in k]) for _, k in zip(range(3 * epochs), iter(batches))]
@@ -177,11 +177,11 @@ def test_normalize_roundtrip_and_cache_config_errors():
     z, mean, var = torch.randn(2, 3, 2, 2), torch.randn(3, 2, 2), torch.rand(3, 2, 2)
     assert torch.allclose(denormalize(normalize(z, mean, var), mean, var), z, atol=1e-6)
     with pytest.raises(ValueError, match="latents.dtype"):
-        CacheConfig(256, 1024, "int8", "fp32", 0, True)
+        CacheConfig(256, 1024, "int8", "fp32", True)
     with pytest.raises(ValueError, match="latents.precision"):
-        CacheConfig(256, 1024, "bfloat16", "fp16", 0, True)
+        CacheConfig(256, 1024, "bfloat16", "fp16", True)
     with pytest.raises(ValueError, match="latents.hflip"):
-        CacheConfig(256, 1024, "bfloat16", "fp32", 0, "maybe")
+        CacheConfig(256, 1024, "bfloat16", "fp32", "maybe")
 
 
 def test_bad_files_are_skipped_or_converted_by_policy(tmp_path, monkeypatch, caplog):
@@ -281,7 +281,7 @@ def test_latent_rows_stream_from_memory_mapped_shards(tmp_path):
 
 
 @pytest.mark.slow
-def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeypatch):
+def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path):
     """cache_latents holds one shard at a time: caching 2,000 images (500 MB of bf16 latents, 63 shards) raises the
     process's peak anonymous memory (sampled every 5 ms by a monitor thread) by a fraction of that, about what caching
     64 images does."""
@@ -295,8 +295,7 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
 
     encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 64,
                "overrides": {"patch_size": 4, "embed_dim": 256, "depth": 1, "num_heads": 4}}  # 128 KB per latent
-    latents = {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "precision": "fp32",
-               "num_workers": 0, "hflip": True}
+    latents = {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "precision": "fp32", "hflip": True}
 
     def cache(name: str, n: int) -> tuple[float, float]:
         """(peak growth of anonymous memory in MB, size of the cache written in MB)."""
@@ -306,7 +305,6 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
             for i in range(count):
                 Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
                     tmp_path / name / split / "a" / f"{i}.png", compress_level=0)
-        monkeypatch.setattr(nodes, "CACHE", tmp_path / f"{name}-cache")
         image_set = scan_image_folder(tmp_path / name)
         base, peak, done = _rss_anon_mb(), [0.0], threading.Event()
 
@@ -319,7 +317,7 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
         thread.start()
         try:
             LatentStoreDataset(filepath=str(tmp_path / f"{name}-latents")).save(
-                nodes.cache_latents(image_set, 64, encoder, latents, 0))
+                nodes.cache_latents(image_set, 64, encoder, latents, 0, scratch(tmp_path / f"{name}-scratch")))
         finally:
             done.set()
             thread.join()
@@ -335,25 +333,23 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path, monkeyp
     assert large < 0.4 * large_size, f"caching {large_size:.0f} MB grew memory by {large:.0f} MB ({small:.0f} for 64)"
 
 
-def test_bf16_caching_is_close_to_fp32_and_cached_apart(tmp_path, monkeypatch):
+def test_bf16_caching_is_close_to_fp32_and_cached_apart(tmp_path):
     """`latents.precision: bf16` runs the encoder under autocast: latents within bf16 rounding of the fp32 ones, in
     a cache folder of their own (the precision is part of the run's key, so no fp32 shard is ever reused)."""
     from safetensors.torch import load_file
 
     from unirae_pipeline.pipelines.cache_latents import nodes
 
-    monkeypatch.setattr(nodes, "CACHE", tmp_path / "cache")
     image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 2}, size=16))
     encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
                "overrides": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}}
     caches = {}
     for precision in ("fp32", "bf16"):
-        latents = {"batch_size": 4, "shard_size": 4, "dtype": "float32", "precision": precision,
-                   "num_workers": 0, "hflip": True}
-        cache = nodes.cache_latents(image_set, 16, encoder, latents, 0)
+        latents = {"batch_size": 4, "shard_size": 4, "dtype": "float32", "precision": precision, "hflip": True}
+        cache = nodes.cache_latents(image_set, 16, encoder, latents, 0, scratch(tmp_path / "scratch"))
         caches[precision] = torch.cat([load_file(str(cache.folder / "train" / f"shard_{k:05d}.safetensors"))["latents"]
                                        for k in range(cache.shards["train"])])
-    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert len(list((tmp_path / "scratch" / "latents").iterdir())) == 2
     fp32, bf16 = caches["fp32"], caches["bf16"]
     assert fp32.shape == bf16.shape == (10, 64, 4, 4) and not torch.equal(fp32, bf16)
     assert (bf16 - fp32).norm() / fp32.norm() < 0.01  # 0.003 here; bf16 rounds at 0.004

@@ -136,7 +136,7 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     torch.save({**hub, "mask_token": torch.zeros(1, 384)}, tmp_path / "dinov2.pth")
     fid = {**_fid("classifier").__dict__, "extractor": "dinov2", "dinov2_weights": str(tmp_path / "dinov2.pth"),
            "dinov2_model": "vit_small_patch14_dinov2"}
-    blob, curve = build_feature_extractor(None, 16, fid, {}, 0)
+    blob, curve = build_feature_extractor(None, 16, fid, {}, 0, {})
     assert curve.empty and "mask_token" not in blob[0]
     expected = resample_abs_pos_embed(hub["pos_embed"], new_size=(16, 16), num_prefix_tokens=1)
     torch.testing.assert_close(blob[0]["pos_embed"], expected)
@@ -152,19 +152,18 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     from unirae_pipeline.data.images import scan_image_folder
     from unirae_pipeline.pipelines.fid_reference.nodes import reference_statistics
 
-    from .conftest import write_folder
+    from .conftest import scratch, write_folder
 
     image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 3}))
     mu, sigma = np.full(384, 0.5), np.eye(384)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, arr_0=np.zeros((4, 16, 16, 3), np.uint8))
-    cache = {"batch_size": 8, "shard_size": 8, "dtype": "bfloat16", "precision": "fp32",
-             "num_workers": 0, "hflip": True}
+    cache = scratch(tmp_path / "scratch")
     stats, metrics = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "ref.npz")},
                                           cache)
     assert np.array_equal(stats["mu"], mu) and stats["features"].shape == (4, 384)
     assert stats["val_mu"].shape == (384,) and not np.allclose(stats["val_mu"], mu) and metrics["num_val"] == 6
     in_workers, _ = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": None},
-                                         {**cache, "num_workers": 2})  # val decoded in `latents.num_workers`
+                                         {**cache, "num_workers": 2})  # val decoded in `runtime.num_workers`
     assert np.array_equal(in_workers["val_mu"], stats["val_mu"]) and np.array_equal(in_workers["mu"], stats["val_mu"])
     np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match="2048-d statistics"):

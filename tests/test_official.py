@@ -21,6 +21,8 @@ from unirae_pipeline.models.official import (
     read_checkpoint,
 )
 
+from .conftest import scratch
+
 FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny.safetensors"
 
 
@@ -113,12 +115,12 @@ def test_sampling_with_official_checkpoints_through_the_catalog(official, tmp_pa
     dit = OfficialModelDataset(filepath=str(tmp_path / "dit.pt"), kind="dit", params=meta["dit"]).load()
     decoder = OfficialModelDataset(filepath=str(tmp_path / "decoder.pt"), kind="decoder", params=meta["decoder"]).load()
     stats = OfficialModelDataset(filepath=str(tmp_path / "stat.pt"), kind="stats").load()
-    params = {"num_per_class": 2, "batch_size": 8, "shard_size": 8, "grid_per_class": 2, "device": "cpu",
-              "precision": "bf16", "compile": False, "untrained_baseline": False,
+    params = {"num_per_class": 2, "batch_size": 8, "shard_size": 8, "grid_per_class": 2, "precision": "bf16",
+              "untrained_baseline": False,
               "sampler": {"method": "euler", "num_steps": 4, "guidance": "cfg", "guidance_scale": 1.5,
                           "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0}}
     diffusion = {"time_dist": "uniform", "shift_base": 4096, "logit_mean": 0.0, "logit_std": 1.0, "latent_norm": "var"}
-    samples, baseline, grid = sample(dit, None, dit, decoder, stats, params, diffusion, seed=0)
+    samples, baseline, grid = sample(dit, None, dit, decoder, stats, params, diffusion, 0, scratch(tmp_path))
     images = np.concatenate(list(samples.chunks(64)))
     assert images.shape == (20, 16, 16, 3) and sorted(set(samples.labels.tolist())) == list(range(10))
     assert len(samples.parts) == 3 and len(baseline) == 0  # shards of 8; no untrained twin unless asked for

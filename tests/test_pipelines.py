@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -23,7 +25,7 @@ from unirae_pipeline.pipelines import (
     train_rae,
 )
 
-from .conftest import ROOT
+from .conftest import ROOT, scratch
 
 
 class KeptDataset(MemoryDataset):
@@ -109,7 +111,7 @@ def test_sample_refuses_artefacts_of_another_encoder(chain):
     forged = (tensors, {**meta, "fingerprint": '"0000000000000000"'})
     with pytest.raises(ValueError, match="fingerprints differ"):
         sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], forged, outputs["latent_stats"],
-                    params["sample"], params["diffusion"], 0)
+                    params["sample"], params["diffusion"], 0, params["runtime"])
 
 
 def test_autoguidance_uses_the_guide_snapshot(chain):
@@ -125,7 +127,7 @@ def test_autoguidance_uses_the_guide_snapshot(chain):
     sample_params = {**params["sample"], "untrained_baseline": False,
                      "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
     guided, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], outputs["decoder"],
-                               outputs["latent_stats"], sample_params, params["diffusion"], 0)
+                               outputs["latent_stats"], sample_params, params["diffusion"], 0, params["runtime"])
     first, guided_first = next(outputs["samples"].chunks(1000)), next(guided.chunks(1000))
     assert guided_first.shape == first.shape
     assert not np.array_equal(guided_first, first)  # the guide changed the samples
@@ -141,14 +143,15 @@ def test_train_guide_trains_a_separate_smaller_dit_that_autoguidance_uses(chain)
 
     params, catalog, outputs = chain
     guide = {**compose_params(["guide=tiny"], conf_dir=ROOT / "conf")["guide"], "duration": 6}
+    recipe = {k: params["train_dit"][k] for k in RECIPE}
     blob = train_guide(catalog.load("latents"), outputs["latent_stats"], guide, params["diffusion"],
-                       params["trainer"], params["seed"], **{k: params["train_dit"][k] for k in RECIPE})
+                       params["trainer"], params["seed"], params["runtime"], **recipe)
     meta = blob_meta(blob)
     assert (meta["config"]["hidden_size"], meta["config"]["depth"], meta["step"], meta["source"]) == (64, 2, 6, "train")
     assert meta["fingerprint"] == blob_meta(outputs["dit"])["fingerprint"]
     sample_params = {**params["sample"], "untrained_baseline": False,
                      "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
-    inputs = outputs["decoder"], outputs["latent_stats"], sample_params, params["diffusion"], 0
+    inputs = outputs["decoder"], outputs["latent_stats"], sample_params, params["diffusion"], 0, params["runtime"]
     trained, _, _ = sample_node(outputs["dit"], None, blob, *inputs)  # no snapshot needed (as with a released guide)
     snapshot, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], *inputs)
     assert not np.array_equal(next(trained.chunks(1000)), next(snapshot.chunks(1000)))
@@ -156,7 +159,7 @@ def test_train_guide_trains_a_separate_smaller_dit_that_autoguidance_uses(chain)
         sample_node(outputs["dit"], None, outputs["dit_guide"], *inputs)
     with pytest.raises(ValueError, match="guide.duration"):
         train_guide(catalog.load("latents"), outputs["latent_stats"], {**guide, "duration": 0}, params["diffusion"],
-                    params["trainer"], params["seed"], **{k: params["train_dit"][k] for k in RECIPE})
+                    params["trainer"], params["seed"], params["runtime"], **recipe)
 
 
 def test_train_rae_reference_recipe_from_images(chain, tmp_path):
@@ -174,42 +177,42 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
               "disc": {**params["train_rae"]["disc"], "weights": weights["dino"], "input_size": 32,
                        "key_depths": [1, 2], "kernel_size": 3, "overrides": TINY_DINO}}
     latents, image_set = catalog.load("latents"), catalog.load("image_set")
-    trainer = {**params["trainer"], "log_every_n_steps": 1}
+    trainer, run = params["trainer"], {**params["runtime"], "log_every_n_steps": 1}
     blob, curve = train_decoder(latents, image_set, params["encoder"], params["decoder"], recipe, trainer,
-                                params["seed"])
+                                params["seed"], run)
     assert len(curve) == 10 and {"l1", "lpips", "gan", "gan_weight", "disc", "disc_accuracy"} <= set(curve.columns)
     assert curve.loc[curve.step > 6, "gan"].notna().all() and curve.loc[curve.step <= 4, "disc"].isna().all()
     metrics, _ = evaluate_decoder(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
-                                  params["latents"])
+                                  run)
     assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
     # the online encoder must be the one that made the cache
     with pytest.raises(ValueError, match="fingerprints differ"):
         train_decoder(latents, image_set, {**params["encoder"], "overrides": {**params["encoder"]["overrides"],
                                                                                "depth": 1}},
-                      params["decoder"], recipe, trainer, params["seed"])
+                      params["decoder"], recipe, trainer, params["seed"], run)
     with pytest.raises(ValueError, match="16-mixed with train_rae.gan_weight"):
         train_decoder(latents, image_set, params["encoder"], params["decoder"], recipe,
-                      {**trainer, "precision": "16-mixed"}, params["seed"])
+                      {**trainer, "precision": "16-mixed"}, params["seed"], run)
 
 
-def _sample_inputs(chain, **sample: object) -> tuple:
-    """The sample node's inputs from the chain's artefacts, with these `sample` params."""
+def _sample_inputs(chain, folder: Path, compile: bool = False, **sample: object) -> tuple:
+    """The sample node's inputs from the chain's artefacts, with these `sample` params and scratch space in
+    `folder`."""
     params, _, outputs = chain
     return (outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
-            {**params["sample"], **sample}, params["diffusion"], 0)
+            {**params["sample"], **sample}, params["diffusion"], 0, {**scratch(folder), "compile": compile})
 
 
-def test_compiled_sampling_equals_eager(chain, tmp_path, monkeypatch):
-    """`sample.compile` traces the DiT once per run (one graph per batch shape) and changes no sample beyond float
+def test_compiled_sampling_equals_eager(chain, tmp_path):
+    """`runtime.compile` traces the DiT once per run (one graph per batch shape) and changes no sample beyond float
     rounding: at most one uint8 level, in a handful of pixels."""
     from unirae_pipeline.pipelines.sample import nodes
 
-    monkeypatch.setattr(nodes, "CACHE", tmp_path)
     torch._dynamo.reset()
     runs = {}
     for compiled in (False, True):
-        samples, _, _ = nodes.sample(*_sample_inputs(chain, num_per_class=3, batch_size=4, shard_size=8,
-                                                     untrained_baseline=False, compile=compiled))
+        samples, _, _ = nodes.sample(*_sample_inputs(chain, tmp_path / str(compiled), compiled, num_per_class=3,
+                                                     batch_size=4, shard_size=8, untrained_baseline=False))
         runs[compiled] = np.concatenate(list(samples.chunks(100))).astype(int)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1  # it did run compiled
     diff = np.abs(runs[True] - runs[False])
@@ -221,10 +224,10 @@ def test_sampling_splits_its_shards_across_ranks(chain, tmp_path, monkeypatch):
     set, equal to a one-process run (the untrained floor too). Ranks run one after the other here."""
     from unirae_pipeline.pipelines.sample import nodes
 
-    inputs = _sample_inputs(chain, num_per_class=6, batch_size=10, shard_size=20, untrained_baseline=True)
-    monkeypatch.setattr(nodes, "CACHE", tmp_path / "one")
-    alone = nodes.sample(*inputs)
-    monkeypatch.setattr(nodes, "CACHE", tmp_path / "two")
+    alone = nodes.sample(*_sample_inputs(chain, tmp_path / "one", num_per_class=6, batch_size=10, shard_size=20,
+                                         untrained_baseline=True))
+    inputs = _sample_inputs(chain, tmp_path / "two", num_per_class=6, batch_size=10, shard_size=20,
+                            untrained_baseline=True)
     real, made = nodes.generate, []
     monkeypatch.setattr(nodes, "generate", lambda *a, **k: made.append(a[-1]) or real(*a, **k))
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -241,17 +244,18 @@ def test_sampling_splits_its_shards_across_ranks(chain, tmp_path, monkeypatch):
 
 
 def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tmp_path, monkeypatch):
-    """A run killed after its first shard keeps it; the rerun makes only the rest and equals an unbroken run. The
+    """A run killed after its first shard keeps it; the rerun (other runtime settings) makes only the rest and equals
+    an unbroken run. The
     catalog writes np.savez's layout (arr_0 uint8 NHWC, arr_1 labels), read back memory-mapped."""
     from unirae_pipeline.io.samples import SamplesDataset
     from unirae_pipeline.pipelines.sample import nodes
 
-    inputs = _sample_inputs(chain, num_per_class=6, batch_size=10, shard_size=20, untrained_baseline=False)
-    monkeypatch.setattr(nodes, "CACHE", tmp_path / "unbroken")
-    unbroken, _, grid = nodes.sample(*inputs)
+    unbroken, _, grid = nodes.sample(*_sample_inputs(chain, tmp_path / "unbroken", num_per_class=6, batch_size=10,
+                                                     shard_size=20, untrained_baseline=False))
     assert [len(p) for p in unbroken.parts] == [20, 20, 20]
 
-    monkeypatch.setattr(nodes, "CACHE", tmp_path / "killed")
+    inputs = _sample_inputs(chain, tmp_path / "killed", num_per_class=6, batch_size=10, shard_size=20,
+                            untrained_baseline=False)
     real, calls = nodes.generate, []
 
     def dies_after_one_shard(*args, **kwargs):
@@ -264,7 +268,8 @@ def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tm
     with pytest.raises(KeyboardInterrupt):
         nodes.sample(*inputs)
     monkeypatch.setattr(nodes, "generate", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
-    resumed, _, grid_again = nodes.sample(*inputs)
+    other_runtime = {**inputs[-1], "num_workers": 2, "log_every_n_steps": 7}  # in no resume key
+    resumed, _, grid_again = nodes.sample(*inputs[:-1], other_runtime)
     assert calls == [0, 2, 4]  # first batches of shards 0 (before the kill), 1 and 2 (after): shard 0 was kept
     assert all(np.array_equal(a, b) for a, b in zip(unbroken.chunks(20), resumed.chunks(20)))
     assert np.array_equal(np.asarray(grid), np.asarray(grid_again))

@@ -28,7 +28,7 @@ from unirae_pipeline.training.objectives import dit_objective
 from unirae_pipeline.training.optim import DiTTrainConfig, build_optimizer
 from unirae_pipeline.training.stage1 import RAETrainConfig
 
-from .conftest import ROOT
+from .conftest import ROOT, runtime
 from .test_official import read_fixture
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -83,7 +83,7 @@ def test_optimizer_steps_per_epoch_equal_the_reference(ref):
     tensors, meta = ref
     ours = []
     for n, global_batch, world, accum in meta["epochs"]:
-        trainer = TrainerConfig("gpu", world, 1, "ddp", "32-true", accum, 1, 0, False)
+        trainer = TrainerConfig("gpu", world, 1, "ddp", "32-true", accum)
         ours.append(steps_per_epoch(n, global_batch // (world * accum), trainer))
     expected = tensors["epochs.steps"].tolist()
     assert ours[:-1] == expected[:-1] and expected[:3] == [1251, 2502, 1251]
@@ -290,7 +290,7 @@ def test_stage1_training_steps_equal_the_reference(ref, tmp_path, monkeypatch):
         unit="epochs", duration=k["epochs"], batch_size=k["batch"], lr=k["lr"], final_lr=k["final_lr"],
         betas=k["betas"], weight_decay=k["weight_decay"], warmup=1, schedule="cosine", decay_start=None,
         decay_end=None, ema_decay=k["ema_decay"], grad_clip=k["clip_grad"], source="latents", resize=16,
-        num_workers=0, lpips_weight=0.0, lpips_start=0, gan_weight=k["disc_weight"], disc_start=k["disc_start"],
+        lpips_weight=0.0, lpips_start=0, gan_weight=k["disc_weight"], disc_start=k["disc_start"],
         disc_upd_start=k["disc_upd_start"], max_d_weight=k["max_d_weight"], diffaug=True,
         lpips={"vgg_weights": None, "heads_weights": None},
         disc={"model": "vit_small_patch8_224", "weights": str(tmp_path / "dino.pth"), "input_size": 224,
@@ -332,7 +332,8 @@ def test_stage1_training_steps_equal_the_reference(ref, tmp_path, monkeypatch):
 
     first = First()
     monkeypatch.chdir(tmp_path)  # Lightning's logs
-    curve = fit(module, InOrder(), TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, 0, False), "steps", 0,
+    curve = fit(module, InOrder(), TrainerConfig("cpu", 1, 1, "auto", "32-true", 1), runtime(log_every_n_steps=1),
+                "steps", 0,
                 callbacks=(Reseed(), first))
     assert curve["step"].tolist() == list(range(1, cfg.steps + 1))  # a row after each step: that step's terms
 

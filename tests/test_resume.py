@@ -26,6 +26,7 @@ SCRIPT = textwrap.dedent('''
     from unirae_pipeline.models.dit import DiTConfig, build_dit
     from unirae_pipeline.training.data import TensorBatches
     from unirae_pipeline.params import run_key
+    from unirae_pipeline.runtime import RuntimeConfig
     from unirae_pipeline.training.fit import EMASnapshot, TrainerConfig, fit
     from unirae_pipeline.training.modules import TrainModule
     from unirae_pipeline.training.objectives import dit_objective
@@ -43,9 +44,10 @@ SCRIPT = textwrap.dedent('''
     transport = TransportConfig("uniform", 4096, 0.0, 1.0, "mean_var")
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=1.0))
     data = torch.randn(70, 8, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(70) % 3
-    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 4, int(sys.argv[2]), False)
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1)
+    run = RuntimeConfig(0, 4, int(sys.argv[2]), False, "cpu", ".cache", "logs")
     snapshot = EMASnapshot(12)
-    curve = fit(module, TensorBatches(data, 16, seed=0), trainer, "resume", seed=0, callbacks=(snapshot, Kill()),
+    curve = fit(module, TensorBatches(data, 16, seed=0), trainer, run, "resume", seed=0, callbacks=(snapshot, Kill()),
                 run_key=run_key(config=sys.argv[3]))
     save_file({"ema." + k: v.contiguous() for k, v in module.ema.module.state_dict().items()}
               | {"guide." + k: v.contiguous() for k, v in snapshot.state.items()}
@@ -101,22 +103,25 @@ CACHE_SCRIPT = textwrap.dedent('''
     nodes.save_shard = save_then_maybe_die
     encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
                "overrides": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}}
-    latents = {"batch_size": 8, "shard_size": 16, "dtype": sys.argv[2], "precision": "fp32",
-               "num_workers": 0, "hflip": True}
-    cache = nodes.cache_latents(scan_image_folder("imgs"), 16, encoder, latents, 0)
+    latents = {"batch_size": 8, "shard_size": 16, "dtype": sys.argv[2], "precision": "fp32", "hflip": True}
+    runtime = {"num_workers": int(os.environ.get("WORKERS", "0")), "log_every_n_steps": 1,
+               "checkpoint_every_n_steps": 0, "compile": False, "device": "cpu", "scratch": ".cache", "logs": "logs"}
+    cache = nodes.cache_latents(scan_image_folder("imgs"), 16, encoder, latents, 0, runtime)
     LatentStoreDataset(filepath=sys.argv[1]).save(cache)
 ''')
 
 
 def test_killed_latent_caching_keeps_complete_shards(tmp_path):
+    """Killed after two shards, resumed with more data-loading workers (a runtime setting, in no resume key): the
+    complete shards are kept and the store equals the unbroken run's; other params never reuse them."""
     from .conftest import write_folder
 
     write_folder(tmp_path / "imgs", {"a": 20, "b": 20})  # 40 train + 40 val images: 3 + 3 shards of 16
     (tmp_path / "cache.py").write_text(CACHE_SCRIPT)
 
-    def cache(out: str, kill_after: int = 0, dtype: str = "bfloat16") -> subprocess.CompletedProcess:
+    def cache(out: str, kill_after: int = 0, dtype: str = "bfloat16", workers: int = 0) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "cache.py", out, dtype], cwd=tmp_path, capture_output=True, text=True,
-                              env={**os.environ, "KILL_AFTER": str(kill_after)})
+                              env={**os.environ, "KILL_AFTER": str(kill_after), "WORKERS": str(workers)})
 
     assert cache("unbroken").returncode == 0
     killed = cache("resumed", kill_after=2)
@@ -125,7 +130,7 @@ def test_killed_latent_caching_keeps_complete_shards(tmp_path):
     assert len(partial) == 2
     other = cache("other", kill_after=1, dtype="float32")  # other params: never the bf16 run's shards
     assert other.returncode == -signal.SIGKILL and "2 complete shards kept" not in other.stderr
-    resumed = cache("resumed")
+    resumed = cache("resumed", workers=2)  # a runtime setting changed: the shards are still this run's
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "encoded 48 images" in resumed.stderr and "2 complete shards kept" in resumed.stderr  # 80 - 2 x 16
     files = sorted(p.relative_to(tmp_path / "unbroken") for p in (tmp_path / "unbroken").rglob("*.safetensors"))
@@ -145,6 +150,7 @@ RAE_SCRIPT = textwrap.dedent('''
     from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
     from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
     from unirae_pipeline.params import build, run_key
+    from unirae_pipeline.runtime import RuntimeConfig
     from unirae_pipeline.training.data import KeyedBatches
     from unirae_pipeline.training.fit import TrainerConfig, fit
     from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig
@@ -159,7 +165,7 @@ RAE_SCRIPT = textwrap.dedent('''
     cfg = build(RAETrainConfig, dict(
         unit="steps", duration=14, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0, warmup=2,
         schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0, source="images", resize=20,
-        num_workers=0, lpips_weight=1.0, lpips_start=0, gan_weight=0.75, disc_start=6, disc_upd_start=4,
+        lpips_weight=1.0, lpips_start=0, gan_weight=0.75, disc_start=6, disc_upd_start=4,
         max_d_weight=1e4, diffaug=True, lpips={"vgg_weights": "vgg16.pth", "heads_weights": sys.argv[2]},
         disc={"model": "vit_small_patch8_224", "weights": "dino.pth", "input_size": 32, "key_depths": [1],
               "kernel_size": 3, "overrides": tiny}), "train_rae")
@@ -168,8 +174,9 @@ RAE_SCRIPT = textwrap.dedent('''
     torch.manual_seed(0)
     module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.3, "uniform"), 32, 4), cfg, encoder)
     crops = RandomCrops(scan_image_folder("imgs"), "train", 16, 20, seed=0)
-    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, 5, False)
-    curve = fit(module, KeyedBatches(crops, 8, seed=0), trainer, "rae", seed=0, callbacks=(Kill(),),
+    trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1)
+    run = RuntimeConfig(0, 1, 5, False, "cpu", ".cache", "logs")
+    curve = fit(module, KeyedBatches(crops, 8, seed=0), trainer, run, "rae", seed=0, callbacks=(Kill(),),
                 run_key=run_key(config="rae"))
     heads = {"disc." + k: v.contiguous() for k, v in module.disc.heads.state_dict().items()}
     save_file({"ema." + k: v.contiguous() for k, v in module.ema.module.state_dict().items()} | heads

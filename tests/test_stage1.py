@@ -33,7 +33,7 @@ from unirae_pipeline.training.stage1 import (
     to_8bit,
 )
 
-from .conftest import write_folder
+from .conftest import runtime, write_folder
 
 TINY_DINO = {"depth": 4, "embed_dim": 32, "num_heads": 2}
 LPIPS_HEADS = str(Path(lpips.__file__).parent / "weights" / "v0.1" / "vgg.pth")  # the real LPIPS v0.1 heads
@@ -58,7 +58,7 @@ def weights(tmp_path_factory) -> dict[str, str]:
 def recipe(weights: dict[str, str], **over) -> dict:
     base = dict(unit="steps", duration=12, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0,
                 warmup=2, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0,
-                source="latents", resize=20, num_workers=0, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
+                source="latents", resize=20, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
                 disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True,
                 lpips={"vgg_weights": weights["vgg"], "heads_weights": LPIPS_HEADS},
                 disc={"model": "vit_small_patch8_224", "weights": weights["dino"], "input_size": 32,
@@ -157,7 +157,7 @@ def test_adaptive_weight_is_the_gradient_norm_ratio():
 
 
 def _trainer() -> TrainerConfig:
-    return TrainerConfig("cpu", 1, 1, "auto", "32-true", 1, 1, 0, False)
+    return TrainerConfig("cpu", 1, 1, "auto", "32-true", 1)
 
 
 def _decoder() -> ViTDecoder:
@@ -183,7 +183,8 @@ def test_gan_schedule_lpips_from_0_disc_updates_then_adversarial_term(weights):
             self.rows.append((trainer.global_step, moved, trainer.optimizers[0].param_groups[1]["lr"]))
 
     probe = Probe()
-    curve = fit(module, TensorBatches((z, images), 8, seed=0), _trainer(), "stage1", 0, callbacks=(probe,))
+    curve = fit(module, TensorBatches((z, images), 8, seed=0), _trainer(), runtime(log_every_n_steps=1), "stage1", 0,
+                callbacks=(probe,))
     # rows are recorded after optimizer step `step`; the terms of step s are in the row of step s + 1
     assert curve["lpips"].notna().all()
     assert curve.loc[curve.step <= 4, "disc"].isna().all() and curve.loc[curve.step > 4, "disc"].notna().all()
@@ -217,8 +218,9 @@ def test_accumulated_micro_batches_equal_one_whole_batch(weights, tmp_path, monk
     for batch, accumulate in ((8, 1), (4, 2)):
         torch.manual_seed(0)
         module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.0, "uniform"), 8, 4), cfg)
-        trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", accumulate, 1, 0, False)
-        curve = fit(module, TensorBatches((z, images), batch, seed=0), trainer, "stage1", 0)
+        trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", accumulate)
+        curve = fit(module, TensorBatches((z, images), batch, seed=0), trainer, runtime(log_every_n_steps=1),
+                    "stage1", 0)
         runs.append((module, curve))
     (whole, curve), (split, accumulated) = runs
     assert accumulated["step"].tolist() == curve["step"].tolist() == [1, 2, 3, 4, 5]
@@ -263,6 +265,7 @@ from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.params import build
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit
+from unirae_pipeline.runtime import RuntimeConfig
 from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig
 
 cfg = build(RAETrainConfig, json.loads(sys.argv[1]), "train_rae")
@@ -271,8 +274,9 @@ z = torch.randn(64, 8, 4, 4, generator=g)
 images = torch.randint(0, 256, (64, 3, 16, 16), generator=g, dtype=torch.uint8)
 torch.manual_seed(0)
 module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.8, "uniform"), 8, 4), cfg)
-trainer = TrainerConfig("cpu", 2, 1, "ddp", "32-true", 2, 1, 0, False)
-curve = fit(module, TensorBatches((z, images), 4, seed=0), trainer, "stage1", seed=0)
+trainer = TrainerConfig("cpu", 2, 1, "ddp", "32-true", 2)
+run = RuntimeConfig(0, 1, 0, False, "cpu", ".cache", "logs")
+curve = fit(module, TensorBatches((z, images), 4, seed=0), trainer, run, "stage1", seed=0)
 state = {"decoder." + k: v for k, v in module.model.state_dict().items()}
 state |= {"heads." + k: v for k, v in module.disc.heads.state_dict().items()}
 state["disc"] = torch.tensor(curve["disc"].to_numpy())

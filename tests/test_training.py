@@ -19,6 +19,8 @@ from unirae_pipeline.training.modules import TrainModule
 from unirae_pipeline.training.objectives import dit_objective
 from unirae_pipeline.training.optim import EMA, OptimConfig, lr_factor
 
+from .conftest import runtime
+
 
 def optim(**over) -> OptimConfig:
     base = dict(unit="steps", duration=100, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95],
@@ -89,7 +91,7 @@ def test_short_dit_fit_lowers_the_loss(params, caplog):
                          partial(dit_objective, transport=transport, shift=1.0))
     trainer = build(TrainerConfig, params["trainer"], "trainer")
     with caplog.at_level(logging.INFO, logger="unirae_pipeline"):
-        curve = fit(module, TensorBatches((x, y), 32, seed=0), trainer, "test", seed=0)
+        curve = fit(module, TensorBatches((x, y), 32, seed=0), trainer, runtime(), "test", seed=0)
     assert re.search(r"test: 120 steps of global batch 32 in .* samples/s; \d+ after warm-up\)", caplog.text)
     assert curve["step"].iloc[0] == 1 and curve["step"].iloc[-1] == 120
     assert curve["loss"].iloc[-1] < 0.5 * curve["loss"].iloc[0]
@@ -102,7 +104,7 @@ def test_non_finite_loss_stops_training(params):
                          lambda m, batch: m(batch[0]).sum() * float("nan"))
     trainer = build(TrainerConfig, params["trainer"], "trainer")
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 0"):
-        fit(module, TensorBatches((torch.randn(4, 2),), 2, seed=0), trainer, "test", seed=0)
+        fit(module, TensorBatches((torch.randn(4, 2),), 2, seed=0), trainer, runtime(), "test", seed=0)
 
 
 def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
@@ -116,10 +118,10 @@ def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
         return (m(batch[0]) ** 2).mean() * (float("nan") if len(calls) > 7 else 1.0)
 
     module = TrainModule(nn.Linear(2, 1), optim(duration=20, batch_size=2, warmup=0), objective)
-    trainer = build(TrainerConfig, {**params["trainer"], "checkpoint_every_n_steps": 2, "log_every_n_steps": 5},
-                    "trainer")
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    run = runtime(checkpoint_every_n_steps=2, log_every_n_steps=5)
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 7"):
-        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, "nan", seed=0, run_key="k")
+        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, run, "nan", seed=0, run_key="k")
     last = torch.load(tmp_path / ".cache" / "ckpts" / "nan-k" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 6 and len(calls) == 8  # stopped at the first check after the NaN step
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
@@ -139,7 +141,7 @@ def test_gradient_accumulation_steps_once_per_global_batch(params):
     update = module.ema.update
     module.ema.update = lambda m: (calls.__setitem__("ema", calls["ema"] + 1), update(m))
     trainer = build(TrainerConfig, {**params["trainer"], "accumulate_grad_batches": 3}, "trainer")
-    curve = fit(module, TensorBatches((torch.randn(64, 2),), 2, seed=0), trainer, "test", seed=0)
+    curve = fit(module, TensorBatches((torch.randn(64, 2),), 2, seed=0), trainer, runtime(), "test", seed=0)
     assert calls == {"objective": 12, "ema": 4}
     assert curve["step"].iloc[-1] == 4
     assert curve["step"].tolist() == [1, 4]  # one row per optimizer step, not per micro-batch
@@ -147,14 +149,14 @@ def test_gradient_accumulation_steps_once_per_global_batch(params):
 
 
 def test_compiled_training_keeps_plain_weights(params):
-    """`trainer.compile`: the steps run through torch.compile (inductor, here on the CPU), while the EMA, the state
+    """`runtime.compile`: the steps run through torch.compile (inductor, here on the CPU), while the EMA, the state
     dict and therefore checkpoints and outputs hold the plain module's names."""
     model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 1))
     calls = []
     module = TrainModule(model, optim(duration=3, batch_size=8, warmup=0),
                          lambda m, batch: calls.append(type(m).__name__) or m(batch[0]).pow(2).mean())
-    trainer = build(TrainerConfig, {**params["trainer"], "compile": True}, "trainer")
-    curve = fit(module, TensorBatches((torch.randn(32, 4),), 8, seed=0), trainer, "test", seed=0)
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    curve = fit(module, TensorBatches((torch.randn(32, 4),), 8, seed=0), trainer, runtime(compile=True), "test", seed=0)
     assert set(calls) == {"OptimizedModule"} and len(curve) >= 1 and curve["loss"].notna().all()
     assert sorted(module.state_dict()) == sorted(["model.0.weight", "model.0.bias", "model.2.weight", "model.2.bias",
                                                   *(f"ema.module.{k}" for k in model.state_dict())])
@@ -172,9 +174,9 @@ def test_bf16_mixed_training_tracks_fp32(params):
         model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 2, seed=0)
         modules[precision] = TrainModule(model, optim(duration=30, batch_size=16, lr=2e-3, warmup=5),
                                          partial(dit_objective, transport=transport, shift=1.0))
-        trainer = build(TrainerConfig, {**params["trainer"], "precision": precision, "log_every_n_steps": 5},
-                        "trainer")
-        curves[precision] = fit(modules[precision], TensorBatches((x, y), 16, seed=0), trainer, "test", seed=0)
+        trainer = build(TrainerConfig, {**params["trainer"], "precision": precision}, "trainer")
+        curves[precision] = fit(modules[precision], TensorBatches((x, y), 16, seed=0), trainer,
+                                runtime(log_every_n_steps=5), "test", seed=0)
     fp32, bf16 = curves["32-true"]["loss"].to_numpy(), curves["bf16-mixed"]["loss"].to_numpy()
     assert len(fp32) == len(bf16) and bf16[-1] < 0.8 * bf16[0]
     assert abs(bf16 - fp32).max() < 0.01 * fp32.max()  # same data, noise and times: only rounding differs (~0.1 %)

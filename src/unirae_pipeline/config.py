@@ -17,6 +17,7 @@ from .models.perceptual import LPIPSConfig
 from .params import build
 from .pipelines.sample.nodes import SampleConfig
 from .pipelines.train_guide.nodes import GuideConfig
+from .runtime import RuntimeConfig
 from .training.fit import TrainerConfig
 from .training.optim import DiTTrainConfig, OptimConfig
 from .training.stage1 import RAETrainConfig
@@ -26,7 +27,7 @@ GROUPS: dict[str, type] = {
     "data": DataConfig, "latents": CacheConfig, "encoder": EncoderConfig, "decoder": DecoderConfig, "dit": DiTConfig,
     "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig, "train_rae": RAETrainConfig,
     "train_dit": DiTTrainConfig, "guide": GuideConfig, "fid": FIDConfig, "fid.classifier": ClassifierConfig,
-    "fid.train": OptimConfig, "train_rae.lpips": LPIPSConfig, "train_rae.disc": DiscConfig,
+    "fid.train": OptimConfig, "train_rae.lpips": LPIPSConfig, "train_rae.disc": DiscConfig, "runtime": RuntimeConfig,
 }
 
 

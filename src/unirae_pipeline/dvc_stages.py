@@ -3,8 +3,8 @@
 `python -m unirae_pipeline.dvc_stages` writes dvc.yaml; `--check` exits 1 when the committed file is stale.
 Each stage runs `kedro run --pipelines <name>`; its deps are the catalog files it reads plus the source files its
 nodes and its catalog entries' dataset classes import (followed transitively inside this package); its params are the
-exact `params:` keys it reads and the catalog entries it reads or writes, less their `metadata` (plot titles and
-DVC routing change no result).
+exact `params:` keys it reads, less the `runtime` group (settings that cannot change a result: `runtime.py`), and the
+catalog entries it reads or writes, less their `metadata` (plot titles and DVC routing change no result).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import yaml
 PACKAGE = "unirae_pipeline"
 SRC = Path(__file__).resolve().parent
 CATALOG = Path("conf/base/catalog.yml")
+RUNTIME = "runtime"  # the params group DVC never tracks (see runtime.py)
 
 
 def _module_file(module: str) -> Path | None:
@@ -80,7 +81,8 @@ def build_stages(pipelines: dict, catalog: dict) -> dict:
         if name == "__default__":
             continue
         pipe = pipelines[name]
-        params = sorted({i.removeprefix("params:") for i in pipe.inputs() if i.startswith("params:")})
+        params = sorted(key for i in pipe.inputs() if i.startswith("params:")
+                        and (key := i.removeprefix("params:")).split(".")[0] != RUNTIME)
         if "parameters" in pipe.inputs():
             raise ValueError(f"stage {name}: a node takes all 'parameters'; name the params keys it reads")
         data_inputs = sorted(i for i in pipe.inputs() if not i.startswith("params:"))

@@ -237,15 +237,14 @@ def norm_stats(stats: dict[str, torch.Tensor], latent_norm: str) -> tuple[torch.
 @dataclass(frozen=True)
 class CacheConfig:
     """How `cache_latents` runs: encoder batch, images per shard, storage dtype, encoder precision (fp32: TF32 on a
-    GPU, as the reference; bf16: autocast, about twice the rate), image-decoding workers, and whether the train
-    images are also cached mirrored (`hflip`, as the reference's random flip; off for data whose classes are not
+    GPU, as the reference; bf16: autocast, about twice the rate), and whether the train images are also cached
+    mirrored (`hflip`, as the reference's random flip; off for data whose classes are not
     mirror-symmetric: handwriting, text, some medical or satellite images)."""
 
     batch_size: int
     shard_size: int
     dtype: str
     precision: str
-    num_workers: int
     hflip: bool
 
     def __post_init__(self) -> None:
@@ -255,5 +254,5 @@ class CacheConfig:
             raise ValueError(f"latents.precision must be fp32 or bf16, got {self.precision!r}")
         if not isinstance(self.hflip, bool):
             raise ValueError(f"latents.hflip must be true or false, got {self.hflip!r}")
-        if self.batch_size < 1 or self.shard_size < 1 or self.num_workers < 0:
-            raise ValueError("latents.batch_size and latents.shard_size must be >= 1, latents.num_workers >= 0")
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise ValueError("latents.batch_size and latents.shard_size must be >= 1")

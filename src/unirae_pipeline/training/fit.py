@@ -7,7 +7,6 @@ import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import lightning as L
 import pandas as pd
@@ -15,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..progress import show_progress
+from ..runtime import RuntimeConfig
 from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
 
@@ -29,18 +29,12 @@ class TrainerConfig:
     strategy: str
     precision: str
     accumulate_grad_batches: int  # global batch = batch_size x accumulate_grad_batches x devices x num_nodes
-    log_every_n_steps: int
-    checkpoint_every_n_steps: int  # resume checkpoints in .cache/ckpts (0: none); a rerun continues from the last
-    compile: bool  # torch.compile the trained model (GPU presets; 2-4x faster DiT steps, see bench/results)
 
     def __post_init__(self) -> None:
         if str(self.precision) not in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ValueError(f"trainer.precision {self.precision!r} is not one of 32, bf16-mixed, 16-mixed")
-        if self.checkpoint_every_n_steps < 0:
-            raise ValueError(f"trainer.checkpoint_every_n_steps must be >= 0, got {self.checkpoint_every_n_steps}")
-        if self.num_nodes < 1 or self.log_every_n_steps < 1 or self.accumulate_grad_batches < 1:
-            raise ValueError("trainer.num_nodes, trainer.accumulate_grad_batches and trainer.log_every_n_steps must "
-                             f"be >= 1: {asdict(self)}")
+        if self.num_nodes < 1 or self.accumulate_grad_batches < 1:
+            raise ValueError(f"trainer.num_nodes and trainer.accumulate_grad_batches must be >= 1: {asdict(self)}")
 
 
 class LossHistory(L.Callback):
@@ -111,21 +105,23 @@ def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> in
     return num_samples // (batch_size * cfg.accumulate_grad_batches * devices * cfg.num_nodes)
 
 
-def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: TrainerConfig, name: str, seed: int,
-        callbacks: tuple[L.Callback, ...] = (), run_key: str | None = None) -> pd.DataFrame:
-    """Train to `module.optim.steps` optimizer steps. With `trainer.checkpoint_every_n_steps` and a `run_key` (a hash
-    of everything the run depends on), checkpoints go to .cache/ckpts/<name>-<run_key>/ and a rerun with the same key
-    resumes from the last one (model, EMA, optimizer, schedule, RNG, data position); another key never does."""
+def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: TrainerConfig, runtime: RuntimeConfig,
+        name: str, seed: int, callbacks: tuple[L.Callback, ...] = (), run_key: str | None = None) -> pd.DataFrame:
+    """Train to `module.optim.steps` optimizer steps. With `runtime.checkpoint_every_n_steps` and a `run_key` (a hash
+    of everything the run's result depends on), checkpoints go to <runtime.scratch>/ckpts/<name>-<run_key>/ and a rerun
+    with the same key resumes from the last one (model, EMA, optimizer, schedule, RNG, data position); another key
+    never does."""
     if not log.isEnabledFor(logging.DEBUG):  # UNIRAE_LOG_LEVEL=DEBUG keeps Lightning's messages
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning resets it to INFO on import
     L.seed_everything(seed, workers=True, verbose=False)
-    if cfg.compile:
+    if runtime.compile:
         module.compile_model()
-    history = LossHistory(cfg.log_every_n_steps)
-    ckpt_dir = Path(".cache/ckpts") / f"{name}-{run_key}" if run_key and cfg.checkpoint_every_n_steps else None
+    history = LossHistory(runtime.log_every_n_steps)
+    every = runtime.checkpoint_every_n_steps
+    ckpt_dir = runtime.scratch_dir("ckpts") / f"{name}-{run_key}" if run_key and every else None
     extra: list[L.Callback] = [ResumeData(batches, cfg.accumulate_grad_batches)]
     if ckpt_dir is not None:
-        extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=cfg.checkpoint_every_n_steps,
+        extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every,
                                      save_last=True, save_top_k=0))
     resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file()
     if resume:
@@ -141,7 +137,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         num_nodes=cfg.num_nodes, strategy=strategy, precision=cfg.precision,
         accumulate_grad_batches=1 if manual else cfg.accumulate_grad_batches,
         gradient_clip_val=None if manual else module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
-        logger=TensorBoardLogger("logs", name=name), log_every_n_steps=cfg.log_every_n_steps,
+        logger=TensorBoardLogger(runtime.logs, name=name), log_every_n_steps=runtime.log_every_n_steps,
         enable_checkpointing=ckpt_dir is not None, enable_progress_bar=show_progress(), enable_model_summary=False,
         use_distributed_sampler=False)  # our batch streams take each rank's slice of every global batch themselves
     start = time.perf_counter()

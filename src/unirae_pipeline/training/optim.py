@@ -81,11 +81,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DiTTrainConfig(OptimConfig):
-    """`train_dit`: the recipe, when (in `unit`) the EMA weights are kept as the AutoGuidance guide, and how many
-    processes read the latents."""
+    """`train_dit`: the recipe, and when (in `unit`) the EMA weights are kept as the AutoGuidance guide."""
 
     guide_at: float
-    num_workers: int  # processes reading the latent shards
 
     TIMES = (*OptimConfig.TIMES, "guide_at")
     POSITIVE = (*OptimConfig.POSITIVE, "guide_at")
@@ -94,8 +92,6 @@ class DiTTrainConfig(OptimConfig):
         super().__post_init__()
         if not 0 < self.guide_at <= self.duration:
             raise ValueError(f"train_dit.guide_at must be in (0, duration={self.duration}], got {self.guide_at}")
-        if self.num_workers < 0:
-            raise ValueError(f"train_dit.num_workers must be >= 0, got {self.num_workers}")
 
 
 def lr_factor(cfg: OptimConfig, step: int) -> float:

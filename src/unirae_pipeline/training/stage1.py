@@ -31,7 +31,6 @@ class RAETrainConfig(OptimConfig):
 
     source: Literal["latents", "images"]
     resize: int
-    num_workers: int
     lpips_weight: float
     lpips_start: float
     gan_weight: float
@@ -49,8 +48,8 @@ class RAETrainConfig(OptimConfig):
         if self.source not in ("latents", "images"):
             raise ValueError(f"train_rae.source must be 'latents' or 'images', got {self.source!r}")
         if min(self.lpips_weight, self.gan_weight, self.lpips_start, self.disc_start, self.disc_upd_start,
-               self.max_d_weight, self.num_workers) < 0:
-            raise ValueError(f"train_rae: loss weights, starts, max_d_weight and num_workers must be >= 0: "
+               self.max_d_weight) < 0:
+            raise ValueError(f"train_rae: loss weights, starts and max_d_weight must be >= 0: "
                              f"{asdict(self)}")
         lpips, disc = self.lpips_config, self.disc_config
         if self.lpips_weight > 0:

@@ -1,7 +1,8 @@
 """cache_latents: run the frozen encoder once over every image (train: plain, and mirrored with `latents.hflip`;
 val: plain).
 
-The work is split into shards of `latents.shard_size` images, each written to .cache/latents/<hash of the inputs>/ as
+The work is split into shards of `latents.shard_size` images, each written to <runtime.scratch>/latents/<hash of the
+inputs>/ as
 soon as it is complete: a rerun after a kill encodes only the missing ones, and under torchrun or SLURM each rank
 encodes every world-size-th shard. Rank zero then moves them into the catalog's store at once.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from pathlib import Path
 
 import torch
 
@@ -21,10 +21,10 @@ from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...params import build, run_key
 from ...progress import progress
 from ...ranks import global_rank, local_device, wait_for_files, world_size
+from ...runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
-CACHE = Path(".cache/latents")  # shards of unfinished runs (relative to the project root, like .cache/ckpts)
 SPLITS = ("train", "val")
 
 
@@ -36,14 +36,15 @@ def _index_digest(image_set: ImageSet) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: dict, seed: int) -> LatentCache:
-    cfg = build(CacheConfig, latents, "latents")
+def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: dict, seed: int,
+                  runtime: dict) -> LatentCache:
+    cfg, run = build(CacheConfig, latents, "latents"), build(RuntimeConfig, runtime, "runtime")
     device = local_device()
     enc = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed).to(device)
     meta = {"fingerprint": enc.fingerprint(), "latent_shape": list(enc.latent_shape), "image_size": image_size,
             "class_names": image_set.class_names, "dtype": cfg.dtype, "hflip": cfg.hflip}
     log.info("encoder %s -> latents %s, fingerprint %s", enc.cfg.model, enc.latent_shape, meta["fingerprint"])
-    folder = CACHE / run_key(meta=meta, latents=latents, index=_index_digest(image_set))
+    folder = run.scratch_dir("latents") / run_key(meta=meta, latents=latents, index=_index_digest(image_set))
     plan = [(split, cfg.hflip and split == "train", k, lo) for split in SPLITS
             for k, lo in enumerate(range(0, len(image_set.splits[split]), cfg.shard_size))]
     encode = encode_uint8(enc, cfg.precision, device)
@@ -57,7 +58,7 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
         rows = range(lo, min(lo + cfg.shard_size, len(image_set.splits[split])))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(ImageDataset(image_set, split, image_size), rows), batch_size=cfg.batch_size,
-            num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+            num_workers=run.num_workers, pin_memory=device.type == "cuda")
         save_shard(path, encode_block(encode, loader, split, flips, DTYPES[cfg.dtype], device), meta["fingerprint"])
         encoded += len(rows)
         log.debug("rank %d: %s shard %d (%d images) cached", rank, split, k, len(rows))

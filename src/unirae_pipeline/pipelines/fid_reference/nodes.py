@@ -17,12 +17,12 @@ import pandas as pd
 import torch
 
 from ...data.images import ImageDataset, ImageSet, load_split_uint8
-from ...data.latents import CacheConfig
 from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifier_objective
 from ...evaluation.extractors import Extractor, FIDConfig, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
 from ...params import build, run_key
+from ...runtime import RuntimeConfig
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule
@@ -31,8 +31,8 @@ from ...training.optim import OptimConfig
 log = logging.getLogger(__name__)
 
 
-def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, trainer: dict,
-                            seed: int) -> tuple[Blob, pd.DataFrame]:
+def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, trainer: dict, seed: int,
+                            runtime: dict) -> tuple[Blob, pd.DataFrame]:
     """The extractor as a model file (the trained classifier, or checked Inception/DINOv2 weights) and a loss curve."""
     cfg = build(FIDConfig, fid, "fid")
     no_curve = pd.DataFrame(columns=["step", "loss", "lr"])
@@ -52,7 +52,8 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, tra
     module = TrainModule(model, optim, partial(classifier_objective, cfg=clf))
     key = run_key(fid=fid, trainer=trainer, seed=seed, image_size=image_size, classes=image_set.class_names,
                   counts={k: len(v) for k, v in image_set.splits.items()})
-    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg, "classifier", seed,
+    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg,
+                build(RuntimeConfig, runtime, "runtime"), "classifier", seed,
                 run_key=key)
     blob = to_blob(module.ema.module, kind="classifier", config=clf.to_dict(), num_classes=image_set.num_classes)
     return blob, curve
@@ -75,14 +76,14 @@ def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int,
 
 
 def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int, fid: dict,
-                         cache: dict) -> tuple[dict[str, np.ndarray], dict]:
+                         runtime: dict) -> tuple[dict[str, np.ndarray], dict]:
     """The generation reference (mu/sigma, plus features for precision/recall) and `val_mu`/`val_sigma`, the real
     val images' statistics that rFID compares reconstructions with (never the train-set ADM batch, whose use inflates
     rFID); for the classifier, its val accuracy."""
     cfg = build(FIDConfig, fid, "fid")
     extractor = Extractor(feature_extractor)
-    val_features, accuracy = _val_features(extractor, image_set, image_size, build(CacheConfig, cache, "latents")
-                                           .num_workers)
+    val_features, accuracy = _val_features(extractor, image_set, image_size,
+                                           build(RuntimeConfig, runtime, "runtime").num_workers)
     metrics: dict = {"extractor": extractor.kind, "reference": cfg.reference_npz or "val", "num_val": len(val_features)}
     if extractor.kind == "classifier":
         metrics["val_accuracy"] = accuracy

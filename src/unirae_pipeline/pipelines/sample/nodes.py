@@ -1,8 +1,8 @@
 """sample: class-balanced ODE/SDE sampling with guidance, decoded by the trained decoder; plus the untrained baseline.
 
-Images are generated in shards of `sample.shard_size` under .cache/samples/<hash of the models and params>/: a rerun
-after a kill keeps the complete shards (each batch's noise is seeded by its position, so the result is the same), and
-the catalog writes them out as the ADM evaluator's npz.
+Images are generated in shards of `sample.shard_size` under <runtime.scratch>/samples/<hash of the models and
+params>/: a rerun after a kill keeps the complete shards (each batch's noise is seeded by its position, so the result
+is the same), and the catalog writes them out as the ADM evaluator's npz.
 """
 
 from __future__ import annotations
@@ -30,24 +30,23 @@ from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
 from ...params import build, run_key
 from ...progress import progress
-from ...ranks import global_rank, local_device, wait_for_files, world_size
+from ...ranks import global_rank, wait_for_files, world_size
+from ...runtime import RuntimeConfig
 
 log = logging.getLogger(__name__)
 
-CACHE = Path(".cache/samples")  # shards of unfinished runs (relative to the project root, like .cache/ckpts)
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """The `sample` params group: how many samples, where and in which precision; `sampler` is the integrator."""
+    """The `sample` params group: how many samples and in which precision; `sampler` is the integrator (where they
+    are computed is `runtime.device`)."""
 
     num_per_class: int
     batch_size: int
     shard_size: int            # images per resumable shard; a multiple of batch_size
     grid_per_class: int
-    device: Literal["auto", "cpu", "cuda"]
     precision: Literal["fp32", "bf16"]
-    compile: bool              # torch.compile the DiT (and guide) once per run: about 2.5x faster on a GPU
     untrained_baseline: bool   # also sample an untrained twin of the DiT: the floor of the metrics (small models)
     sampler: dict
 
@@ -57,17 +56,9 @@ class SampleConfig:
         if self.shard_size % self.batch_size:
             raise ValueError(f"sample.shard_size {self.shard_size} must be a multiple of sample.batch_size "
                              f"{self.batch_size} (batches are seeded by position)")
-        if self.device not in ("auto", "cpu", "cuda") or self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"sample.device must be auto/cpu/cuda and sample.precision fp32/bf16, got "
-                             f"{self.device!r}, {self.precision!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("sample.device is 'cuda' but no CUDA device is available")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"sample.precision must be fp32 or bf16, got {self.precision!r}")
         build(SamplerConfig, self.sampler, "sample.sampler")
-
-    def torch_device(self) -> torch.device:
-        """This rank's GPU (one per rank under torchrun/SLURM) when CUDA is asked for or `auto` finds it."""
-        cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
-        return local_device() if cuda else torch.device("cpu")
 
 
 def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor:
@@ -76,23 +67,22 @@ def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor
     return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))]
 
 
-def velocity_of(model: torch.nn.Module, guide: torch.nn.Module | None, cfg: SampleConfig,
-                sampler: SamplerConfig) -> VelocityFn:
-    """The guided velocity of `model` on the sampling device, compiled once per run with `sample.compile`."""
-    device = cfg.torch_device()
-    return sampler.velocity(module_velocity(model, device, cfg.compile), model.num_classes,
-                            module_velocity(guide, device, cfg.compile) if guide is not None else None)
+def velocity_of(model: torch.nn.Module, guide: torch.nn.Module | None, sampler: SamplerConfig,
+                runtime: RuntimeConfig) -> VelocityFn:
+    """The guided velocity of `model` on the sampling device, compiled once per run with `runtime.compile`."""
+    device = runtime.sampling_device()
+    return sampler.velocity(module_velocity(model, device, runtime.compile), model.num_classes,
+                            module_velocity(guide, device, runtime.compile) if guide is not None else None)
 
 
 @torch.no_grad()
 def generate(velocity: VelocityFn, latent_shape: tuple[int, int, int], decoder: torch.nn.Module,
              stats: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor, cfg: SampleConfig, sampler: SamplerConfig,
-             grid: torch.Tensor, seed: int, first_batch: int = 0) -> np.ndarray:
+             grid: torch.Tensor, seed: int, device: torch.device, first_batch: int = 0) -> np.ndarray:
     """Noise -> latents (ODE/SDE, guided) -> raw latents (`stats`: the training's (mean, var), `norm_stats`) ->
     images, uint8 NHWC as the reference exports them. Batch i of the whole run is seeded
     by seed + i (`first_batch` places these labels in the run), its noise drawn on the CPU so that a seed gives the
     same samples on every device and in any shard split."""
-    device = cfg.torch_device()
     decoder = decoder.eval().to(device)
     mean, var = (s.to(device) for s in stats)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
@@ -144,13 +134,14 @@ def autoguidance_guide(dit_snapshot: Blob | None, dit_guide: Blob) -> Blob:
 
 
 def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params: dict,
-           diffusion: dict, seed: int) -> tuple[SampleSet, SampleSet, Image.Image]:
+           diffusion: dict, seed: int, runtime: dict) -> tuple[SampleSet, SampleSet, Image.Image]:
     """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class.
 
     The guide (`autoguidance_guide`) is used only with `sample.sampler.guidance: autoguidance`.
     """
-    cfg = build(SampleConfig, params, "sample")
+    cfg, run = build(SampleConfig, params, "sample"), build(RuntimeConfig, runtime, "runtime")
     sampler = build(SamplerConfig, cfg.sampler, "sample.sampler")
+    device, scratch = run.sampling_device(), run.scratch_dir("samples")
     transport = build(TransportConfig, diffusion, "diffusion")
     meta = blob_meta(dit)
     autoguided = sampler.guidance == "autoguidance" and sampler.guidance_scale > 1
@@ -172,20 +163,20 @@ def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob,
     key = run_key(models=blob_digest(*models), sample=params, diffusion=diffusion, seed=seed)
     start = time.perf_counter()
     times = time_grid(sampler.num_steps, shift).float()
-    velocity, shape = velocity_of(model, guide, cfg, sampler), tuple(meta["latent_shape"])
-    samples = generate_shards(CACHE / key, labels, cfg, image_shape, lambda y, first: generate(
-        velocity, shape, dec, stats, y, cfg, sampler, times, seed, first))
+    velocity, shape = velocity_of(model, guide, sampler, run), tuple(meta["latent_shape"])
+    samples = generate_shards(scratch / key, labels, cfg, image_shape, lambda y, first: generate(
+        velocity, shape, dec, stats, y, cfg, sampler, times, seed, device, first))
     seconds = time.perf_counter() - start
     log.info("sampled %d images (%s, %d grid points, %s %.2f, %s%s on %s, %d rank(s)) in %.1f s, %.1f img/s",
              len(labels), sampler.method, sampler.num_steps, sampler.guidance, sampler.guidance_scale, cfg.precision,
-             ", compiled" if cfg.compile else "", cfg.torch_device(), world_size(), seconds, len(labels) / seconds)
+             ", compiled" if run.compile else "", device, world_size(), seconds, len(labels) / seconds)
     if cfg.untrained_baseline:  # the floor: the untrained twin, unguided (its zero-init velocity is 0 anyway)
         untrained = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"],
                               meta["seed"])
         unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
-        floor = velocity_of(untrained, None, cfg, unguided)
-        baseline = generate_shards(CACHE / f"{key}-untrained", labels, cfg, image_shape, lambda y, first: generate(
-            floor, shape, dec, stats, y, cfg, unguided, times, seed, first))
+        floor = velocity_of(untrained, None, unguided, run)
+        baseline = generate_shards(scratch / f"{key}-untrained", labels, cfg, image_shape, lambda y, first: generate(
+            floor, shape, dec, stats, y, cfg, unguided, times, seed, device, first))
     else:
         baseline = SampleSet([], labels.numpy()[:0], image_shape)
     if samples is None:  # another rank: its shards are on disk, and rank zero writes every output

@@ -1,5 +1,5 @@
 """train_dit: DiT-DH (stage 2) by flow matching on the cached, normalized latents, read memory-mapped from the shards
-in `train_dit.num_workers` processes; no encoder in the loop."""
+in `runtime.num_workers` processes; no encoder in the loop."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ...diffusion.transport import TransportConfig, shift_factor
 from ...models.dit import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
 from ...params import build, run_key
+from ...runtime import RuntimeConfig
 from ...training.data import KeyedBatches
 from ...training.fit import EMASnapshot, TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule
@@ -22,19 +23,19 @@ from ...training.optim import DiTTrainConfig
 
 
 def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, recipe: dict, diffusion: dict, trainer: dict,
-            seed: int, name: str, key: dict, snapshot: bool = False,
+            runtime: dict, seed: int, name: str, key: dict, snapshot: bool = False,
             ) -> tuple[TrainModule, pd.DataFrame, dict, dict | None]:
     """Train one DiT-DH of architecture `cfg` by the `recipe` (a `train_dit` group) on the cached latents, resumable
     under the run key made of `key` and the cache's manifest. Returns the module (its EMA is the model), the loss
     curve, the metadata of its model files and, with `snapshot`, the EMA state at `recipe.guide_at`."""
     optim = build(DiTTrainConfig, recipe, "train_dit")
     transport = build(TransportConfig, diffusion, "diffusion")
-    trainer_cfg = build(TrainerConfig, trainer, "trainer")
+    trainer_cfg, run = build(TrainerConfig, trainer, "trainer"), build(RuntimeConfig, runtime, "runtime")
     manifest = latents.manifest
     fingerprint = check_fingerprints(latents=manifest["fingerprint"],
                                      latent_stats=json.loads(latent_stats[1]["fingerprint"]))
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
-    batches = KeyedBatches(LatentRows(latents, "train"), optim.batch_size, seed, optim.num_workers,
+    batches = KeyedBatches(LatentRows(latents, "train"), optim.batch_size, seed, run.num_workers,
                            views=latents.views("train"))
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
     model = build_dit(cfg, shape, num_classes, seed)
@@ -42,7 +43,7 @@ def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, recipe: di
     module = TrainModule(model, optim, partial(dit_objective, transport=transport,
                                                shift=shift_factor(shape, transport.shift_base), stats=stats))
     callbacks: tuple[L.Callback, ...] = (EMASnapshot(int(optim.guide_at)),) if snapshot else ()
-    curve = fit(module, batches, trainer_cfg, name, seed, callbacks=callbacks,
+    curve = fit(module, batches, trainer_cfg, run, name, seed, callbacks=callbacks,
                 run_key=run_key(**key, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest))
     meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
                 seed=seed)
@@ -50,11 +51,12 @@ def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, recipe: di
 
 
 def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: dict, diffusion: dict, trainer: dict,
-              seed: int) -> tuple[Blob, Blob, pd.DataFrame]:
+              seed: int, runtime: dict) -> tuple[Blob, Blob, pd.DataFrame]:
     """The EMA model, the EMA snapshot at `train_dit.guide_at` (the AutoGuidance guide unless train_guide trains a
     separate one) and the loss curve."""
     cfg = build(DiTConfig, dit, "dit")
-    module, curve, meta, state = fit_dit(latents, latent_stats, cfg, train_dit, diffusion, trainer, seed, "train_dit",
+    module, curve, meta, state = fit_dit(latents, latent_stats, cfg, train_dit, diffusion, trainer, runtime, seed,
+                                         "train_dit",
                                          dict(dit=dit, train_dit=train_dit), snapshot=True)
     snapshot = build_dit(cfg, tuple(meta["latent_shape"]), meta["num_classes"], seed)
     snapshot.load_state_dict(state)

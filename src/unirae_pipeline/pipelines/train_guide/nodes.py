@@ -43,13 +43,13 @@ def empty_guide() -> Blob:
 
 
 def train_guide(latents: LatentStore, latent_stats: Blob, guide: dict, diffusion: dict, trainer: dict, seed: int,
-                **train_dit) -> Blob:
+                runtime: dict, **train_dit) -> Blob:
     """`train_dit`: the main run's recipe less its duration and guide_at (see the pipeline)."""
     cfg = build(GuideConfig, guide, "guide")
     if cfg.source == "snapshot":
         log.info("guide.source is snapshot: the AutoGuidance guide is train_dit's EMA weights at guide_at")
         return empty_guide()
     recipe = {**train_dit, "duration": cfg.duration, "guide_at": cfg.duration}
-    module, _, meta, _ = fit_dit(latents, latent_stats, cfg.dit_config(), recipe, diffusion, trainer, seed,
+    module, _, meta, _ = fit_dit(latents, latent_stats, cfg.dit_config(), recipe, diffusion, trainer, runtime, seed,
                                  "train_guide", dict(guide=guide, train_dit=recipe))
     return to_blob(module.ema.module, **meta, source="train", step=int(module.optim.steps))

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
-from ...data.latents import CacheConfig, LatentStore, view_table
+from ...data.latents import LatentStore, view_table
 from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
 from ...evaluation.report import image_grid, quantize
@@ -20,6 +20,7 @@ from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
 from ...params import build, run_key
 from ...ranks import local_device
+from ...runtime import RuntimeConfig
 from ...training.data import KeyedBatches, TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.stage1 import RAEModule, RAETrainConfig
@@ -39,7 +40,7 @@ def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[tor
 
 
 def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, decoder: dict, train_rae: dict,
-                  trainer: dict, seed: int) -> tuple[Blob, pd.DataFrame]:
+                  trainer: dict, seed: int, runtime: dict) -> tuple[Blob, pd.DataFrame]:
     cfg = build(DecoderConfig, decoder, "decoder")
     optim = build(RAETrainConfig, train_rae, "train_rae")
     manifest = latents.manifest
@@ -47,7 +48,7 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
     if grid * cfg.patch_size != manifest["image_size"]:
         raise ValueError(f"decoder.patch_size {cfg.patch_size} x latent grid {grid} != data.image_size "
                          f"{manifest['image_size']}")
-    trainer_cfg = build(TrainerConfig, trainer, "trainer")
+    trainer_cfg, run = build(TrainerConfig, trainer, "trainer"), build(RuntimeConfig, runtime, "runtime")
     if optim.gan_weight > 0 and trainer_cfg.precision == "16-mixed":
         raise ValueError("trainer.precision 16-mixed with train_rae.gan_weight > 0: stage 1 takes two optimizer "
                          "steps per batch and no fp16 loss scaling; use 32-true (the reference) or bf16-mixed")
@@ -56,7 +57,7 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
         online = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed)
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
         crops = RandomCrops(image_set, "train", manifest["image_size"], optim.resize, seed)
-        batches = KeyedBatches(crops, optim.batch_size, seed, optim.num_workers)
+        batches = KeyedBatches(crops, optim.batch_size, seed, run.num_workers)
     else:  # the cached centre-crop latents and their images, held in memory
         z, images, views = _targets(latents, image_set, "train")
         batches = TensorBatches((z, images), optim.batch_size, seed, views)
@@ -66,24 +67,24 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
         model = ViTDecoder(cfg, channels, grid)
     module = RAEModule(model, optim, online, seed)
     key = run_key(decoder=decoder, train_rae=train_rae, trainer=trainer, seed=seed, latents=manifest)
-    curve = fit(module, batches, trainer_cfg, "train_rae", seed, run_key=key)
+    curve = fit(module, batches, trainer_cfg, run, "train_rae", seed, run_key=key)
     blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
                    fingerprint=manifest["fingerprint"])
     return blob, curve
 
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
-                     reference_stats: dict[str, np.ndarray], cache: dict) -> tuple[dict, Image.Image]:
+                     reference_stats: dict[str, np.ndarray], runtime: dict) -> tuple[dict, Image.Image]:
     """Reconstruct val (no noise) to uint8 as the reference saves them, and score those: PSNR and SSIM on [0, 1], FD
     to the val images' statistics (rFID with Inception, on ImageNet's 50k centre-cropped val images), the classifier's
     accuracy on the reconstructions, and a grid. Streams val shard by shard, the images decoded in
-    `latents.num_workers` processes: memory does not grow with N; the decoder and the feature network run on the GPU
+    `runtime.num_workers` processes: memory does not grow with N; the decoder and the feature network run on the GPU
     when there is one."""
     check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
     device = local_device()
     model = decoder_from_blob(decoder).to(device)
     extractor = Extractor(feature_extractor)
-    workers = build(CacheConfig, cache, "latents").num_workers
+    workers = build(RuntimeConfig, runtime, "runtime").num_workers
     images = iter(torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
                                               batch_size=256, num_workers=workers))
     total = latents.manifest["splits"]["val"]["count"]

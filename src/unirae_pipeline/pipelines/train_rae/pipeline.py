@@ -6,7 +6,8 @@ from .nodes import evaluate_decoder, train_decoder
 def create_pipeline(**kwargs) -> Pipeline:
     return Pipeline([
         Node(train_decoder, ["latents", "image_set", "params:encoder", "params:decoder", "params:train_rae",
-                             "params:trainer", "params:seed"], ["decoder", "rae_loss"], name="train_decoder"),
+                             "params:trainer", "params:seed",
+                             "params:runtime"], ["decoder", "rae_loss"], name="train_decoder"),
         Node(evaluate_decoder, ["decoder", "latents", "image_set", "feature_extractor", "reference_stats",
-                                "params:latents"], ["rae_metrics", "reconstructions"], name="evaluate_decoder"),
+                                "params:runtime"], ["rae_metrics", "reconstructions"], name="evaluate_decoder"),
     ])

@@ -1,0 +1,50 @@
+"""Runtime settings: how a stage runs, never what it computes.
+
+The `runtime` params group holds every setting that cannot change a result: data-loading processes, log and
+checkpoint intervals, torch.compile, the sampling device, and where scratch space (resumable shards, checkpoints)
+and logs go. `dvc_stages` tracks no key of it and no resume key contains it, so changing one reruns nothing and a
+killed stage still resumes from its shards and checkpoints (DESIGN: results vs runtime).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .ranks import local_device
+
+GROUP = "runtime"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    num_workers: int                      # data-loading processes of every stage (image decoding, latent shards)
+    log_every_n_steps: int                # training logs, the loss curves' resolution and the NaN check
+    checkpoint_every_n_steps: int         # resume checkpoints of the training stages (0: none)
+    compile: bool                         # torch.compile the trained model and the sampled DiT
+    device: Literal["auto", "cpu", "cuda"]  # where `sample` runs (auto: cuda when available)
+    scratch: str                          # resumable shards and checkpoints, under <scratch>/<kind>/<run key>
+    logs: str                             # TensorBoard logs, one folder per stage
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.checkpoint_every_n_steps < 0 or self.log_every_n_steps < 1:
+            raise ValueError("runtime.num_workers and runtime.checkpoint_every_n_steps must be >= 0 and "
+                             f"runtime.log_every_n_steps >= 1: {asdict(self)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"runtime.device must be auto, cpu or cuda, got {self.device!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"runtime.compile must be true or false, got {self.compile!r}")
+
+    def sampling_device(self) -> torch.device:
+        """This rank's GPU (one per rank under torchrun/SLURM) when CUDA is asked for or `auto` finds it."""
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("runtime.device is 'cuda' but no CUDA device is available")
+        cuda = self.device == "cuda" or (self.device == "auto" and torch.cuda.is_available())
+        return local_device() if cuda else torch.device("cpu")
+
+    def scratch_dir(self, kind: str) -> Path:
+        """The scratch folder of one kind of work in progress: latents, samples or ckpts."""
+        return Path(self.scratch) / kind
