@@ -13,7 +13,7 @@ import yaml
 from hydra.errors import MissingConfigException
 
 from unirae_pipeline.compose import compose_params, dump
-from unirae_pipeline.config import validate_params
+from unirae_pipeline.config import check_environment, validate_params
 from unirae_pipeline.pipeline_registry import STAGES
 
 from .conftest import ROOT, copy_repository, write_folder
@@ -104,11 +104,29 @@ def test_invalid_params_fail_early_naming_the_key(p, path, value, message):
 
 
 def test_imagefolder_errors_name_data_root(p, tmp_path):
+    """A missing tree is an error of the stages that read `data`, not of the params' structure."""
     p["data"].update(source="imagefolder", root=str(tmp_path / "missing"), shapes=None)
-    with pytest.raises(FileNotFoundError, match="data.root"):
-        validate_params(p)
-    p["data"]["root"] = str(write_folder(tmp_path / "ok", {"a": 1}))
     validate_params(p)
+    check_environment(p, ["train_dit", "sample"])  # stages that never read the tree
+    with pytest.raises(FileNotFoundError, match="data.root"):
+        check_environment(p, ["data.image_size"])
+    p["data"]["root"] = str(write_folder(tmp_path / "ok", {"a": 1}))
+    check_environment(p, ["data"])
+
+
+def test_missing_files_stop_only_the_stages_that_need_them(tmp_path):
+    """Through the real CLI, in a copy of the repository: with Inception weights that are not there, prepare_data
+    runs; fid_reference stops before its first node, naming the key."""
+    repo = copy_repository(tmp_path / "repo")
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
+    params = ["--params", "fid.extractor=inception,fid.inception_weights=missing.pth"]
+    ok = subprocess.run(["kedro", "run", "--pipelines", "prepare_data", *params], cwd=repo, env=env,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    stopped = subprocess.run(["kedro", "run", "--pipelines", "fid_reference", *params], cwd=repo, env=env,
+                             capture_output=True, text=True)
+    assert stopped.returncode != 0 and "fid.inception_weights" in stopped.stdout + stopped.stderr
+    assert "Running node" not in stopped.stdout + stopped.stderr
 
 
 def test_a_bad_param_stops_kedro_before_any_node(tmp_path):

@@ -58,7 +58,8 @@ def test_image_folder_scan_and_errors(tmp_path):
 
 def test_data_config_requires_an_existing_root(params, tmp_path):
     with pytest.raises(FileNotFoundError, match="data.root"):
-        build(DataConfig, {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x")}, "data")
+        build(DataConfig, {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x")},
+              "data").check_environment()
     with pytest.raises(ValueError, match="data.source"):
         build(DataConfig, {**params["data"], "source": "lsun"}, "data")
 

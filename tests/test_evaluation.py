@@ -106,11 +106,11 @@ def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
     from unirae_pipeline.evaluation.extractors import read_inception_weights
 
     with pytest.raises(FileNotFoundError, match="fid.inception_weights"):
-        _fid("inception", inception_weights=str(tmp_path / "missing.pth"))
+        _fid("inception", inception_weights=str(tmp_path / "missing.pth")).check_environment()
     with pytest.raises(FileNotFoundError, match="fid.dinov2_weights"):
-        _fid("dinov2")
+        _fid("dinov2").check_environment()
     with pytest.raises(FileNotFoundError, match="fid.reference_npz"):
-        _fid("classifier", reference_npz=str(tmp_path / "missing.npz"))
+        _fid("classifier", reference_npz=str(tmp_path / "missing.npz")).check_environment()
     with pytest.raises(ValueError, match="fid.extractor"):
         _fid("clip")
     with pytest.raises(ValueError, match="fid.dinov2_model"):

@@ -123,7 +123,8 @@ def test_encoder_resizes_input_and_rejects_missing_weights(params, tmp_path):
     enc = encoder(params)
     assert enc(torch.rand(1, 3, 32, 32)).shape == (1, 64, 4, 4)
     with pytest.raises(FileNotFoundError, match="encoder.weights"):
-        build(EncoderConfig, {**params["encoder"], "weights": str(tmp_path / "missing.safetensors")}, "encoder")
+        build(EncoderConfig, {**params["encoder"], "weights": str(tmp_path / "missing.safetensors")},
+              "encoder").check_environment()
 
 
 def test_encoder_loads_local_weights_file(params, tmp_path):

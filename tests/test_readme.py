@@ -53,7 +53,7 @@ def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_pa
     import yaml
 
     from unirae_pipeline.compose import compose_params
-    from unirae_pipeline.config import validate_params
+    from unirae_pipeline.config import check_environment, validate_params
 
     stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
     readme = (ROOT / "README.md").read_text()
@@ -71,13 +71,14 @@ def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_pa
         work = tmp_path / str(n)
         work.mkdir()
         monkeypatch.chdir(work)
+        validate_params(params)  # the structure; the files each stage needs are checked when it starts
         with pytest.raises(FileNotFoundError, match="data.root"):
-            validate_params(params)
+            check_environment(params, params)
         for key, value in paths.items():
             target = work / value
             target.parent.mkdir(parents=True, exist_ok=True)
             target.mkdir() if key == "data.root" else target.write_bytes(b"")
-        validate_params(params)
+        check_environment(params, params)
 
 
 def test_experiment_commands_are_the_ones_the_e2e_tests_run():

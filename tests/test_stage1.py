@@ -85,13 +85,15 @@ def test_lpips_equals_the_reference_implementation(weights):
 
 def test_missing_or_wrong_perceptual_weights_are_clear_errors(weights, tmp_path):
     with pytest.raises(FileNotFoundError, match="train_rae.lpips.vgg_weights"):
-        build(RAETrainConfig, recipe(weights, lpips={"vgg_weights": None, "heads_weights": LPIPS_HEADS}), "train_rae")
+        build(RAETrainConfig, recipe(weights, lpips={"vgg_weights": None, "heads_weights": LPIPS_HEADS}),
+              "train_rae").check_environment()
     with pytest.raises(FileNotFoundError, match="train_rae.disc.weights"):
-        build(RAETrainConfig, recipe(weights, disc={**recipe(weights)["disc"], "weights": "nope.pth"}), "train_rae")
+        build(RAETrainConfig, recipe(weights, disc={**recipe(weights)["disc"], "weights": "nope.pth"}),
+              "train_rae").check_environment()
     # off, the same missing files are not needed: the embedded default runs without them
     build(RAETrainConfig, recipe(weights, lpips_weight=0.0, gan_weight=0.0, lpips={"vgg_weights": None,
                                  "heads_weights": None}, disc={**recipe(weights)["disc"], "weights": None}),
-          "train_rae")
+          "train_rae").check_environment()
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(KeyError, match="train_rae.lpips.vgg_weights: missing keys"):
         LPIPS(LPIPSConfig(str(tmp_path / "bad.pth"), LPIPS_HEADS))

@@ -1,7 +1,9 @@
-"""Typed views of params.yaml: every group becomes a validated dataclass before any heavy work runs."""
+"""Typed views of params.yaml: every group becomes a validated dataclass before any heavy work runs; the files a
+stage needs are checked when it starts (`check_environment`)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .data.images import DataConfig
@@ -29,6 +31,15 @@ GROUPS: dict[str, type] = {
     "train_dit": DiTTrainConfig, "guide": GuideConfig, "fid": FIDConfig, "fid.classifier": ClassifierConfig,
     "fid.train": OptimConfig, "train_rae.lpips": LPIPSConfig, "train_rae.disc": DiscConfig, "runtime": RuntimeConfig,
 }
+
+
+def check_environment(params: dict, keys: Iterable[str]) -> None:
+    """The files (weights, data, reference statistics) that the params `keys` need, for the groups that have such
+    needs: run when a stage that reads them starts, so that a machine runs the stages whose files it has."""
+    read = {key.split(".")[0] for key in keys}
+    for name, cls in GROUPS.items():
+        if name in read and hasattr(cls, "check_environment"):
+            build(cls, params[name], name).check_environment()
 
 
 def validate_params(params: dict) -> None:

@@ -1,10 +1,10 @@
-"""Kedro hooks: the log level from the environment, the GPU matmul policy, and every params group checked before any
-node runs."""
+"""Kedro hooks: the log level from the environment, the GPU matmul policy, every params group checked before any
+node runs, and the files of the params the run's nodes read checked before the first of them."""
 
 import torch
 from kedro.framework.hooks import hook_impl
 
-from .config import validate_params
+from .config import check_environment, validate_params
 from .progress import apply_log_level
 
 
@@ -21,3 +21,9 @@ class ParamsValidationHook:
         apply_log_level()
         use_tf32()
         validate_params(context.params)
+        self.params = context.params
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        keys = [i.removeprefix("params:") for i in pipeline.inputs() if i.startswith("params:")]
+        check_environment(self.params, keys)

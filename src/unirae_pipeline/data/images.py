@@ -39,7 +39,12 @@ class DataConfig:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
         if self.source == "shapes":
             self.shapes_config()
-        elif not self.root or not Path(self.root).is_dir():
+        elif not self.root:
+            raise ValueError("data.root must name the ImageFolder tree when data.source is 'imagefolder'")
+
+    def check_environment(self) -> None:
+        """The ImageFolder tree exists (checked when a stage that reads `data` starts)."""
+        if self.source == "imagefolder" and not Path(self.root).is_dir():
             raise FileNotFoundError(f"data.root: ImageFolder path {self.root!r} does not exist or is not a directory")
 
     def shapes_config(self) -> ShapesConfig:

@@ -37,17 +37,21 @@ class FIDConfig:
     def __post_init__(self) -> None:
         if self.extractor not in ("classifier", "inception", "dinov2"):
             raise ValueError(f"fid.extractor must be 'classifier', 'inception' or 'dinov2', got {self.extractor!r}")
+        if not timm.is_model(self.dinov2_model):
+            raise ValueError(f"fid.dinov2_model {self.dinov2_model!r} is not a timm model name")
+        ClassifierConfig(**self.classifier)
+
+    def check_environment(self) -> None:
+        """The feature network's weights and the reference statistics exist (checked when a stage that reads `fid`
+        starts)."""
         if self.extractor == "inception" and not (self.inception_weights and Path(self.inception_weights).is_file()):
             raise FileNotFoundError(f"fid.inception_weights: Inception weights file {self.inception_weights!r} not "
                                     "found (torch-fidelity's pt_inception-2015-12-05; nothing is downloaded)")
         if self.extractor == "dinov2" and not (self.dinov2_weights and Path(self.dinov2_weights).is_file()):
             raise FileNotFoundError(f"fid.dinov2_weights: DINOv2 weights file {self.dinov2_weights!r} not found "
                                     "(dinov2_vitl14_pretrain.pth for FD-DINOv2; nothing is downloaded)")
-        if not timm.is_model(self.dinov2_model):
-            raise ValueError(f"fid.dinov2_model {self.dinov2_model!r} is not a timm model name")
         if self.reference_npz is not None and not Path(self.reference_npz).is_file():
             raise FileNotFoundError(f"fid.reference_npz: reference statistics {self.reference_npz!r} not found")
-        ClassifierConfig(**self.classifier)
 
 
 def read_inception_weights(path: str) -> dict[str, torch.Tensor]:

@@ -34,10 +34,6 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.input_size < 1:
             raise ValueError(f"encoder.input_size must be positive, got {self.input_size}")
-        if self.weights not in ("none", "hub") and not Path(self.weights).is_file():
-            raise FileNotFoundError(
-                f"encoder.weights points to {self.weights!r}, which is not a file; "
-                "set encoder.weights to a local checkpoint, 'hub' or 'none'")
         try:
             timm.models.get_arch_name(self.model)
             known = timm.is_model(self.model)
@@ -45,6 +41,12 @@ class EncoderConfig:
             known = False
         if not known:
             raise ValueError(f"encoder.model {self.model!r} is not a timm model name")
+
+    def check_environment(self) -> None:
+        """The weights file exists (checked when a stage that reads `encoder` starts)."""
+        if self.weights not in ("none", "hub") and not Path(self.weights).is_file():
+            raise FileNotFoundError(f"encoder.weights points to {self.weights!r}, which is not a file; "
+                                    "set encoder.weights to a local checkpoint, 'hub' or 'none'")
 
 
 class FrozenEncoder(nn.Module):

@@ -51,6 +51,10 @@ class RAETrainConfig(OptimConfig):
                self.max_d_weight) < 0:
             raise ValueError(f"train_rae: loss weights, starts and max_d_weight must be >= 0: "
                              f"{asdict(self)}")
+        _ = self.lpips_config, self.disc_config  # building them validates both sub-groups
+
+    def check_environment(self) -> None:
+        """The LPIPS and discriminator weights exist when their terms are on (checked when train_rae starts)."""
         lpips, disc = self.lpips_config, self.disc_config
         if self.lpips_weight > 0:
             for key in ("vgg_weights", "heads_weights"):
