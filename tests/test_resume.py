@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent('''
     from unirae_pipeline.diffusion.transport import TransportConfig
     from unirae_pipeline.models.dit import DiTConfig, build_dit
     from unirae_pipeline.training.data import TensorBatches
-    from unirae_pipeline.params import run_key
+    from unirae_pipeline.scratch import RunKey
     from unirae_pipeline.runtime import RuntimeConfig
     from unirae_pipeline.training.fit import EMASnapshot, TrainerConfig, fit
     from unirae_pipeline.training.modules import TrainModule
@@ -48,7 +48,7 @@ SCRIPT = textwrap.dedent('''
     run = RuntimeConfig(0, 4, int(sys.argv[2]), False, "cpu", ".cache", "logs")
     snapshot = EMASnapshot(12)
     curve = fit(module, TensorBatches(data, 16, seed=0), trainer, run, "resume", seed=0, callbacks=(snapshot, Kill()),
-                run_key=run_key(config=sys.argv[3]))
+                key=RunKey({"config": sys.argv[3]}))
     save_file({"ema." + k: v.contiguous() for k, v in module.ema.module.state_dict().items()}
               | {"guide." + k: v.contiguous() for k, v in snapshot.state.items()}
               | {"loss": torch.tensor(curve["loss"].to_numpy()), "step": torch.tensor(curve["step"].to_numpy())},
@@ -149,8 +149,9 @@ RAE_SCRIPT = textwrap.dedent('''
     from unirae_pipeline.data.images import RandomCrops, scan_image_folder
     from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
     from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
-    from unirae_pipeline.params import build, run_key
+    from unirae_pipeline.params import build
     from unirae_pipeline.runtime import RuntimeConfig
+    from unirae_pipeline.scratch import RunKey
     from unirae_pipeline.training.data import KeyedBatches
     from unirae_pipeline.training.fit import TrainerConfig, fit
     from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig
@@ -177,7 +178,7 @@ RAE_SCRIPT = textwrap.dedent('''
     trainer = TrainerConfig("cpu", 1, 1, "auto", "32-true", 1)
     run = RuntimeConfig(0, 1, 5, False, "cpu", ".cache", "logs")
     curve = fit(module, KeyedBatches(crops, 8, seed=0), trainer, run, "rae", seed=0, callbacks=(Kill(),),
-                run_key=run_key(config="rae"))
+                key=RunKey({"config": "rae"}))
     heads = {"disc." + k: v.contiguous() for k, v in module.disc.heads.state_dict().items()}
     save_file({"ema." + k: v.contiguous() for k, v in module.ema.module.state_dict().items()} | heads
               | {c: torch.tensor(curve[c].to_numpy()) for c in curve.columns}, sys.argv[1])

@@ -13,6 +13,7 @@ from torch import nn
 from unirae_pipeline.diffusion.transport import TransportConfig
 from unirae_pipeline.models.dit import DiTConfig, build_dit
 from unirae_pipeline.params import build
+from unirae_pipeline.scratch import RunKey
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit
 from unirae_pipeline.training.modules import TrainModule
@@ -119,10 +120,10 @@ def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
 
     module = TrainModule(nn.Linear(2, 1), optim(duration=20, batch_size=2, warmup=0), objective)
     trainer = build(TrainerConfig, params["trainer"], "trainer")
-    run = runtime(checkpoint_every_n_steps=2, log_every_n_steps=5)
+    run, key = runtime(checkpoint_every_n_steps=2, log_every_n_steps=5), RunKey({"test": "nan"})
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 7"):
-        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, run, "nan", seed=0, run_key="k")
-    last = torch.load(tmp_path / ".cache" / "ckpts" / "nan-k" / "last.ckpt", weights_only=True)
+        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, run, "nan", seed=0, key=key)
+    last = torch.load(tmp_path / ".cache" / "ckpts" / f"nan-{key.key}" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 6 and len(calls) == 8  # stopped at the first check after the NaN step
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 

@@ -15,6 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..progress import show_progress
 from ..runtime import RuntimeConfig
+from ..scratch import RunKey
 from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
 
@@ -106,11 +107,11 @@ def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> in
 
 
 def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: TrainerConfig, runtime: RuntimeConfig,
-        name: str, seed: int, callbacks: tuple[L.Callback, ...] = (), run_key: str | None = None) -> pd.DataFrame:
-    """Train to `module.optim.steps` optimizer steps. With `runtime.checkpoint_every_n_steps` and a `run_key` (a hash
-    of everything the run's result depends on), checkpoints go to <runtime.scratch>/ckpts/<name>-<run_key>/ and a rerun
-    with the same key resumes from the last one (model, EMA, optimizer, schedule, RNG, data position); another key
-    never does."""
+        name: str, seed: int, callbacks: tuple[L.Callback, ...] = (), key: RunKey | None = None) -> pd.DataFrame:
+    """Train to `module.optim.steps` optimizer steps. With `runtime.checkpoint_every_n_steps` and a `key` (everything
+    the run's result depends on), checkpoints go to <runtime.scratch>/ckpts/<name>-<its key>/ and a rerun with the
+    same key resumes from the last one (model, EMA, optimizer, schedule, RNG, data position); another key never
+    does."""
     if not log.isEnabledFor(logging.DEBUG):  # UNIRAE_LOG_LEVEL=DEBUG keeps Lightning's messages
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning resets it to INFO on import
     L.seed_everything(seed, workers=True, verbose=False)
@@ -118,7 +119,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         module.compile_model()
     history = LossHistory(runtime.log_every_n_steps)
     every = runtime.checkpoint_every_n_steps
-    ckpt_dir = runtime.scratch_dir("ckpts") / f"{name}-{run_key}" if run_key and every else None
+    ckpt_dir = key.folder(runtime.scratch_dir("ckpts"), prefix=f"{name}-") if key and every else None
     extra: list[L.Callback] = [ResumeData(batches, cfg.accumulate_grad_batches)]
     if ckpt_dir is not None:
         extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every,
@@ -145,6 +146,8 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         # The EMA copy is in eval mode on purpose; Lightning warns about any such submodule.
         warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
+        # Stage 1 steps itself: its checkpoints hold the state after step `global_step`, what a resume continues from
+        warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
         trainer.fit(module, batches.loader(), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
     resumed_at = batches.start // cfg.accumulate_grad_batches  # set by ResumeData when a checkpoint was restored
     seconds, steps = time.perf_counter() - start, trainer.global_step - resumed_at

@@ -18,10 +18,11 @@ import torch
 from ...data.images import ImageDataset, ImageSet
 from ...data.latents import DTYPES, CacheConfig, LatentCache, encode_block, encode_uint8, save_shard
 from ...models.encoder import EncoderConfig, FrozenEncoder
-from ...params import build, run_key
+from ...params import build
 from ...progress import progress
 from ...ranks import global_rank, local_device, wait_for_files, world_size
 from ...runtime import RuntimeConfig
+from ...scratch import RunKey
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
     meta = {"fingerprint": enc.fingerprint(), "latent_shape": list(enc.latent_shape), "image_size": image_size,
             "class_names": image_set.class_names, "dtype": cfg.dtype, "hflip": cfg.hflip}
     log.info("encoder %s -> latents %s, fingerprint %s", enc.cfg.model, enc.latent_shape, meta["fingerprint"])
-    folder = run.scratch_dir("latents") / run_key(meta=meta, latents=latents, index=_index_digest(image_set))
+    key = RunKey({"encoder": encoder, "latents": latents, "seed": seed, "data.image_size": image_size},
+                 {"meta": meta, "index": _index_digest(image_set)})
+    folder = key.folder(run.scratch_dir("latents"))
     plan = [(split, cfg.hflip and split == "train", k, lo) for split in SPLITS
             for k, lo in enumerate(range(0, len(image_set.splits[split]), cfg.shard_size))]
     encode = encode_uint8(enc, cfg.precision, device)

@@ -21,8 +21,9 @@ from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifi
 from ...evaluation.extractors import Extractor, FIDConfig, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
-from ...params import build, run_key
+from ...params import build
 from ...runtime import RuntimeConfig
+from ...scratch import RunKey
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule
@@ -50,11 +51,10 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, tra
         torch.manual_seed(seed)
         model = ShapeClassifier(clf, image_set.num_classes)
     module = TrainModule(model, optim, partial(classifier_objective, cfg=clf))
-    key = run_key(fid=fid, trainer=trainer, seed=seed, image_size=image_size, classes=image_set.class_names,
-                  counts={k: len(v) for k, v in image_set.splits.items()})
+    key = RunKey({"fid": fid, "trainer": trainer, "seed": seed, "data.image_size": image_size},
+                 {"classes": image_set.class_names, "counts": {k: len(v) for k, v in image_set.splits.items()}})
     curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg,
-                build(RuntimeConfig, runtime, "runtime"), "classifier", seed,
-                run_key=key)
+                build(RuntimeConfig, runtime, "runtime"), "classifier", seed, key=key)
     blob = to_blob(module.ema.module, kind="classifier", config=clf.to_dict(), num_classes=image_set.num_classes)
     return blob, curve
 

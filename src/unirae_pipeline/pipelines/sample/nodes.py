@@ -28,10 +28,11 @@ from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_blob
 from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
-from ...params import build, run_key
+from ...params import build
 from ...progress import progress
 from ...ranks import global_rank, wait_for_files, world_size
 from ...runtime import RuntimeConfig
+from ...scratch import RunKey
 
 log = logging.getLogger(__name__)
 
@@ -160,11 +161,11 @@ def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob,
     labels = balanced_labels(meta["num_classes"], cfg.num_per_class, seed)
     image_shape = (dec.image_size, dec.image_size, 3)
     models = [dit, decoder, latent_stats, *([guide_blob] if guide_blob else [])]
-    key = run_key(models=blob_digest(*models), sample=params, diffusion=diffusion, seed=seed)
+    key = RunKey({"sample": params, "diffusion": diffusion, "seed": seed}, {"models": blob_digest(*models)})
     start = time.perf_counter()
     times = time_grid(sampler.num_steps, shift).float()
     velocity, shape = velocity_of(model, guide, sampler, run), tuple(meta["latent_shape"])
-    samples = generate_shards(scratch / key, labels, cfg, image_shape, lambda y, first: generate(
+    samples = generate_shards(key.folder(scratch), labels, cfg, image_shape, lambda y, first: generate(
         velocity, shape, dec, stats, y, cfg, sampler, times, seed, device, first))
     seconds = time.perf_counter() - start
     log.info("sampled %d images (%s, %d grid points, %s %.2f, %s%s on %s, %d rank(s)) in %.1f s, %.1f img/s",
@@ -175,8 +176,9 @@ def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob,
                               meta["seed"])
         unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
         floor = velocity_of(untrained, None, unguided, run)
-        baseline = generate_shards(scratch / f"{key}-untrained", labels, cfg, image_shape, lambda y, first: generate(
-            floor, shape, dec, stats, y, cfg, unguided, times, seed, device, first))
+        baseline = generate_shards(key.folder(scratch, suffix="-untrained"), labels, cfg, image_shape,
+                                   lambda y, first: generate(floor, shape, dec, stats, y, cfg, unguided, times, seed,
+                                                             device, first))
     else:
         baseline = SampleSet([], labels.numpy()[:0], image_shape)
     if samples is None:  # another rank: its shards are on disk, and rank zero writes every output

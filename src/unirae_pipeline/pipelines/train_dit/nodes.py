@@ -13,8 +13,9 @@ from ...data.latents import LatentRows, LatentStore, norm_stats
 from ...diffusion.transport import TransportConfig, shift_factor
 from ...models.dit import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
-from ...params import build, run_key
+from ...params import build
 from ...runtime import RuntimeConfig
+from ...scratch import RunKey
 from ...training.data import KeyedBatches
 from ...training.fit import EMASnapshot, TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule
@@ -23,10 +24,11 @@ from ...training.optim import DiTTrainConfig
 
 
 def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, recipe: dict, diffusion: dict, trainer: dict,
-            runtime: dict, seed: int, name: str, key: dict, snapshot: bool = False,
+            runtime: dict, seed: int, name: str, params: dict, snapshot: bool = False,
             ) -> tuple[TrainModule, pd.DataFrame, dict, dict | None]:
     """Train one DiT-DH of architecture `cfg` by the `recipe` (a `train_dit` group) on the cached latents, resumable
-    under the run key made of `key` and the cache's manifest. Returns the module (its EMA is the model), the loss
+    under the run key made of `params` (the params.yaml values that chose `cfg` and `recipe`), the rest of the stage's
+    params and the cache's manifest. Returns the module (its EMA is the model), the loss
     curve, the metadata of its model files and, with `snapshot`, the EMA state at `recipe.guide_at`."""
     optim = build(DiTTrainConfig, recipe, "train_dit")
     transport = build(TransportConfig, diffusion, "diffusion")
@@ -44,7 +46,7 @@ def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, recipe: di
                                                shift=shift_factor(shape, transport.shift_base), stats=stats))
     callbacks: tuple[L.Callback, ...] = (EMASnapshot(int(optim.guide_at)),) if snapshot else ()
     curve = fit(module, batches, trainer_cfg, run, name, seed, callbacks=callbacks,
-                run_key=run_key(**key, diffusion=diffusion, trainer=trainer, seed=seed, latents=manifest))
+                key=RunKey({**params, "diffusion": diffusion, "trainer": trainer, "seed": seed}, {"latents": manifest}))
     meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
                 seed=seed)
     return module, curve, meta, callbacks[0].state if snapshot else None
@@ -56,8 +58,7 @@ def train_dit(latents: LatentStore, latent_stats: Blob, dit: dict, train_dit: di
     separate one) and the loss curve."""
     cfg = build(DiTConfig, dit, "dit")
     module, curve, meta, state = fit_dit(latents, latent_stats, cfg, train_dit, diffusion, trainer, runtime, seed,
-                                         "train_dit",
-                                         dict(dit=dit, train_dit=train_dit), snapshot=True)
+                                         "train_dit", dict(dit=dit, train_dit=train_dit), snapshot=True)
     snapshot = build_dit(cfg, tuple(meta["latent_shape"]), meta["num_classes"], seed)
     snapshot.load_state_dict(state)
     return to_blob(module.ema.module, **meta), to_blob(snapshot, **meta, step=int(module.optim.guide_at)), curve

@@ -51,5 +51,5 @@ def train_guide(latents: LatentStore, latent_stats: Blob, guide: dict, diffusion
         return empty_guide()
     recipe = {**train_dit, "duration": cfg.duration, "guide_at": cfg.duration}
     module, _, meta, _ = fit_dit(latents, latent_stats, cfg.dit_config(), recipe, diffusion, trainer, runtime, seed,
-                                 "train_guide", dict(guide=guide, train_dit=recipe))
+                                 "train_guide", {"guide": guide, **{f"train_dit.{k}": v for k, v in train_dit.items()}})
     return to_blob(module.ema.module, **meta, source="train", step=int(module.optim.steps))

@@ -18,9 +18,10 @@ from ...evaluation.report import image_grid, quantize
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
-from ...params import build, run_key
+from ...params import build
 from ...ranks import local_device
 from ...runtime import RuntimeConfig
+from ...scratch import RunKey
 from ...training.data import KeyedBatches, TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.stage1 import RAEModule, RAETrainConfig
@@ -66,8 +67,8 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, deco
         torch.manual_seed(seed)
         model = ViTDecoder(cfg, channels, grid)
     module = RAEModule(model, optim, online, seed)
-    key = run_key(decoder=decoder, train_rae=train_rae, trainer=trainer, seed=seed, latents=manifest)
-    curve = fit(module, batches, trainer_cfg, run, "train_rae", seed, run_key=key)
+    key = RunKey(dict(decoder=decoder, train_rae=train_rae, trainer=trainer, seed=seed), dict(latents=manifest))
+    curve = fit(module, batches, trainer_cfg, run, "train_rae", seed, key=key)
     blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
                    fingerprint=manifest["fingerprint"])
     return blob, curve
