@@ -56,10 +56,7 @@ class FIDConfig:
 
 def read_inception_weights(path: str) -> dict[str, torch.Tensor]:
     """Tensors only (weights_only=True): torch-fidelity itself would unpickle the file without that guard."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any failure means the file is not a plain state dict
-        raise ValueError(f"fid.inception_weights {path!r} is not a plain tensor state dict: {err}") from None
+    return read_state_dict(path, "fid.inception_weights", prefer=())
 
 
 def _inception(state: dict[str, torch.Tensor]) -> nn.Module:

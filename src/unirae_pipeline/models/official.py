@@ -15,24 +15,14 @@ import torch
 from .decoder import DecoderConfig, ViTDecoder
 from .dit import DiTConfig, DiTDH
 from .layers import Rope2D
+from .serialization import load_strict, read_state_dict
 
 _WRAPPERS = ("module.", "_orig_mod.")  # DDP and torch.compile prefixes
 
 
-def read_checkpoint(path: str | Path, prefer: tuple[str, ...] = ("ema", "model", "state_dict")) -> dict[str, Any]:
-    """Load a .pt/.pth (weights only) or .safetensors file; return the first of `prefer` found, else the dict."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    for key in prefer:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            return obj[key]
-    return obj
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A released checkpoint's weights: the EMA ones when it holds both (`serialization.read_state_dict`)."""
+    return read_state_dict(path, f"official checkpoint {Path(path).name}", prefer=("ema", "model", "state_dict"))
 
 
 def _strip(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -50,19 +40,6 @@ def _pair(value: Any, name: str) -> tuple[int, int]:
     if isinstance(value, (list, tuple)) and len(value) == 2:
         return int(value[0]), int(value[1])
     raise ValueError(f"official {name} must be an int or a [backbone, head] pair, got {value!r}")
-
-
-def _load_strict(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state_dict))
-    unknown = sorted(set(state_dict) - set(expected))
-    if missing or unknown:
-        raise KeyError(f"{what}: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                       f"unknown keys {unknown[:8]}{'...' if len(unknown) > 8 else ''}")
-    wrong = [k for k, v in state_dict.items() if v.shape != expected[k].shape]
-    if wrong:
-        raise ValueError(f"{what}: shape mismatch for {[(k, tuple(state_dict[k].shape)) for k in wrong[:8]]}")
-    model.load_state_dict(state_dict, strict=True)
 
 
 def _check_table(name: str, given: torch.Tensor, ours: torch.Tensor) -> None:
@@ -103,7 +80,7 @@ def load_official_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, p
             if f"{name}.{part}" in state:
                 _check_table(f"{name}.{part}", state.pop(f"{name}.{part}"), ours)
     _check_table("pos_embed", state.get("pos_embed", model.pos_embed), model.pos_embed)
-    _load_strict(model, state, "official DiT-DH")
+    load_strict(model, state, "official DiT-DH")
     return model.eval()
 
 
@@ -151,7 +128,7 @@ def load_official_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int,
             names = [f"{p}.{suffix}" for p in parts]
             if all(n in state for n in names):
                 converted[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat([state[n] for n in names])
-    _load_strict(model, converted, "official decoder")
+    load_strict(model, converted, "official decoder")
     return model.eval()
 
 

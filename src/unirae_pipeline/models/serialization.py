@@ -47,9 +47,11 @@ def check_fingerprints(**fingerprints: str) -> str:
     return values.pop()
 
 
-def read_state_dict(path: str | Path | None, param: str) -> dict[str, torch.Tensor]:
-    """Tensors of a local weights file (.safetensors, or a torch file loaded with weights_only); `param` names the
-    params key in the errors. Pretrained weights are never downloaded."""
+def read_state_dict(path: str | Path | None, param: str,
+                    prefer: tuple[str, ...] = ("state_dict", "model")) -> dict[str, Any]:
+    """The one reader of every weights file: .safetensors, or a torch file loaded with weights_only (tensors and
+    plain containers, never code), unwrapped to the first of `prefer` it holds (training checkpoints nest the
+    weights). `param` names the params key in the errors. Pretrained weights are never downloaded."""
     if not path or not Path(path).is_file():
         raise FileNotFoundError(f"{param}: weights file {str(path)!r} not found (nothing is downloaded; "
                                 "put the file there or point the parameter at it)")
@@ -61,14 +63,22 @@ def read_state_dict(path: str | Path | None, param: str) -> dict[str, torch.Tens
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means the file is not a plain state dict
         raise ValueError(f"{param}: {str(path)!r} is not a plain tensor state dict: {err}") from None
-    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    for key in prefer:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:
-    """load_state_dict(strict=True) with an error that names the params key and the first mismatching keys."""
-    expected = set(model.state_dict())
-    missing, unknown = sorted(expected - set(state)), sorted(set(state) - expected)
+    """The one strict loader: load_state_dict(strict=True) with errors that name the params key and the first
+    missing, unknown or wrongly shaped keys."""
+    expected = model.state_dict()
+    missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unknown:
-        raise KeyError(f"{param}: missing keys {missing[:6]}, unknown keys {unknown[:6]}")
+        raise KeyError(f"{param}: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                       f"unknown keys {unknown[:8]}{'...' if len(unknown) > 8 else ''}")
+    wrong = [(k, tuple(v.shape)) for k, v in state.items() if v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{param}: shape mismatch for {wrong[:8]}")
     model.load_state_dict(state, strict=True)
     return model
