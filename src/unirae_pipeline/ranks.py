@@ -53,3 +53,24 @@ def wait_for_files(paths: list, what: str, poll_s: float = 1.0, stall_s: float =
                                f"{len(missing)} missing (first: {missing[0]}). Did a rank fail? Complete shards "
                                "are kept: rerun the stage")
         time.sleep(poll_s)
+
+
+def sharded_job(paths: list, make, what: str) -> tuple[int, int]:
+    """The one resumable, rank-split job of the stages that write shards (cache_latents, sample): shard k is the file
+    `paths[k]`, written by `make(k)` once complete. Each rank makes every world-size-th shard that is not on disk
+    (the complete shards of an interrupted run are kept); rank zero then waits for the other ranks' files. Returns
+    (kept, made) for this rank."""
+    from .progress import progress
+
+    world, rank = world_size(), global_rank()
+    kept = made = 0
+    for k in progress(range(rank, len(paths), world), what, unit="shard"):
+        if paths[k].is_file():
+            kept += 1
+        else:
+            make(k)
+            made += 1
+    if rank == 0 and world > 1:
+        wait_for_files(paths, what)
+    return kept, made
+

@@ -19,8 +19,7 @@ from ...data.images import ImageDataset, ImageSet
 from ...data.latents import DTYPES, CacheConfig, LatentCache, encode_block, encode_uint8, save_shard
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...params import build
-from ...progress import progress
-from ...ranks import global_rank, local_device, wait_for_files, world_size
+from ...ranks import global_rank, local_device, sharded_job
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
 
@@ -51,25 +50,23 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: 
     plan = [(split, cfg.hflip and split == "train", k, lo) for split in SPLITS
             for k, lo in enumerate(range(0, len(image_set.splits[split]), cfg.shard_size))]
     encode = encode_uint8(enc, cfg.precision, device)
-    world, rank = world_size(), global_rank()
-    kept, encoded, start = 0, 0, time.perf_counter()
-    for split, flips, k, lo in progress(plan[rank::world], "caching latents", unit="shard"):
-        path = folder / split / f"shard_{k:05d}.safetensors"
-        if path.is_file():
-            kept += 1
-            continue
+    paths = [folder / split / f"shard_{k:05d}.safetensors" for split, _, k, _ in plan]
+    encoded, start = 0, time.perf_counter()
+
+    def encode_shard(i: int) -> None:
+        nonlocal encoded
+        split, flips, k, lo = plan[i]
         rows = range(lo, min(lo + cfg.shard_size, len(image_set.splits[split])))
         loader = torch.utils.data.DataLoader(
             torch.utils.data.Subset(ImageDataset(image_set, split, image_size), rows), batch_size=cfg.batch_size,
             num_workers=run.num_workers, pin_memory=device.type == "cuda")
-        save_shard(path, encode_block(encode, loader, split, flips, DTYPES[cfg.dtype], device), meta["fingerprint"])
+        save_shard(paths[i], encode_block(encode, loader, split, flips, DTYPES[cfg.dtype], device), meta["fingerprint"])
         encoded += len(rows)
-        log.debug("rank %d: %s shard %d (%d images) cached", rank, split, k, len(rows))
+        log.debug("rank %d: %s shard %d (%d images) cached", global_rank(), split, k, len(rows))
+
+    kept, _ = sharded_job(paths, encode_shard, "latent shards")
     seconds = time.perf_counter() - start
-    log.info("rank %d: encoded %d images in %.1f s (%.0f img/s); %d complete shards kept from an earlier run", rank,
-             encoded, seconds, encoded / max(seconds, 1e-9), kept)
-    paths = [folder / split / f"shard_{k:05d}.safetensors" for split, _, k, _ in plan]
-    if rank == 0 and world > 1:
-        wait_for_files(paths, "latent shards")
+    log.info("rank %d: encoded %d images in %.1f s (%.0f img/s); %d complete shards kept from an earlier run",
+             global_rank(), encoded, seconds, encoded / max(seconds, 1e-9), kept)
     shards = {split: sum(1 for s, *_ in plan if s == split) for split in SPLITS}
     return LatentCache(folder, shards, meta)

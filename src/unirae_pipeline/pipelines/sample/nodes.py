@@ -30,7 +30,7 @@ from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
 from ...params import build
 from ...progress import progress
-from ...ranks import global_rank, wait_for_files, world_size
+from ...ranks import global_rank, sharded_job, world_size
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
 
@@ -102,23 +102,17 @@ def generate(velocity: VelocityFn, latent_shape: tuple[int, int, int], decoder: 
 def generate_shards(folder: Path, labels: torch.Tensor, cfg: SampleConfig, image_shape: tuple[int, int, int],
                     make: Callable[[torch.Tensor, int], np.ndarray]) -> SampleSet | None:
     """Shards of `cfg.shard_size` images in `folder`; complete shards of an earlier, interrupted run are kept.
-    Under torchrun or SLURM each rank makes every world-size-th shard; rank zero waits for the others' files and
-    returns the whole set, the other ranks None (they write no output)."""
+    Under torchrun or SLURM each rank makes every world-size-th shard (`ranks.sharded_job`); rank zero returns the
+    whole set, the other ranks None (they write no output)."""
     folder.mkdir(parents=True, exist_ok=True)
     starts = range(0, len(labels), cfg.shard_size)
     paths = [folder / f"shard_{k:05d}.npy" for k in range(len(starts))]
-    world, rank = world_size(), global_rank()
-    kept = 0
-    for k in range(rank, len(paths), world):
-        if paths[k].is_file():
-            kept += 1
-        else:
-            write_shard(paths[k], make(labels[starts[k]: starts[k] + cfg.shard_size], starts[k] // cfg.batch_size))
+    kept, made = sharded_job(paths, lambda k: write_shard(paths[k], make(
+        labels[starts[k]: starts[k] + cfg.shard_size], starts[k] // cfg.batch_size)), "sample shards")
     if kept:
-        log.info("resumed %s: %d of this rank's %d shards were complete", folder, kept, len(paths[rank::world]))
-    if rank != 0:
+        log.info("resumed %s: %d of this rank's %d shards were complete", folder, kept, kept + made)
+    if global_rank() != 0:
         return None
-    wait_for_files(paths, "sample shards")
     return SampleSet([read_shard(p) for p in paths], labels.numpy(), image_shape, cache=folder)
 
 
