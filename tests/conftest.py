@@ -41,17 +41,18 @@ def outside_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def runtime(**over):
-    """The committed `runtime` group (scratch and logs relative to the test's own folder), with `over` replaced."""
-    from unirae_pipeline.runtime import RuntimeConfig
-
-    return RuntimeConfig(**{**yaml.safe_load((ROOT / "params.yaml").read_text())["runtime"], **over})
-
-
 def scratch(folder: Path) -> dict:
     """The committed `runtime` params (what the nodes take) with scratch space and logs in `folder`."""
     return {**yaml.safe_load((ROOT / "params.yaml").read_text())["runtime"], "scratch": str(folder),
             "logs": str(folder / "logs")}
+
+
+def runtime(**over):
+    """The committed `runtime` group as its config (scratch and logs relative to the test's own folder), with `over`
+    replaced."""
+    from unirae_pipeline.runtime import RuntimeConfig
+
+    return RuntimeConfig(**{**scratch(Path(".cache")), "logs": "logs", **over})
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ valid before any process group exists, e.g. in stages that do not train."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 
 def _env(names: tuple[str, ...], default: int) -> int:
@@ -55,7 +56,7 @@ def wait_for_files(paths: list, what: str, poll_s: float = 1.0, stall_s: float =
         time.sleep(poll_s)
 
 
-def sharded_job(paths: list, make, what: str) -> tuple[int, int]:
+def sharded_job(paths: list, make: Callable[[int], None], what: str) -> tuple[int, int]:
     """The one resumable, rank-split job of the stages that write shards (cache_latents, sample): shard k is the file
     `paths[k]`, written by `make(k)` once complete. Each rank makes every world-size-th shard that is not on disk
     (the complete shards of an interrupted run are kept); rank zero then waits for the other ranks' files. Returns
@@ -73,4 +74,3 @@ def sharded_job(paths: list, make, what: str) -> tuple[int, int]:
     if rank == 0 and world > 1:
         wait_for_files(paths, what)
     return kept, made
-

@@ -30,6 +30,7 @@ from .params import run_key
 log = logging.getLogger(__name__)
 
 PARAMS_FILE = "params.json"
+_MISSING = object()  # a key the candidate params do not have
 
 
 def flatten(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -76,8 +77,6 @@ class Entry:
         return self.params is None or any(
             all(params.get(k, _MISSING) == v for k, v in self.params.items()) for params in candidates)
 
-
-_MISSING = object()
 
 
 def entries(root: Path) -> Iterator[Entry]:

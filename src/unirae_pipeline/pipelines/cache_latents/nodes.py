@@ -2,9 +2,9 @@
 val: plain).
 
 The work is split into shards of `latents.shard_size` images, each written to <runtime.scratch>/latents/<hash of the
-inputs>/ as
-soon as it is complete: a rerun after a kill encodes only the missing ones, and under torchrun or SLURM each rank
-encodes every world-size-th shard. Rank zero then moves them into the catalog's store at once.
+inputs>/ as soon as it is complete: a rerun after a kill encodes only the missing ones, and under torchrun or SLURM
+each rank encodes every world-size-th shard (`ranks.sharded_job`). Rank zero then moves them into the catalog's store
+at once.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from ...scratch import RunKey
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class SampleConfig:
     """The `sample` params group: how many samples and in which precision; `sampler` is the integrator (where they
