@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import shutil
 import subprocess
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +42,24 @@ def outside_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
-def scratch(folder: Path) -> dict:
-    """The committed `runtime` params (what the nodes take) with scratch space and logs in `folder`."""
-    return {**yaml.safe_load((ROOT / "params.yaml").read_text())["runtime"], "scratch": str(folder),
-            "logs": str(folder / "logs")}
+def typed(name: str, value: dict):
+    """The params group `name` as the nodes take it: `value` built into its node of the typed tree."""
+    from unirae_pipeline.config import Params
+    from unirae_pipeline.params import build
+
+    return build(typing.get_type_hints(Params)[name], value, name)
 
 
 def runtime(**over):
     """The committed `runtime` group as its config (scratch and logs relative to the test's own folder), with `over`
     replaced."""
-    from unirae_pipeline.runtime import RuntimeConfig
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())["runtime"]
+    return typed("runtime", {**committed, "scratch": ".cache", "logs": "logs", **over})
 
-    return RuntimeConfig(**{**scratch(Path(".cache")), "logs": "logs", **over})
+
+def scratch(folder: Path, **over):
+    """The committed `runtime` group with scratch space and logs in `folder`, and `over` replaced."""
+    return runtime(scratch=str(folder), logs=str(folder / "logs"), **over)
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,7 +14,8 @@ import yaml
 from hydra.errors import MissingConfigException
 
 from unirae_pipeline.compose import compose_params, dump
-from unirae_pipeline.config import check_environment, validate_params
+from unirae_pipeline.config import check_environment, load_params
+from unirae_pipeline.params import plain
 from unirae_pipeline.pipeline_registry import STAGES
 
 from .conftest import ROOT, copy_repository, write_folder
@@ -35,6 +37,59 @@ def test_presets_and_overrides_compose():
     assert smoke["train_dit"]["duration"] < 100 and smoke["dit"] == compose_params(conf_dir=ROOT / "conf")["dit"]
 
 
+def test_params_are_one_typed_frozen_tree(params):
+    """params.yaml becomes one tree of frozen dataclasses, sub-groups included (no mapping left for a node to
+    rebuild but the free-form timm constructor overrides), that turns back into exactly params.yaml."""
+    tree = load_params(params)
+    free_form = {"encoder.overrides", "train_rae.disc.overrides"}
+
+    def walk(node, key: str) -> int:
+        assert dataclasses.is_dataclass(node) and node.__dataclass_params__.frozen, key
+        groups = 1
+        for field in dataclasses.fields(node):
+            value, name = getattr(node, field.name), f"{key}.{field.name}".lstrip(".")
+            if dataclasses.is_dataclass(value):
+                groups += walk(value, name)
+            else:
+                assert not isinstance(value, dict) or name in free_form, name
+        return groups
+
+    assert walk(tree, "") == 20  # the root, 13 groups, 6 sub-groups
+    assert plain(tree) == params
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tree.sample.sampler.num_steps = 3
+    assert tree.get("sample.sampler.method") == params["sample"]["sampler"]["method"]
+    with pytest.raises(ValueError, match="'sample.sampler': unknown keys \\['nsteps'\\]"):
+        load_params({**params, "sample": {**params["sample"], "sampler": {**params["sample"]["sampler"], "nsteps": 1}}})
+
+
+def test_every_node_takes_its_params_as_the_tree_holds_them(params):
+    """The hook hands each `params:` input the tree's value: every node annotates it with that value's type (Kedro
+    reads the same annotations), and the hook's answer for a node is exactly those values."""
+    import importlib
+
+    from kedro.pipeline import Pipeline
+    from kedro.validation.type_extractor import TypeExtractor
+
+    from unirae_pipeline.hooks import ParamsHook
+
+    tree = load_params(params)
+    pipelines = {s: importlib.import_module(f"unirae_pipeline.pipelines.{s}").create_pipeline() for s in STAGES}
+    annotated = TypeExtractor(pipelines).extract_types_from_pipelines()
+    nodes = sum(pipelines.values(), Pipeline([])).nodes
+    groups = {i.removeprefix("params:") for node in nodes for i in node.inputs
+              if i.startswith("params:") and dataclasses.is_dataclass(tree.get(i.removeprefix("params:")))}
+    assert set(annotated) == groups and len(groups) >= 10
+    for key, kind in annotated.items():
+        assert isinstance(tree.get(key), kind), key
+    hook = ParamsHook()
+    hook.after_context_created(type("Context", (), {"config_loader": {"parameters": params}})())
+    node = next(n for n in nodes if n.name == "sample")
+    given = hook.before_node_run(node, None, {i: None for i in node.inputs}, False, "run")
+    assert given == {"params:sample": tree.sample, "params:diffusion": tree.diffusion, "params:seed": tree.seed,
+                     "params:runtime": tree.runtime}
+
+
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(MissingConfigException, match="dit/XXL"):
         compose_params(["dit=XXL"], conf_dir=ROOT / "conf")
@@ -49,7 +104,7 @@ def test_kedro_reads_params_yaml_and_sets_tf32(params):
     try:
         bootstrap_project(ROOT)
         with KedroSession.create(project_path=ROOT) as session:
-            assert session.load_context().params == params
+            assert session.load_context().config_loader["parameters"] == params
         assert torch.backends.cuda.matmul.allow_tf32  # the reference's fp32 policy, set before any node runs
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
@@ -88,7 +143,7 @@ def test_dvc_stages_are_the_kedro_pipelines():
     ("train_dit.schedule", "step", "schedule"),
     ("train_dit.guide_at", 5000, "train_dit.guide_at"),
     ("train_rae.unit", "hours", "unit"),
-    ("sample.sampler.method", "rk45", "sample.method"),
+    ("sample.sampler.method", "rk45", "sample.sampler.method"),
     ("latents.dtype", "int8", "latents.dtype"),
     ("trainer.precision", "64", "trainer.precision"),
     ("dit.depth", 0, "dit.depth"),
@@ -100,18 +155,17 @@ def test_invalid_params_fail_early_naming_the_key(p, path, value, message):
         node = node[part]
     node[leaf] = value
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        validate_params(p)
+        load_params(p)
 
 
 def test_imagefolder_errors_name_data_root(p, tmp_path):
     """A missing tree is an error of the stages that read `data`, not of the params' structure."""
     p["data"].update(source="imagefolder", root=str(tmp_path / "missing"), shapes=None)
-    validate_params(p)
-    check_environment(p, ["train_dit", "sample"])  # stages that never read the tree
+    check_environment(load_params(p), ["train_dit", "sample"])  # stages that never read the tree
     with pytest.raises(FileNotFoundError, match="data.root"):
-        check_environment(p, ["data.image_size"])
+        check_environment(load_params(p), ["data.image_size"])
     p["data"]["root"] = str(write_folder(tmp_path / "ok", {"a": 1}))
-    check_environment(p, ["data"])
+    check_environment(load_params(p), ["data"])
 
 
 def test_missing_files_stop_only_the_stages_that_need_them(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unirae_pipeline.data.images import DataConfig, ImageDataset, center_crop, scan_image_folder
+from unirae_pipeline.data.images import ImageDataset, center_crop, scan_image_folder
 from unirae_pipeline.data.latents import (
     CacheConfig,
     LatentStore,
@@ -17,18 +17,17 @@ from unirae_pipeline.data.latents import (
     save_shard,
 )
 from unirae_pipeline.data.shapes import SHAPES, ShapesConfig, generate
-from unirae_pipeline.params import build
 
-from .conftest import scratch, write_folder
+from .conftest import scratch, typed, write_folder
 
 
 def shapes_cfg(params) -> ShapesConfig:
-    return build(DataConfig, params["data"], "data").shapes_config()
+    return typed("data", params["data"]).shapes
 
 
 def test_shapes_are_deterministic_balanced_and_flip_symmetric(params):
     cfg = shapes_cfg(params)
-    a, b, c = generate(cfg, 0), generate(cfg, 0), generate(cfg, 1)
+    a, b, c = generate(cfg, 16, 0), generate(cfg, 16, 0), generate(cfg, 16, 1)
     assert np.array_equal(a["train"][0], b["train"][0]) and not np.array_equal(a["train"][0], c["train"][0])
     images, labels = a["train"]
     assert images.shape == (cfg.train_per_class * cfg.num_classes, 16, 16, 3) and images.dtype == np.uint8
@@ -58,10 +57,9 @@ def test_image_folder_scan_and_errors(tmp_path):
 
 def test_data_config_requires_an_existing_root(params, tmp_path):
     with pytest.raises(FileNotFoundError, match="data.root"):
-        build(DataConfig, {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x")},
-              "data").check_environment()
+        typed("data", {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x")}).check_environment()
     with pytest.raises(ValueError, match="data.source"):
-        build(DataConfig, {**params["data"], "source": "lsun"}, "data")
+        typed("data", {**params["data"], "source": "lsun"})
 
 
 def test_center_crop_is_adm_style():
@@ -294,9 +292,11 @@ def test_latent_caching_memory_does_not_grow_with_the_data_set(tmp_path):
     from unirae_pipeline.io.latent_store import LatentStoreDataset
     from unirae_pipeline.pipelines.cache_latents import nodes
 
-    encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 64,
-               "overrides": {"patch_size": 4, "embed_dim": 256, "depth": 1, "num_heads": 4}}  # 128 KB per latent
-    latents = {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "precision": "fp32", "hflip": True}
+    encoder = typed("encoder", {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 64,
+                                "overrides": {"patch_size": 4, "embed_dim": 256, "depth": 1, "num_heads": 4}})
+    # 128 KB per latent
+    latents = typed("latents", {"batch_size": 32, "shard_size": 32, "dtype": "bfloat16", "precision": "fp32",
+                                "hflip": True})
 
     def cache(name: str, n: int) -> tuple[float, float]:
         """(peak growth of anonymous memory in MB, size of the cache written in MB)."""
@@ -342,11 +342,12 @@ def test_bf16_caching_is_close_to_fp32_and_cached_apart(tmp_path):
     from unirae_pipeline.pipelines.cache_latents import nodes
 
     image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 2}, size=16))
-    encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
-               "overrides": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}}
+    encoder = typed("encoder", {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
+                                "overrides": {"patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 4}})
     caches = {}
     for precision in ("fp32", "bf16"):
-        latents = {"batch_size": 4, "shard_size": 4, "dtype": "float32", "precision": precision, "hflip": True}
+        latents = typed("latents", {"batch_size": 4, "shard_size": 4, "dtype": "float32", "precision": precision,
+                                    "hflip": True})
         cache = nodes.cache_latents(image_set, 16, encoder, latents, 0, scratch(tmp_path / "scratch"))
         caches[precision] = torch.cat([load_file(str(cache.folder / "train" / f"shard_{k:05d}.safetensors"))["latents"]
                                        for k in range(cache.shards["train"])])

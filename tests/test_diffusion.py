@@ -95,11 +95,11 @@ def test_cfg_combines_on_the_interval_only():
 
 
 def test_sampler_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="sample.method"):
+    with pytest.raises(ValueError, match="sample.sampler.method"):
         SamplerConfig("rk4", 50, "cfg", 1.0, 0.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="guidance_t_min"):
         SamplerConfig("euler", 50, "cfg", 1.0, 0.8, 0.2, 1.0)
-    with pytest.raises(ValueError, match="sample.guidance"):
+    with pytest.raises(ValueError, match="sample.sampler.guidance"):
         SamplerConfig("euler", 50, "pag", 1.0, 0.0, 1.0, 1.0)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
+import yaml
 
 from unirae_pipeline.evaluation.classifier import ClassifierConfig, ShapeClassifier, augment
 from unirae_pipeline.evaluation.extractors import Extractor
@@ -94,12 +97,12 @@ def test_inception_extractor_from_a_weights_file(inception_file):
 
 
 def _fid(extractor: str, **over):
-    from unirae_pipeline.evaluation.extractors import FIDConfig
+    """The `fid` group as the nodes take it: the committed one with a smaller classifier and these values."""
+    from .conftest import ROOT, typed
 
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())["fid"]
     clf = {"width": 8, "feature_dim": 8, "blur_sigma": 1.0, "noise_std": 0.1}
-    return FIDConfig(**{"extractor": extractor, "inception_weights": None, "dinov2_weights": None,
-                        "dinov2_model": "vit_large_patch14_dinov2", "reference_npz": None, "classifier": clf,
-                        "train": {}, **over})
+    return typed("fid", {**committed, "extractor": extractor, "classifier": clf, **over})
 
 
 def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
@@ -134,9 +137,8 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     hub = timm.create_model("vit_small_patch14_dinov2", num_classes=0).state_dict()  # 518 px: 37 x 37 positions
     assert hub["pos_embed"].shape == (1, 1 + 37 * 37, 384)
     torch.save({**hub, "mask_token": torch.zeros(1, 384)}, tmp_path / "dinov2.pth")
-    fid = {**_fid("classifier").__dict__, "extractor": "dinov2", "dinov2_weights": str(tmp_path / "dinov2.pth"),
-           "dinov2_model": "vit_small_patch14_dinov2"}
-    blob, curve = build_feature_extractor(None, 16, fid, {}, 0, {})
+    fid = _fid("dinov2", dinov2_weights=str(tmp_path / "dinov2.pth"), dinov2_model="vit_small_patch14_dinov2")
+    blob, curve = build_feature_extractor(None, 16, fid, None, 0, None)  # no training: no trainer or runtime
     assert curve.empty and "mask_token" not in blob[0]
     expected = resample_abs_pos_embed(hub["pos_embed"], new_size=(16, 16), num_prefix_tokens=1)
     torch.testing.assert_close(blob[0]["pos_embed"], expected)
@@ -158,16 +160,16 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     mu, sigma = np.full(384, 0.5), np.eye(384)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, arr_0=np.zeros((4, 16, 16, 3), np.uint8))
     cache = scratch(tmp_path / "scratch")
-    stats, metrics = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "ref.npz")},
+    stats, metrics = reference_statistics(blob, image_set, 16, replace(fid, reference_npz=str(tmp_path / "ref.npz")),
                                           cache)
     assert np.array_equal(stats["mu"], mu) and stats["features"].shape == (4, 384)
     assert stats["val_mu"].shape == (384,) and not np.allclose(stats["val_mu"], mu) and metrics["num_val"] == 6
-    in_workers, _ = reference_statistics(blob, image_set, 16, {**fid, "reference_npz": None},
-                                         {**cache, "num_workers": 2})  # val decoded in `runtime.num_workers`
+    in_workers, _ = reference_statistics(blob, image_set, 16, replace(fid, reference_npz=None),
+                                         replace(cache, num_workers=2))  # val decoded in `runtime.num_workers`
     assert np.array_equal(in_workers["val_mu"], stats["val_mu"]) and np.array_equal(in_workers["mu"], stats["val_mu"])
     np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match="2048-d statistics"):
-        reference_statistics(blob, image_set, 16, {**fid, "reference_npz": str(tmp_path / "inception.npz")}, cache)
+        reference_statistics(blob, image_set, 16, replace(fid, reference_npz=str(tmp_path / "inception.npz")), cache)
 
 
 def test_reference_npz_in_the_adm_layout(tmp_path):

@@ -21,7 +21,7 @@ from unirae_pipeline.models.official import (
     read_checkpoint,
 )
 
-from .conftest import scratch
+from .conftest import scratch, typed
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_tiny.safetensors"
 
@@ -115,11 +115,12 @@ def test_sampling_with_official_checkpoints_through_the_catalog(official, tmp_pa
     dit = OfficialModelDataset(filepath=str(tmp_path / "dit.pt"), kind="dit", params=meta["dit"]).load()
     decoder = OfficialModelDataset(filepath=str(tmp_path / "decoder.pt"), kind="decoder", params=meta["decoder"]).load()
     stats = OfficialModelDataset(filepath=str(tmp_path / "stat.pt"), kind="stats").load()
-    params = {"num_per_class": 2, "batch_size": 8, "shard_size": 8, "grid_per_class": 2, "precision": "bf16",
-              "untrained_baseline": False,
-              "sampler": {"method": "euler", "num_steps": 4, "guidance": "cfg", "guidance_scale": 1.5,
-                          "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0}}
-    diffusion = {"time_dist": "uniform", "shift_base": 4096, "logit_mean": 0.0, "logit_std": 1.0, "latent_norm": "var"}
+    params = typed("sample", {"num_per_class": 2, "batch_size": 8, "shard_size": 8, "grid_per_class": 2,
+                              "precision": "bf16", "untrained_baseline": False,
+                              "sampler": {"method": "euler", "num_steps": 4, "guidance": "cfg", "guidance_scale": 1.5,
+                                          "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0}})
+    diffusion = typed("diffusion", {"time_dist": "uniform", "shift_base": 4096, "logit_mean": 0.0, "logit_std": 1.0,
+                                    "latent_norm": "var"})
     samples, baseline, grid = sample(dit, None, dit, decoder, stats, params, diffusion, 0, scratch(tmp_path))
     images = np.concatenate(list(samples.chunks(64)))
     assert images.shape == (20, 16, 16, 3) and sorted(set(samples.labels.tolist())) == list(range(10))

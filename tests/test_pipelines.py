@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from unirae_pipeline.compose import compose_params
+from unirae_pipeline.config import Params, load_params
 from unirae_pipeline.io.image_set import ImageSetDataset
 from unirae_pipeline.io.latent_store import LatentStoreDataset
 from unirae_pipeline.pipelines import (
@@ -25,7 +27,7 @@ from unirae_pipeline.pipelines import (
     train_rae,
 )
 
-from .conftest import ROOT, scratch
+from .conftest import ROOT, scratch, typed
 
 
 class KeptDataset(MemoryDataset):
@@ -35,25 +37,24 @@ class KeptDataset(MemoryDataset):
         """Keep the data: releasing is what makes a plain MemoryDataset empty after its last consumer."""
 
 
-def _catalog(tmp_path, params: dict) -> DataCatalog:
-    # Only the two folder-shaped artefacts need a disk; everything else stays in memory.
+def _catalog(tmp_path, params: Params, inputs: set[str]) -> DataCatalog:
+    """Only the two folder-shaped artefacts need a disk; everything else stays in memory. The params inputs hold what
+    the project's hook hands the nodes under `kedro run`: the typed tree's values."""
     catalog = DataCatalog({"image_set": ImageSetDataset(filepath=str(tmp_path / "image_set")),
                            "latents": LatentStoreDataset(filepath=str(tmp_path / "latents"))})
-    flat = {f"params:{k}": v for k, v in params.items()}  # every group and its keys, as Kedro's own catalog
-    flat.update({f"params:{k}.{key}": v for k, group in params.items() if isinstance(group, dict)
-                 for key, v in group.items()})
-    for name, value in flat.items():
-        catalog[name] = KeptDataset(value)
+    for name in inputs:
+        if name.startswith("params:"):
+            catalog[name] = KeptDataset(params.get(name.removeprefix("params:")))
     return catalog
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
-    params = compose_params(["profile=smoke"], conf_dir=ROOT / "conf")
-    catalog = _catalog(tmp, params)
+    params = load_params(compose_params(["profile=smoke"], conf_dir=ROOT / "conf"))
     slices = [m.create_pipeline() for m in (prepare_data, cache_latents, latent_stats, fid_reference, train_rae,
                                             train_dit, train_guide, sample, evaluate)]
+    catalog = _catalog(tmp, params, {name for pipe in slices for name in pipe.inputs()})
     memory = {name for pipe in slices for name in pipe.all_outputs()} - {"image_set", "latents"}
     for name in memory:
         catalog[name] = KeptDataset()
@@ -65,13 +66,13 @@ def chain(tmp_path_factory):
 def test_latent_cache_holds_train_plain_and_flipped_plus_val(chain):
     params, catalog, _ = chain
     store = catalog.load("latents")
-    shapes = params["data"]["shapes"]
+    shapes = params.data.shapes
     manifest = store.manifest
-    assert manifest["splits"]["train"]["count"] == 2 * 10 * shapes["train_per_class"]
-    assert manifest["splits"]["val"]["count"] == 10 * shapes["val_per_class"]
+    assert manifest["splits"]["train"]["count"] == 2 * 10 * shapes.train_per_class
+    assert manifest["splits"]["val"]["count"] == 10 * shapes.val_per_class
     assert manifest["latent_shape"] == [64, 4, 4] and len(manifest["fingerprint"]) == 16
     train = store.load("train")
-    assert train["flip"].sum() == 10 * shapes["train_per_class"]
+    assert train["flip"].sum() == 10 * shapes.train_per_class
 
 
 def test_stats_match_the_cached_latents(chain):
@@ -85,7 +86,7 @@ def test_stats_match_the_cached_latents(chain):
 def test_samples_are_class_balanced_uint8(chain):
     params, _, outputs = chain
     samples = outputs["samples"]
-    n = params["sample"]["num_per_class"]
+    n = params.sample.num_per_class
     images = np.concatenate(list(samples.chunks(1000)))
     assert images.shape == (10 * n, 16, 16, 3) and images.dtype == np.uint8
     assert np.bincount(samples.labels).tolist() == [n] * 10
@@ -111,7 +112,7 @@ def test_sample_refuses_artefacts_of_another_encoder(chain):
     forged = (tensors, {**meta, "fingerprint": '"0000000000000000"'})
     with pytest.raises(ValueError, match="fingerprints differ"):
         sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], forged, outputs["latent_stats"],
-                    params["sample"], params["diffusion"], 0, params["runtime"])
+                    params.sample, params.diffusion, 0, params.runtime)
 
 
 def test_autoguidance_uses_the_guide_snapshot(chain):
@@ -120,17 +121,21 @@ def test_autoguidance_uses_the_guide_snapshot(chain):
     from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
 
     params, _, outputs = chain
-    assert params["guide"]["source"] == "snapshot" and outputs["dit_guide"][0] == {}
+    assert params.guide.source == "snapshot" and outputs["dit_guide"][0] == {}
     guide_meta = outputs["dit_snapshot"][1]
-    assert guide_meta["step"] == str(params["train_dit"]["guide_at"])
+    assert guide_meta["step"] == str(params.train_dit.guide_at)
     assert not all(torch.equal(outputs["dit"][0][k], outputs["dit_snapshot"][0][k]) for k in outputs["dit"][0])
-    sample_params = {**params["sample"], "untrained_baseline": False,
-                     "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
     guided, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], outputs["decoder"],
-                               outputs["latent_stats"], sample_params, params["diffusion"], 0, params["runtime"])
+                               outputs["latent_stats"], _autoguided(params), params.diffusion, 0, params.runtime)
     first, guided_first = next(outputs["samples"].chunks(1000)), next(guided.chunks(1000))
     assert guided_first.shape == first.shape
     assert not np.array_equal(guided_first, first)  # the guide changed the samples
+
+
+def _autoguided(params: Params):
+    """The `sample` group of the chain, AutoGuidance on at scale 2, no untrained floor."""
+    return replace(params.sample, untrained_baseline=False,
+                   sampler=replace(params.sample.sampler, guidance="autoguidance", guidance_scale=2.0))
 
 
 def test_train_guide_trains_a_separate_smaller_dit_that_autoguidance_uses(chain):
@@ -143,23 +148,20 @@ def test_train_guide_trains_a_separate_smaller_dit_that_autoguidance_uses(chain)
 
     params, catalog, outputs = chain
     guide = {**compose_params(["guide=tiny"], conf_dir=ROOT / "conf")["guide"], "duration": 6}
-    recipe = {k: params["train_dit"][k] for k in RECIPE}
-    blob = train_guide(catalog.load("latents"), outputs["latent_stats"], guide, params["diffusion"],
-                       params["trainer"], params["seed"], params["runtime"], **recipe)
+    recipe = {k: getattr(params.train_dit, k) for k in RECIPE}
+    blob = train_guide(catalog.load("latents"), outputs["latent_stats"], typed("guide", guide), params.diffusion,
+                       params.trainer, params.seed, params.runtime, **recipe)
     meta = blob_meta(blob)
     assert (meta["config"]["hidden_size"], meta["config"]["depth"], meta["step"], meta["source"]) == (64, 2, 6, "train")
     assert meta["fingerprint"] == blob_meta(outputs["dit"])["fingerprint"]
-    sample_params = {**params["sample"], "untrained_baseline": False,
-                     "sampler": {**params["sample"]["sampler"], "guidance": "autoguidance", "guidance_scale": 2.0}}
-    inputs = outputs["decoder"], outputs["latent_stats"], sample_params, params["diffusion"], 0, params["runtime"]
+    inputs = outputs["decoder"], outputs["latent_stats"], _autoguided(params), params.diffusion, 0, params.runtime
     trained, _, _ = sample_node(outputs["dit"], None, blob, *inputs)  # no snapshot needed (as with a released guide)
     snapshot, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], *inputs)
     assert not np.array_equal(next(trained.chunks(1000)), next(snapshot.chunks(1000)))
     with pytest.raises(ValueError, match="no guide"):
         sample_node(outputs["dit"], None, outputs["dit_guide"], *inputs)
     with pytest.raises(ValueError, match="guide.duration"):
-        train_guide(catalog.load("latents"), outputs["latent_stats"], {**guide, "duration": 0}, params["diffusion"],
-                    params["trainer"], params["seed"], params["runtime"], **recipe)
+        typed("guide", {**guide, "duration": 0})
 
 
 def test_train_rae_reference_recipe_from_images(chain, tmp_path):
@@ -171,15 +173,14 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
 
     params, catalog, outputs = chain
     weights = write_random_weights(tmp_path)
-    recipe = {**params["train_rae"], "source": "images", "resize": 20, "duration": 10, "warmup": 2, "batch_size": 16,
-              "lpips_weight": 1.0, "gan_weight": 0.75, "disc_upd_start": 4, "disc_start": 6,
-              "lpips": {"vgg_weights": weights["vgg"], "heads_weights": LPIPS_HEADS},
-              "disc": {**params["train_rae"]["disc"], "weights": weights["dino"], "input_size": 32,
-                       "key_depths": [1, 2], "kernel_size": 3, "overrides": TINY_DINO}}
+    recipe = replace(params.train_rae, source="images", resize=20, duration=10, warmup=2, batch_size=16,
+                     lpips_weight=1.0, gan_weight=0.75, disc_upd_start=4, disc_start=6,
+                     lpips=replace(params.train_rae.lpips, vgg_weights=weights["vgg"], heads_weights=LPIPS_HEADS),
+                     disc=replace(params.train_rae.disc, weights=weights["dino"], input_size=32, key_depths=(1, 2),
+                                  kernel_size=3, overrides=TINY_DINO))
     latents, image_set = catalog.load("latents"), catalog.load("image_set")
-    trainer, run = params["trainer"], {**params["runtime"], "log_every_n_steps": 1}
-    blob, curve = train_decoder(latents, image_set, params["encoder"], params["decoder"], recipe, trainer,
-                                params["seed"], run)
+    trainer, run = params.trainer, replace(params.runtime, log_every_n_steps=1)
+    blob, curve = train_decoder(latents, image_set, params.encoder, params.decoder, recipe, trainer, params.seed, run)
     assert len(curve) == 10 and {"l1", "lpips", "gan", "gan_weight", "disc", "disc_accuracy"} <= set(curve.columns)
     assert curve.loc[curve.step > 6, "gan"].notna().all() and curve.loc[curve.step <= 4, "disc"].isna().all()
     metrics, _ = evaluate_decoder(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
@@ -187,12 +188,11 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
     assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
     # the online encoder must be the one that made the cache
     with pytest.raises(ValueError, match="fingerprints differ"):
-        train_decoder(latents, image_set, {**params["encoder"], "overrides": {**params["encoder"]["overrides"],
-                                                                               "depth": 1}},
-                      params["decoder"], recipe, trainer, params["seed"], run)
+        train_decoder(latents, image_set, replace(params.encoder, overrides={**params.encoder.overrides, "depth": 1}),
+                      params.decoder, recipe, trainer, params.seed, run)
     with pytest.raises(ValueError, match="16-mixed with train_rae.gan_weight"):
-        train_decoder(latents, image_set, params["encoder"], params["decoder"], recipe,
-                      {**trainer, "precision": "16-mixed"}, params["seed"], run)
+        train_decoder(latents, image_set, params.encoder, params.decoder, recipe,
+                      replace(trainer, precision="16-mixed"), params.seed, run)
 
 
 def _sample_inputs(chain, folder: Path, compile: bool = False, **sample: object) -> tuple:
@@ -200,7 +200,7 @@ def _sample_inputs(chain, folder: Path, compile: bool = False, **sample: object)
     `folder`."""
     params, _, outputs = chain
     return (outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], outputs["decoder"], outputs["latent_stats"],
-            {**params["sample"], **sample}, params["diffusion"], 0, {**scratch(folder), "compile": compile})
+            replace(params.sample, **sample), params.diffusion, 0, scratch(folder, compile=compile))
 
 
 def test_compiled_sampling_equals_eager(chain, tmp_path):
@@ -268,7 +268,7 @@ def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tm
     with pytest.raises(KeyboardInterrupt):
         nodes.sample(*inputs)
     monkeypatch.setattr(nodes, "generate", lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
-    other_runtime = {**inputs[-1], "num_workers": 2, "log_every_n_steps": 7}  # in no resume key
+    other_runtime = replace(inputs[-1], num_workers=2, log_every_n_steps=7)  # in no resume key
     resumed, _, grid_again = nodes.sample(*inputs[:-1], other_runtime)
     assert calls == [0, 2, 4]  # first batches of shards 0 (before the kill), 1 and 2 (after): shard 0 was kept
     assert all(np.array_equal(a, b) for a, b in zip(unbroken.chunks(20), resumed.chunks(20)))
@@ -284,4 +284,4 @@ def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tm
     loaded = dataset.load()
     assert isinstance(loaded.parts[0], np.memmap) and np.array_equal(loaded.labels, unbroken.labels)
     with pytest.raises(ValueError, match="multiple of sample.batch_size"):
-        nodes.sample(*inputs[:5], {**inputs[5], "shard_size": 25}, *inputs[6:])
+        replace(inputs[5], shard_size=25)

@@ -371,7 +371,7 @@ def test_stage1_training_steps_equal_the_reference(ref, tmp_path, monkeypatch):
         theirs = theirs.state_dict()
         for name, value in ours.state_dict().items():
             close(value, theirs[name], name, 0, 5e-5)
-    reference, start = DinoDiscriminator(cfg.disc_config), DinoDiscriminator(cfg.disc_config)
+    reference, start = DinoDiscriminator(cfg.disc), DinoDiscriminator(cfg.disc)
     reference.heads.load_state_dict(part("steps.heads."))
     start.heads.load_state_dict(part("steps.heads0."))
     with torch.no_grad():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import re
 
 import yaml
@@ -53,7 +54,7 @@ def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_pa
     import yaml
 
     from unirae_pipeline.compose import compose_params
-    from unirae_pipeline.config import check_environment, validate_params
+    from unirae_pipeline.config import check_environment, load_params
 
     stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
     readme = (ROOT / "README.md").read_text()
@@ -71,14 +72,14 @@ def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_pa
         work = tmp_path / str(n)
         work.mkdir()
         monkeypatch.chdir(work)
-        validate_params(params)  # the structure; the files each stage needs are checked when it starts
+        tree = load_params(params)  # the structure; the files each stage needs are checked when it starts
         with pytest.raises(FileNotFoundError, match="data.root"):
-            check_environment(params, params)
+            check_environment(tree, params)
         for key, value in paths.items():
             target = work / value
             target.parent.mkdir(parents=True, exist_ok=True)
             target.mkdir() if key == "data.root" else target.write_bytes(b"")
-        check_environment(params, params)
+        check_environment(tree, params)
 
 
 def test_experiment_commands_are_the_ones_the_e2e_tests_run():
@@ -98,24 +99,26 @@ def test_experiment_commands_are_the_ones_the_e2e_tests_run():
 
 # Every command of the README, by prefix, and the test that runs it. GPU or cluster launches cannot run here: their
 # params are composed and validated below instead, and they share the entry point that the torchrun test launches.
+# each README command prefix -> the test (module.function) that runs it
 EXERCISED = {
-    "bash scripts/setup.sh": "test_quick_start_has_two_commands_and_ci_runs_the_second",  # and CI itself
-    "dvc exp run -S profile=imagenet": "test_imagenet_commands_compose_and_every_file_they_need_is_documented",
-    "dvc exp run --queue": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
-    "dvc exp run -S": "test_exp_run_depth_reruns_only_the_dit_stages",
-    "dvc queue start": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
-    "dvc exp show": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
-    "dvc plots diff": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
-    "dvc exp apply": "test_queued_sweep_curated_table_and_plots_of_every_experiment",
-    "kedro run --pipelines sample --params": "test_official_weights_profile_runs_the_readme_sample_lines",
-    "kedro run --pipelines": "test_kedro_runs_one_pipeline_on_its_own",
-    "torchrun": "test_torchrun_launches_the_same_stage",
-    "srun python -m unirae_pipeline": "test_torchrun_launches_the_same_stage",
-    "bash bench/gpu_run.sh": "test_the_prepared_gpu_run_works_small_on_the_cpu",
-    "PYTHONPATH=src python bench/bench_dit.py": "test_bench_dit_tiny",
-    "PYTHONPATH=src python bench/bench_data.py": "test_bench_data_tiny",
-    "dvc remote add": "test_dvc_remote_shares_the_artefacts",
-    "dvc push": "test_dvc_remote_shares_the_artefacts",
+    "bash scripts/setup.sh": "test_readme.test_quick_start_has_two_commands_and_ci_runs_the_second",  # and CI itself
+    "dvc exp run -S profile=imagenet":
+        "test_readme.test_imagenet_commands_compose_and_every_file_they_need_is_documented",
+    "dvc exp run --queue": "test_e2e.test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc exp run -S": "test_e2e.test_exp_run_depth_reruns_only_the_dit_stages",
+    "dvc queue start": "test_e2e.test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc exp show": "test_e2e.test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc plots diff": "test_e2e.test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "dvc exp apply": "test_e2e.test_queued_sweep_curated_table_and_plots_of_every_experiment",
+    "kedro run --pipelines sample --params": "test_e2e.test_official_weights_profile_runs_the_readme_sample_lines",
+    "kedro run --pipelines": "test_e2e.test_kedro_runs_one_pipeline_on_its_own",
+    "torchrun": "test_e2e.test_torchrun_launches_the_same_stage",
+    "srun python -m unirae_pipeline": "test_e2e.test_torchrun_launches_the_same_stage",
+    "bash bench/gpu_run.sh": "test_bench.test_the_prepared_gpu_run_works_small_on_the_cpu",
+    "PYTHONPATH=src python bench/bench_dit.py": "test_bench.test_bench_dit_tiny",
+    "PYTHONPATH=src python bench/bench_data.py": "test_bench.test_bench_data_tiny",
+    "dvc remote add": "test_e2e.test_dvc_remote_shares_the_artefacts",
+    "dvc push": "test_e2e.test_dvc_remote_shares_the_artefacts",
 }
 
 
@@ -123,9 +126,8 @@ def test_every_readme_command_is_exercised_and_its_params_are_valid():
     import shlex
 
     from unirae_pipeline.compose import compose_params
-    from unirae_pipeline.config import validate_params
+    from unirae_pipeline.config import load_params
 
-    tests = "".join(f.read_text() for f in (ROOT / "tests").glob("test_*.py"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for line in _bash_lines():
         if line.startswith("#"):
@@ -133,7 +135,8 @@ def test_every_readme_command_is_exercised_and_its_params_are_valid():
         command = line.split("  #")[0].strip()
         prefix = next((p for p in EXERCISED if command.startswith(p)), None)
         assert prefix, f"README command not exercised by any test: {command}"
-        assert f"def {EXERCISED[prefix]}(" in tests, EXERCISED[prefix]
+        module, function = EXERCISED[prefix].rsplit(".", 1)
+        assert callable(getattr(importlib.import_module(f"tests.{module}"), function, None)), EXERCISED[prefix]
         tokens = shlex.split(command.replace("$(", "").replace(")", ""))
         if "--params" in tokens:  # kedro's runtime params: must name real keys with valid values
             merged = copy.deepcopy(params)
@@ -145,7 +148,7 @@ def test_every_readme_command_is_exercised_and_its_params_are_valid():
                     node = node[part]
                 assert leaf in node, f"{command}: unknown param {key}"
                 node[leaf] = yaml.safe_load(value)
-            validate_params(merged)
+            load_params(merged)
         elif command.startswith("dvc exp run -S") and "profile=imagenet" not in command:
             overrides = [tokens[i + 1] for i, t in enumerate(tokens) if t == "-S" and "choice(" not in tokens[i + 1]]
-            validate_params(compose_params(overrides, conf_dir=ROOT / "conf"))
+            load_params(compose_params(overrides, conf_dir=ROOT / "conf"))

@@ -94,8 +94,11 @@ def test_killed_training_resumes_to_the_unbroken_result(tmp_path):
 CACHE_SCRIPT = textwrap.dedent('''
     import logging, os, signal, sys
     from unirae_pipeline.data.images import scan_image_folder
+    from unirae_pipeline.data.latents import CacheConfig
     from unirae_pipeline.io.latent_store import LatentStoreDataset
+    from unirae_pipeline.models.encoder import EncoderConfig
     from unirae_pipeline.pipelines.cache_latents import nodes
+    from unirae_pipeline.runtime import RuntimeConfig
     logging.basicConfig(level=logging.INFO)
 
     real, written = nodes.save_shard, []
@@ -107,11 +110,11 @@ CACHE_SCRIPT = textwrap.dedent('''
             os.kill(os.getpid(), signal.SIGKILL)
 
     nodes.save_shard = save_then_maybe_die
-    encoder = {"model": "vit_small_patch14_reg4_dinov2", "weights": "none", "input_size": 16,
-               "overrides": {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2}}
-    latents = {"batch_size": 8, "shard_size": 16, "dtype": sys.argv[2], "precision": "fp32", "hflip": True}
-    runtime = {"num_workers": int(os.environ.get("WORKERS", "0")), "log_every_n_steps": 1,
-               "checkpoint_every_n_steps": 0, "compile": False, "device": "cpu", "scratch": ".cache", "logs": "logs"}
+    encoder = EncoderConfig(model="vit_small_patch14_reg4_dinov2", weights="none", input_size=16,
+                            overrides={"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2})
+    latents = CacheConfig(batch_size=8, shard_size=16, dtype=sys.argv[2], precision="fp32", hflip=True)
+    runtime = RuntimeConfig(num_workers=int(os.environ.get("WORKERS", "0")), log_every_n_steps=1,
+                            checkpoint_every_n_steps=0, compile=False, device="cpu", scratch=".cache", logs="logs")
     cache = nodes.cache_latents(scan_image_folder("imgs"), 16, encoder, latents, 0, runtime)
     LatentStoreDataset(filepath=sys.argv[1]).save(cache)
     with open(sys.argv[1] + ".written", "w") as f:  # the shards this process encoded

@@ -233,7 +233,7 @@ def test_accumulated_micro_batches_equal_one_whole_batch(weights, tmp_path, monk
         for ours, theirs in ((split.model, whole.model), (split.ema.module, whole.ema.module)):
             torch.testing.assert_close(ours.eval()(z), theirs.eval()(z), rtol=0, atol=1e-6)
         x = images.float() / 127.5 - 1
-        before = DinoDiscriminator(cfg.disc_config).eval()(x)
+        before = DinoDiscriminator(cfg.disc).eval()(x)
         a, b = split.disc.eval()(x), whole.disc.eval()(x)
     assert (b - before).abs().max() > 1
     torch.testing.assert_close(a, b, rtol=0, atol=1e-3)

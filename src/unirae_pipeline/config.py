@@ -1,54 +1,72 @@
-"""Typed views of params.yaml: every group becomes a validated dataclass before any heavy work runs; the files a
-stage needs are checked when it starts (`check_environment`)."""
+"""params.yaml as one typed tree: every group (and its sub-groups) a validated, frozen dataclass, built once before
+any heavy work runs and handed to the nodes as is; the files a stage needs are checked when it starts
+(`check_environment`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .data.images import DataConfig
 from .data.latents import CacheConfig
 from .diffusion.transport import TransportConfig
-from .evaluation.classifier import ClassifierConfig
-from .evaluation.extractors import FIDConfig
 from .models.decoder import DecoderConfig
-from .models.discriminator import DiscConfig
 from .models.dit import DiTConfig
 from .models.encoder import EncoderConfig
-from .models.perceptual import LPIPSConfig
 from .params import build
+from .pipelines.fid_reference.nodes import FIDConfig
 from .pipelines.sample.nodes import SampleConfig
 from .pipelines.train_guide.nodes import GuideConfig
 from .runtime import RuntimeConfig
 from .training.fit import TrainerConfig
-from .training.optim import DiTTrainConfig, OptimConfig
+from .training.optim import DiTTrainConfig
 from .training.stage1 import RAETrainConfig
 
-# params.yaml group -> the dataclass that validates it
-GROUPS: dict[str, type] = {
-    "data": DataConfig, "latents": CacheConfig, "encoder": EncoderConfig, "decoder": DecoderConfig, "dit": DiTConfig,
-    "trainer": TrainerConfig, "diffusion": TransportConfig, "sample": SampleConfig, "train_rae": RAETrainConfig,
-    "train_dit": DiTTrainConfig, "guide": GuideConfig, "fid": FIDConfig, "fid.classifier": ClassifierConfig,
-    "fid.train": OptimConfig, "train_rae.lpips": LPIPSConfig, "train_rae.disc": DiscConfig, "runtime": RuntimeConfig,
-}
+
+@dataclass(frozen=True)
+class Params:
+    """The root of params.yaml."""
+
+    data: DataConfig
+    latents: CacheConfig
+    encoder: EncoderConfig
+    decoder: DecoderConfig
+    dit: DiTConfig
+    trainer: TrainerConfig
+    runtime: RuntimeConfig
+    diffusion: TransportConfig
+    train_rae: RAETrainConfig
+    train_dit: DiTTrainConfig
+    guide: GuideConfig
+    fid: FIDConfig
+    sample: SampleConfig
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"params 'seed' must be an integer >= 0, got {self.seed!r}")
+
+    def get(self, key: str) -> Any:
+        """The value at a dotted params key (`sample.sampler.method`), as typed as the tree holds it."""
+        value: Any = self
+        for part in key.split("."):
+            if not dataclasses.is_dataclass(value) or not hasattr(value, part):
+                raise KeyError(f"params.yaml has no key {key!r}")
+            value = getattr(value, part)
+        return value
 
 
-def check_environment(params: dict, keys: Iterable[str]) -> None:
+def load_params(params: dict) -> Params:
+    """Build the whole tree once; the first invalid value raises, naming its key."""
+    return build(Params, params, "")
+
+
+def check_environment(params: Params, keys: Iterable[str]) -> None:
     """The files (weights, data, reference statistics) that the params `keys` need, for the groups that have such
     needs: run when a stage that reads them starts, so that a machine runs the stages whose files it has."""
-    read = {key.split(".")[0] for key in keys}
-    for name, cls in GROUPS.items():
-        if name in read and hasattr(cls, "check_environment"):
-            build(cls, params[name], name).check_environment()
-
-
-def validate_params(params: dict) -> None:
-    """Build every group once; the first invalid value raises, naming its key."""
-    for name, cls in GROUPS.items():
-        value: Any = params
-        for part in name.split("."):
-            if not isinstance(value, dict) or part not in value:
-                raise ValueError(f"params.yaml has no {name!r} group")
-            value = value[part]
-        build(cls, value, name)
-
+    for name in sorted({key.split(".")[0] for key in keys}):
+        group = getattr(params, name)
+        if hasattr(group, "check_environment"):
+            group.check_environment()

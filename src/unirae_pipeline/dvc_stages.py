@@ -2,7 +2,8 @@
 
 `python -m unirae_pipeline.dvc_stages` writes dvc.yaml; `--check` exits 1 when the committed file is stale.
 Each stage runs `kedro run --pipelines <name>`; its deps are the catalog files it reads plus the source files its
-nodes and its catalog entries' dataset classes import (followed transitively inside this package); its params are the
+nodes and its catalog entries' dataset classes import (followed transitively inside this package) and the hook that
+turns params.yaml into the nodes' typed params (`EVERY_STAGE`); its params are the
 exact `params:` keys it reads, less the `runtime` group (settings that cannot change a result: `runtime.py`), and the
 catalog entries it reads or writes, less their `metadata` (plot titles and DVC routing change no result).
 """
@@ -20,6 +21,9 @@ PACKAGE = "unirae_pipeline"
 SRC = Path(__file__).resolve().parent
 CATALOG = Path("conf/base/catalog.yml")
 RUNTIME = "runtime"  # the params group DVC never tracks (see runtime.py)
+# run before every node, their imports not followed (config.py imports every stage's configs): the hook that builds
+# the typed params and sets the matmul policy, and the builder itself
+EVERY_STAGE = ("hooks.py", "params.py")
 
 
 def _module_file(module: str) -> Path | None:
@@ -72,7 +76,7 @@ def code_deps(stage: str, entries: list[dict] = ()) -> list[str]:
                 if target is not None and target not in seen:
                     todo.append(target)
     root = SRC.parents[1]
-    return sorted(str(f.relative_to(root)) for f in seen)
+    return sorted(str(f.relative_to(root)) for f in seen | {SRC / f for f in EVERY_STAGE})
 
 
 def build_stages(pipelines: dict, catalog: dict) -> dict:

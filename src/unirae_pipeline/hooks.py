@@ -1,11 +1,18 @@
-"""Kedro hooks: the log level from the environment, the GPU matmul policy, every params group checked before any
-node runs, and the files of the params the run's nodes read checked before the first of them."""
+"""Kedro hooks: the log level from the environment, the GPU matmul policy, params.yaml built once into its typed tree
+before any node runs (and handed to the nodes in place of the raw mappings), and the files of the params the run's
+nodes read checked before the first of them."""
+
+from __future__ import annotations
+
+from typing import Any
 
 import torch
 from kedro.framework.hooks import hook_impl
 
-from .config import check_environment, validate_params
+from .config import Params, check_environment, load_params
 from .progress import apply_log_level
+
+PREFIX = "params:"
 
 
 def use_tf32() -> None:
@@ -15,15 +22,23 @@ def use_tf32() -> None:
     torch.backends.cudnn.allow_tf32 = True
 
 
-class ParamsValidationHook:
+class ParamsHook:
+    params: Params
+
     @hook_impl
     def after_context_created(self, context) -> None:
         apply_log_level()
         use_tf32()
-        validate_params(context.params)
-        self.params = context.params
+        # the raw mappings (runtime --params merged): Kedro's own `context.params` would first build the groups that
+        # node signatures annotate, shallowly and with less precise errors
+        self.params = load_params(context.config_loader["parameters"])
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        keys = [i.removeprefix("params:") for i in pipeline.inputs() if i.startswith("params:")]
+        keys = [i.removeprefix(PREFIX) for i in pipeline.inputs() if i.startswith(PREFIX)]
         check_environment(self.params, keys)
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async, run_id) -> dict[str, Any]:
+        """Every `params:` input as the typed tree holds it: nodes never see (or rebuild) a raw mapping."""
+        return {name: self.params.get(name.removeprefix(PREFIX)) for name in inputs if name.startswith(PREFIX)}

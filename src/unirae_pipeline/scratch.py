@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .params import run_key
+from .params import plain, run_key
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class RunKey:
 
     params: dict[str, Any]
     inputs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:  # typed groups as their params.yaml values: what the records are matched with
+        object.__setattr__(self, "params", {k: plain(v) for k, v in self.params.items()})
 
     @property
     def key(self) -> str:

@@ -1,8 +1,8 @@
 """Kedro project settings: parameters come from the repo-root params.yaml (composed by Hydra), nowhere else."""
 
-from .hooks import ParamsValidationHook
+from .hooks import ParamsHook
 
-HOOKS = (ParamsValidationHook(),)
+HOOKS = (ParamsHook(),)
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -30,30 +30,22 @@ class DataConfig:
     source: str
     image_size: int
     root: str | None
-    shapes: dict | None
+    shapes: ShapesConfig | None
 
     def __post_init__(self) -> None:
         if self.source not in ("shapes", "imagefolder"):
             raise ValueError(f"data.source must be 'shapes' or 'imagefolder', got {self.source!r}")
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if self.source == "shapes":
-            self.shapes_config()
-        elif not self.root:
+        if self.source == "shapes" and self.shapes is None:
+            raise ValueError("data.shapes must hold the built-in data set's sizes when data.source is 'shapes'")
+        if self.source == "imagefolder" and not self.root:
             raise ValueError("data.root must name the ImageFolder tree when data.source is 'imagefolder'")
 
     def check_environment(self) -> None:
         """The ImageFolder tree exists (checked when a stage that reads `data` starts)."""
         if self.source == "imagefolder" and not Path(self.root).is_dir():
             raise FileNotFoundError(f"data.root: ImageFolder path {self.root!r} does not exist or is not a directory")
-
-    def shapes_config(self) -> ShapesConfig:
-        if not isinstance(self.shapes, dict):
-            raise ValueError("data.shapes must hold the built-in data set's sizes when data.source is 'shapes'")
-        try:
-            return ShapesConfig(image_size=self.image_size, **self.shapes)
-        except TypeError as err:
-            raise ValueError(f"data.shapes: {err}") from None
 
 
 @dataclass

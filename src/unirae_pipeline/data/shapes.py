@@ -64,8 +64,9 @@ SHAPES = {f.__name__[1:]: f for f in (_circle, _ring, _square, _frame, _triangle
 
 @dataclass(frozen=True)
 class ShapesConfig:
+    """The `data.shapes` params group: the built-in set's sizes (its image size is `data.image_size`)."""
+
     num_classes: int
-    image_size: int
     train_per_class: int
     val_per_class: int
     jitter: float
@@ -73,19 +74,18 @@ class ShapesConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.num_classes <= len(SHAPES):
-            raise ValueError(f"data.num_classes must be in [1, {len(SHAPES)}] for the built-in shapes, "
-                             f"got {self.num_classes}")
-        if self.image_size < 8 or self.train_per_class < 1 or self.val_per_class < 1 or self.supersample < 1:
-            raise ValueError("data.image_size must be >= 8 and the per-class counts and supersample >= 1")
+            raise ValueError(f"data.shapes.num_classes must be in [1, {len(SHAPES)}], got {self.num_classes}")
+        if self.train_per_class < 1 or self.val_per_class < 1 or self.supersample < 1:
+            raise ValueError("data.shapes: the per-class counts and supersample must be >= 1")
 
 
 def class_names(cfg: ShapesConfig) -> list[str]:
     return list(SHAPES)[: cfg.num_classes]
 
 
-def render(cfg: ShapesConfig, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Draw one image per label: uint8 array (N, H, W, 3)."""
-    n, size, ss = len(labels), cfg.image_size, cfg.supersample
+def render(cfg: ShapesConfig, size: int, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Draw one image per label: uint8 array (N, size, size, 3)."""
+    n, ss = len(labels), cfg.supersample
     radius = size * (0.34 + 0.04 * rng.uniform(-1, 1, n))
     center = size / 2 + rng.uniform(-cfg.jitter, cfg.jitter, (n, 2))
     colour = PALETTE[rng.integers(0, len(PALETTE), n)] * rng.uniform(0.85, 1.0, (n, 1))
@@ -100,11 +100,11 @@ def render(cfg: ShapesConfig, labels: np.ndarray, rng: np.random.Generator) -> n
     return np.round(coverage[..., None] * colour[:, None, None, :] * 255).astype(np.uint8)
 
 
-def generate(cfg: ShapesConfig, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{'train': (images, labels), 'val': (images, labels)} with balanced, shuffled classes."""
+def generate(cfg: ShapesConfig, image_size: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'train': (images, labels), 'val': (images, labels)} of `image_size`-pixel images, balanced, shuffled classes."""
     rng = np.random.default_rng(seed)
     out = {}
     for split, per_class in (("train", cfg.train_per_class), ("val", cfg.val_per_class)):
         labels = rng.permutation(np.repeat(np.arange(cfg.num_classes), per_class))
-        out[split] = (render(cfg, labels, rng), labels.astype(np.int64))
+        out[split] = (render(cfg, image_size, labels, rng), labels.astype(np.int64))
     return out

@@ -31,25 +31,25 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         if self.method not in ("euler", "heun", "euler_maruyama"):
-            raise ValueError(f"sample.method must be 'euler', 'heun' or 'euler_maruyama', got {self.method!r}")
+            raise ValueError(f"sample.sampler.method must be 'euler', 'heun' or 'euler_maruyama', got {self.method!r}")
         if self.guidance not in ("cfg", "autoguidance"):
-            raise ValueError(f"sample.guidance must be 'cfg' or 'autoguidance', got {self.guidance!r}")
+            raise ValueError(f"sample.sampler.guidance must be 'cfg' or 'autoguidance', got {self.guidance!r}")
         if self.sde_norm < 0:
-            raise ValueError(f"sample.sde_norm must be >= 0, got {self.sde_norm}")
+            raise ValueError(f"sample.sampler.sde_norm must be >= 0, got {self.sde_norm}")
         if self.num_steps < 2:
-            raise ValueError(f"sample.num_steps must be >= 2 (grid points), got {self.num_steps}")
+            raise ValueError(f"sample.sampler.num_steps must be >= 2 (grid points), got {self.num_steps}")
         if not self.guidance_scale >= 1:
             raise ValueError(f"sample.sampler.guidance_scale must be >= 1 (1: no guidance; the reference guides only "
                              f"above 1), got {self.guidance_scale}")
         if not 0 <= self.guidance_t_min <= self.guidance_t_max <= 1:
-            raise ValueError("sample.guidance_t_min/guidance_t_max must satisfy 0 <= t_min <= t_max <= 1")
+            raise ValueError("sample.sampler.guidance_t_min/guidance_t_max must satisfy 0 <= t_min <= t_max <= 1")
 
     def velocity(self, model: VelocityFn, null_label: int, guide: VelocityFn | None = None) -> VelocityFn:
         """The model's velocity with the configured guidance."""
         if self.guidance == "cfg":
             return guided_velocity(model, null_label, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
         if guide is None and self.guidance_scale > 1:
-            raise ValueError("sample.guidance is 'autoguidance' but no guide model was given")
+            raise ValueError("sample.sampler.guidance is 'autoguidance' but no guide model was given")
         return autoguided_velocity(model, guide, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
 
 

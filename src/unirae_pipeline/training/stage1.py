@@ -14,7 +14,6 @@ from torch.nn import functional as F
 
 from ..models.discriminator import DinoDiscriminator, DiscConfig
 from ..models.perceptual import LPIPS, LPIPSConfig
-from ..params import build
 from .modules import TrainModule
 from .optim import OptimConfig, build_optimizer
 
@@ -38,8 +37,8 @@ class RAETrainConfig(OptimConfig):
     disc_upd_start: float  # the discriminator trains from here (the reference: 2 epochs before disc_start)
     max_d_weight: float
     diffaug: bool
-    lpips: dict
-    disc: dict
+    lpips: LPIPSConfig
+    disc: DiscConfig
 
     TIMES = (*OptimConfig.TIMES, "lpips_start", "disc_start", "disc_upd_start")
 
@@ -51,28 +50,19 @@ class RAETrainConfig(OptimConfig):
                self.max_d_weight) < 0:
             raise ValueError(f"train_rae: loss weights, starts and max_d_weight must be >= 0: "
                              f"{asdict(self)}")
-        _ = self.lpips_config, self.disc_config  # building them validates both sub-groups
 
     def check_environment(self) -> None:
         """The LPIPS and discriminator weights exist when their terms are on (checked when train_rae starts)."""
-        lpips, disc = self.lpips_config, self.disc_config
+        disc = self.disc
         if self.lpips_weight > 0:
             for key in ("vgg_weights", "heads_weights"):
-                path = getattr(lpips, key)
+                path = getattr(self.lpips, key)
                 if not path or not Path(path).is_file():
                     raise FileNotFoundError(f"train_rae.lpips.{key}: weights file {path!r} not found (needed while "
                                             "train_rae.lpips_weight > 0; nothing is downloaded)")
         if self.gan_weight > 0 and disc.weights != "none" and not (disc.weights and Path(disc.weights).is_file()):
             raise FileNotFoundError(f"train_rae.disc.weights: DINO checkpoint {disc.weights!r} not found (needed "
                                     "while train_rae.gan_weight > 0; nothing is downloaded)")
-
-    @property
-    def lpips_config(self) -> LPIPSConfig:
-        return build(LPIPSConfig, self.lpips, "train_rae.lpips")
-
-    @property
-    def disc_config(self) -> DiscConfig:
-        return build(DiscConfig, self.disc, "train_rae.disc")
 
 
 def diff_augment(x: torch.Tensor) -> torch.Tensor:
@@ -141,8 +131,8 @@ class RAEModule(TrainModule):
         self.automatic_optimization = False
         self.accumulate = 1
         self.encoder = encoder
-        self.lpips = LPIPS(cfg.lpips_config) if cfg.lpips_weight > 0 else None
-        self.disc = DinoDiscriminator(cfg.disc_config, seed) if cfg.gan_weight > 0 else None
+        self.lpips = LPIPS(cfg.lpips) if cfg.lpips_weight > 0 else None
+        self.disc = DinoDiscriminator(cfg.disc, seed) if cfg.gan_weight > 0 else None
         self.augment = diff_augment if cfg.diffaug else (lambda x: x)
         self._micro: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (latent, target) micro-batches
 

@@ -18,7 +18,6 @@ import torch
 from ...data.images import ImageDataset, ImageSet
 from ...data.latents import DTYPES, CacheConfig, LatentCache, encode_block, encode_uint8, save_shard
 from ...models.encoder import EncoderConfig, FrozenEncoder
-from ...params import build
 from ...ranks import global_rank, local_device, sharded_job
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
@@ -36,15 +35,14 @@ def _index_digest(image_set: ImageSet) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_latents(image_set: ImageSet, image_size: int, encoder: dict, latents: dict, seed: int,
-                  runtime: dict) -> LatentCache:
-    cfg, run = build(CacheConfig, latents, "latents"), build(RuntimeConfig, runtime, "runtime")
+def cache_latents(image_set: ImageSet, image_size: int, encoder: EncoderConfig, cfg: CacheConfig, seed: int,
+                  run: RuntimeConfig) -> LatentCache:
     device = local_device()
-    enc = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed).to(device)
+    enc = FrozenEncoder(encoder, seed).to(device)
     meta = {"fingerprint": enc.fingerprint(), "latent_shape": list(enc.latent_shape), "image_size": image_size,
             "class_names": image_set.class_names, "dtype": cfg.dtype, "hflip": cfg.hflip}
     log.info("encoder %s -> latents %s, fingerprint %s", enc.cfg.model, enc.latent_shape, meta["fingerprint"])
-    key = RunKey({"encoder": encoder, "latents": latents, "seed": seed, "data.image_size": image_size},
+    key = RunKey({"encoder": encoder, "latents": cfg, "seed": seed, "data.image_size": image_size},
                  {"meta": meta, "index": _index_digest(image_set)})
     folder = key.folder(run.scratch_dir("latents"))
     plan = [(split, cfg.hflip and split == "train", k, lo) for split in SPLITS

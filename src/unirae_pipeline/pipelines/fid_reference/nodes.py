@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
+import timm
 import torch
 
 from ...data.images import ImageDataset, ImageSet, load_split_uint8
 from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifier_objective
-from ...evaluation.extractors import Extractor, FIDConfig, read_dinov2_weights, read_inception_weights
+from ...evaluation.extractors import Extractor, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...models.serialization import Blob, to_blob
-from ...params import build
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
 from ...training.data import TensorBatches
@@ -32,29 +35,57 @@ from ...training.optim import OptimConfig
 log = logging.getLogger(__name__)
 
 
-def build_feature_extractor(image_set: ImageSet, image_size: int, fid: dict, trainer: dict, seed: int,
-                            runtime: dict) -> tuple[Blob, pd.DataFrame]:
+@dataclass(frozen=True)
+class FIDConfig:
+    """The `fid` params group: which feature network, where its weights are, and the reference statistics."""
+
+    extractor: Literal["classifier", "inception", "dinov2"]
+    inception_weights: str | None   # torch-fidelity's pt_inception-2015-12-05 file, for extractor: inception
+    dinov2_weights: str | None      # DINOv2 checkpoint (torch-hub dinov2_vitl14_pretrain.pth layout), for dinov2
+    dinov2_model: str               # its timm architecture: vit_large_patch14_dinov2 for FD-DINOv2
+    reference_npz: str | None       # e.g. ADM's VIRTUAL_imagenet256_labeled.npz (its mu/sigma); else computed
+    classifier: ClassifierConfig
+    train: OptimConfig
+
+    def __post_init__(self) -> None:
+        if self.extractor not in ("classifier", "inception", "dinov2"):
+            raise ValueError(f"fid.extractor must be 'classifier', 'inception' or 'dinov2', got {self.extractor!r}")
+        if not timm.is_model(self.dinov2_model):
+            raise ValueError(f"fid.dinov2_model {self.dinov2_model!r} is not a timm model name")
+
+    def check_environment(self) -> None:
+        """The feature network's weights and the reference statistics exist (checked when a stage that reads `fid`
+        starts)."""
+        if self.extractor == "inception" and not (self.inception_weights and Path(self.inception_weights).is_file()):
+            raise FileNotFoundError(f"fid.inception_weights: Inception weights file {self.inception_weights!r} not "
+                                    "found (torch-fidelity's pt_inception-2015-12-05; nothing is downloaded)")
+        if self.extractor == "dinov2" and not (self.dinov2_weights and Path(self.dinov2_weights).is_file()):
+            raise FileNotFoundError(f"fid.dinov2_weights: DINOv2 weights file {self.dinov2_weights!r} not found "
+                                    "(dinov2_vitl14_pretrain.pth for FD-DINOv2; nothing is downloaded)")
+        if self.reference_npz is not None and not Path(self.reference_npz).is_file():
+            raise FileNotFoundError(f"fid.reference_npz: reference statistics {self.reference_npz!r} not found")
+
+
+def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig, trainer: TrainerConfig, seed: int,
+                            runtime: RuntimeConfig) -> tuple[Blob, pd.DataFrame]:
     """The extractor as a model file (the trained classifier, or checked Inception/DINOv2 weights) and a loss curve."""
-    cfg = build(FIDConfig, fid, "fid")
     no_curve = pd.DataFrame(columns=["step", "loss", "lr"])
     if cfg.extractor == "inception":
         return (read_inception_weights(cfg.inception_weights), {"kind": json.dumps("inception")}), no_curve
     if cfg.extractor == "dinov2":
         state = read_dinov2_weights(cfg.dinov2_weights, cfg.dinov2_model)
         return (state, {"kind": json.dumps("dinov2"), "model": json.dumps(cfg.dinov2_model)}), no_curve
-    clf = build(ClassifierConfig, cfg.classifier, "fid.classifier")
-    optim = build(OptimConfig, cfg.train, "fid.train")
+    clf = cfg.classifier
     images, labels = load_split_uint8(image_set, "train", image_size)
-    trainer_cfg = build(TrainerConfig, trainer, "trainer")
-    optim = optim.in_steps(steps_per_epoch(len(labels), optim.batch_size, trainer_cfg))
+    optim = cfg.train.in_steps(steps_per_epoch(len(labels), cfg.train.batch_size, trainer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ShapeClassifier(clf, image_set.num_classes)
     module = TrainModule(model, optim, partial(classifier_objective, cfg=clf))
-    key = RunKey({"fid": fid, "trainer": trainer, "seed": seed, "data.image_size": image_size},
+    key = RunKey({"fid": cfg, "trainer": trainer, "seed": seed, "data.image_size": image_size},
                  {"classes": image_set.class_names, "counts": {k: len(v) for k, v in image_set.splits.items()}})
-    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer_cfg,
-                build(RuntimeConfig, runtime, "runtime"), "classifier", seed, key=key)
+    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer, runtime, "classifier", seed,
+                key=key)
     blob = to_blob(module.ema.module, kind="classifier", config=clf.to_dict(), num_classes=image_set.num_classes)
     return blob, curve
 
@@ -75,15 +106,13 @@ def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int,
     return features, correct / len(features)
 
 
-def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int, fid: dict,
-                         runtime: dict) -> tuple[dict[str, np.ndarray], dict]:
+def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int, cfg: FIDConfig,
+                         runtime: RuntimeConfig) -> tuple[dict[str, np.ndarray], dict]:
     """The generation reference (mu/sigma, plus features for precision/recall) and `val_mu`/`val_sigma`, the real
     val images' statistics that rFID compares reconstructions with (never the train-set ADM batch, whose use inflates
     rFID); for the classifier, its val accuracy."""
-    cfg = build(FIDConfig, fid, "fid")
     extractor = Extractor(feature_extractor)
-    val_features, accuracy = _val_features(extractor, image_set, image_size,
-                                           build(RuntimeConfig, runtime, "runtime").num_workers)
+    val_features, accuracy = _val_features(extractor, image_set, image_size, runtime.num_workers)
     metrics: dict = {"extractor": extractor.kind, "reference": cfg.reference_npz or "val", "num_val": len(val_features)}
     if extractor.kind == "classifier":
         metrics["val_accuracy"] = accuracy

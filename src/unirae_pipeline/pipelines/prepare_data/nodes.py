@@ -6,17 +6,14 @@ import logging
 
 from ...data.images import DataConfig, GeneratedImages, ImageSet, scan_image_folder
 from ...data.shapes import class_names, generate
-from ...params import build
 
 log = logging.getLogger(__name__)
 
 
-def prepare_image_set(data: dict, seed: int) -> GeneratedImages | ImageSet:
+def prepare_image_set(cfg: DataConfig, seed: int) -> GeneratedImages | ImageSet:
     """Built-in shapes (deterministic from `seed`) or the ImageFolder at `data.root`."""
-    cfg = build(DataConfig, data, "data")
     if cfg.source == "shapes":
-        shapes = cfg.shapes_config()
-        images = GeneratedImages(class_names(shapes), generate(shapes, seed))
+        images = GeneratedImages(class_names(cfg.shapes), generate(cfg.shapes, cfg.image_size, seed))
         log.info("generated %s", {k: len(v[1]) for k, v in images.arrays.items()})
         return images
     image_set = scan_image_folder(cfg.root)

@@ -28,7 +28,6 @@ from ...evaluation.report import image_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_blob
 from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
-from ...params import build
 from ...progress import progress
 from ...ranks import global_rank, sharded_job, world_size
 from ...runtime import RuntimeConfig
@@ -48,7 +47,7 @@ class SampleConfig:
     grid_per_class: int
     precision: Literal["fp32", "bf16"]
     untrained_baseline: bool   # also sample an untrained twin of the DiT: the floor of the metrics (small models)
-    sampler: dict
+    sampler: SamplerConfig
 
     def __post_init__(self) -> None:
         if min(self.num_per_class, self.batch_size, self.grid_per_class, self.shard_size) < 1:
@@ -58,7 +57,6 @@ class SampleConfig:
                              f"{self.batch_size} (batches are seeded by position)")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"sample.precision must be fp32 or bf16, got {self.precision!r}")
-        build(SamplerConfig, self.sampler, "sample.sampler")
 
 
 def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor:
@@ -127,16 +125,13 @@ def autoguidance_guide(dit_snapshot: Blob | None, dit_guide: Blob) -> Blob:
     return dit_snapshot
 
 
-def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob, latent_stats: Blob, params: dict,
-           diffusion: dict, seed: int, runtime: dict) -> tuple[SampleSet, SampleSet, Image.Image]:
+def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob, latent_stats: Blob, cfg: SampleConfig,
+           transport: TransportConfig, seed: int, run: RuntimeConfig) -> tuple[SampleSet, SampleSet, Image.Image]:
     """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class.
 
     The guide (`autoguidance_guide`) is used only with `sample.sampler.guidance: autoguidance`.
     """
-    cfg, run = build(SampleConfig, params, "sample"), build(RuntimeConfig, runtime, "runtime")
-    sampler = build(SamplerConfig, cfg.sampler, "sample.sampler")
-    device, scratch = run.sampling_device(), run.scratch_dir("samples")
-    transport = build(TransportConfig, diffusion, "diffusion")
+    sampler, device, scratch = cfg.sampler, run.sampling_device(), run.scratch_dir("samples")
     meta = blob_meta(dit)
     autoguided = sampler.guidance == "autoguidance" and sampler.guidance_scale > 1
     guide_blob = autoguidance_guide(dit_snapshot, dit_guide) if autoguided else None
@@ -154,7 +149,7 @@ def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob,
     labels = balanced_labels(meta["num_classes"], cfg.num_per_class, seed)
     image_shape = (dec.image_size, dec.image_size, 3)
     models = [dit, decoder, latent_stats, *([guide_blob] if guide_blob else [])]
-    key = RunKey({"sample": params, "diffusion": diffusion, "seed": seed}, {"models": blob_digest(*models)})
+    key = RunKey({"sample": cfg, "diffusion": transport, "seed": seed}, {"models": blob_digest(*models)})
     start = time.perf_counter()
     times = time_grid(sampler.num_steps, shift).float()
     velocity, shape = velocity_of(model, guide, sampler, run), tuple(meta["latent_shape"])

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ...data.latents import LatentStore
+from ...diffusion.transport import TransportConfig
 from ...models.dit import DiTConfig
 from ...models.serialization import Blob, to_blob
-from ...params import build
+from ...runtime import RuntimeConfig
+from ...training.fit import TrainerConfig
+from ...training.optim import DiTTrainConfig
 from ..train_dit.nodes import fit_dit
 
 log = logging.getLogger(__name__)
@@ -23,7 +26,7 @@ class GuideConfig:
 
     source: Literal["snapshot", "train"]
     duration: float
-    dit: dict | None
+    dit: DiTConfig | None
 
     def __post_init__(self) -> None:
         if self.source not in ("snapshot", "train"):
@@ -31,10 +34,9 @@ class GuideConfig:
         if self.source == "train":
             if not isinstance(self.duration, (int, float)) or self.duration <= 0:
                 raise ValueError(f"guide.duration must be > 0 when guide.source is 'train', got {self.duration!r}")
-            self.dit_config()
-
-    def dit_config(self) -> DiTConfig:
-        return build(DiTConfig, self.dit, "guide.dit")
+            if self.dit is None:
+                raise ValueError("guide.dit must hold the guide's DiT-DH sizes when guide.source is 'train' "
+                                 "(guide=S, or guide=tiny for the embedded default)")
 
 
 def empty_guide() -> Blob:
@@ -42,14 +44,14 @@ def empty_guide() -> Blob:
     return {}, {"source": '"snapshot"'}
 
 
-def train_guide(latents: LatentStore, latent_stats: Blob, guide: dict, diffusion: dict, trainer: dict, seed: int,
-                runtime: dict, **train_dit) -> Blob:
-    """`train_dit`: the main run's recipe less its duration and guide_at (see the pipeline)."""
-    cfg = build(GuideConfig, guide, "guide")
+def train_guide(latents: LatentStore, latent_stats: Blob, cfg: GuideConfig, transport: TransportConfig,
+                trainer: TrainerConfig, seed: int, run: RuntimeConfig, **train_dit: Any) -> Blob:
+    """`train_dit`: the main run's recipe less its duration and guide_at (see the pipeline), which the guide's
+    `guide.duration` replaces."""
     if cfg.source == "snapshot":
         log.info("guide.source is snapshot: the AutoGuidance guide is train_dit's EMA weights at guide_at")
         return empty_guide()
-    recipe = {**train_dit, "duration": cfg.duration, "guide_at": cfg.duration}
-    module, _, meta, _ = fit_dit(latents, latent_stats, cfg.dit_config(), recipe, diffusion, trainer, runtime, seed,
-                                 "train_guide", {"guide": guide, **{f"train_dit.{k}": v for k, v in train_dit.items()}})
+    recipe = DiTTrainConfig(**train_dit, duration=cfg.duration, guide_at=cfg.duration)
+    module, _, meta, _ = fit_dit(latents, latent_stats, cfg.dit, recipe, transport, trainer, run, seed, "train_guide",
+                                 {"guide": cfg, **{f"train_dit.{k}": v for k, v in train_dit.items()}})
     return to_blob(module.ema.module, **meta, source="train", step=int(module.optim.steps))

@@ -11,8 +11,8 @@ RECIPE = [f.name for f in fields(DiTTrainConfig) if f.name not in ("duration", "
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    inputs = {"latents": "latents", "latent_stats": "latent_stats", "guide": "params:guide",
-              "diffusion": "params:diffusion", "trainer": "params:trainer", "seed": "params:seed",
-              "runtime": "params:runtime",
+    inputs = {"latents": "latents", "latent_stats": "latent_stats", "cfg": "params:guide",
+              "transport": "params:diffusion", "trainer": "params:trainer", "seed": "params:seed",
+              "run": "params:runtime",
               **{key: f"params:train_dit.{key}" for key in RECIPE}}
     return Pipeline([Node(train_guide, inputs, "dit_guide", name="train_guide")])

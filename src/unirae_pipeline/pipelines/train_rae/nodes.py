@@ -18,7 +18,6 @@ from ...evaluation.report import image_grid, quantize
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
-from ...params import build
 from ...ranks import local_device
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
@@ -40,42 +39,40 @@ def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[tor
     return cache["latents"], images, view_table(cache["rows"], cache["flip"])
 
 
-def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: dict, decoder: dict, train_rae: dict,
-                  trainer: dict, seed: int, runtime: dict) -> tuple[Blob, pd.DataFrame]:
-    cfg = build(DecoderConfig, decoder, "decoder")
-    optim = build(RAETrainConfig, train_rae, "train_rae")
+def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig, cfg: DecoderConfig,
+                  recipe: RAETrainConfig, trainer: TrainerConfig, seed: int,
+                  run: RuntimeConfig) -> tuple[Blob, pd.DataFrame]:
     manifest = latents.manifest
     channels, grid, _ = manifest["latent_shape"]
     if grid * cfg.patch_size != manifest["image_size"]:
         raise ValueError(f"decoder.patch_size {cfg.patch_size} x latent grid {grid} != data.image_size "
                          f"{manifest['image_size']}")
-    trainer_cfg, run = build(TrainerConfig, trainer, "trainer"), build(RuntimeConfig, runtime, "runtime")
-    if optim.gan_weight > 0 and trainer_cfg.precision == "16-mixed":
+    if recipe.gan_weight > 0 and trainer.precision == "16-mixed":
         raise ValueError("trainer.precision 16-mixed with train_rae.gan_weight > 0: stage 1 takes two optimizer "
                          "steps per batch and no fp16 loss scaling; use 32-true (the reference) or bf16-mixed")
     online = None
-    if optim.source == "images":  # random crops through the frozen encoder, streamed from disk
-        online = FrozenEncoder(build(EncoderConfig, encoder, "encoder"), seed)
+    if recipe.source == "images":  # random crops through the frozen encoder, streamed from disk
+        online = FrozenEncoder(encoder, seed)
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
-        crops = RandomCrops(image_set, "train", manifest["image_size"], optim.resize, seed)
-        batches = KeyedBatches(crops, optim.batch_size, seed, run.num_workers)
+        crops = RandomCrops(image_set, "train", manifest["image_size"], recipe.resize, seed)
+        batches = KeyedBatches(crops, recipe.batch_size, seed, run.num_workers)
     else:  # the cached centre-crop latents and their images, held in memory
         z, images, views = _targets(latents, image_set, "train")
-        batches = TensorBatches((z, images), optim.batch_size, seed, views)
-    optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer_cfg))
+        batches = TensorBatches((z, images), recipe.batch_size, seed, views)
+    optim = recipe.in_steps(steps_per_epoch(batches.num_samples, recipe.batch_size, trainer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViTDecoder(cfg, channels, grid)
     module = RAEModule(model, optim, online, seed)
-    key = RunKey(dict(decoder=decoder, train_rae=train_rae, trainer=trainer, seed=seed), dict(latents=manifest))
-    curve = fit(module, batches, trainer_cfg, run, "train_rae", seed, key=key)
+    key = RunKey(dict(decoder=cfg, train_rae=recipe, trainer=trainer, seed=seed), dict(latents=manifest))
+    curve = fit(module, batches, trainer, run, "train_rae", seed, key=key)
     blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
                    fingerprint=manifest["fingerprint"])
     return blob, curve
 
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
-                     reference_stats: dict[str, np.ndarray], runtime: dict) -> tuple[dict, Image.Image]:
+                     reference_stats: dict[str, np.ndarray], runtime: RuntimeConfig) -> tuple[dict, Image.Image]:
     """Reconstruct val (no noise) to uint8 as the reference saves them, and score those: PSNR and SSIM on [0, 1], FD
     to the val images' statistics (rFID with Inception, on ImageNet's 50k centre-cropped val images), the classifier's
     accuracy on the reconstructions, and a grid. Streams val shard by shard, the images decoded in
@@ -85,7 +82,7 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
     device = local_device()
     model = decoder_from_blob(decoder).to(device)
     extractor = Extractor(feature_extractor)
-    workers = build(RuntimeConfig, runtime, "runtime").num_workers
+    workers = runtime.num_workers
     images = iter(torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
                                               batch_size=256, num_workers=workers))
     total = latents.manifest["splits"]["val"]["count"]
