@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import re
 from functools import partial
 
 import pytest
@@ -81,7 +79,7 @@ def test_tensor_batches_are_seeded_and_cover_each_epoch():
         TensorBatches((data,), 11, seed=0)
 
 
-def test_short_dit_fit_lowers_the_loss(params, caplog):
+def test_short_dit_fit_lowers_the_loss(params):
     torch.manual_seed(0)
     # Two classes, each a fixed latent: a tiny DiT must learn to move noise towards them.
     x = torch.randn(2, 64, 4, 4).repeat(64, 1, 1, 1)
@@ -91,9 +89,7 @@ def test_short_dit_fit_lowers_the_loss(params, caplog):
     module = TrainModule(model, optim(duration=120, batch_size=32, lr=2e-3, warmup=5),
                          partial(dit_objective, transport=transport, shift=1.0))
     trainer = build(TrainerConfig, params["trainer"], "trainer")
-    with caplog.at_level(logging.INFO, logger="unirae_pipeline"):
-        curve = fit(module, TensorBatches((x, y), 32, seed=0), trainer, runtime(), "test", seed=0)
-    assert re.search(r"test: 120 steps of global batch 32 in .* samples/s; \d+ after warm-up\)", caplog.text)
+    curve = fit(module, TensorBatches((x, y), 32, seed=0), trainer, runtime(), "test", seed=0)
     assert curve["step"].iloc[0] == 1 and curve["step"].iloc[-1] == 120
     assert curve["loss"].iloc[-1] < 0.5 * curve["loss"].iloc[0]
     assert not torch.equal(module.ema.module.final_layer.linear.weight, model.final_layer.linear.weight)

@@ -12,7 +12,7 @@ import torch
 
 from ...data.samples import SampleSet
 from ...evaluation.extractors import Extractor
-from ...evaluation.fd import feature_stats, frechet_distance, inception_score, precision_recall
+from ...evaluation.scoring import extract, sample_scores
 from ...models.serialization import Blob
 from ...progress import progress
 
@@ -21,16 +21,9 @@ log = logging.getLogger(__name__)
 
 def _score(samples: SampleSet, extractor: Extractor, reference: dict) -> dict[str, float]:
     blocks = progress(samples.chunks(4096), "scoring", total=-(-len(samples) // 4096), unit="block")
-    out = [extractor(torch.from_numpy(block).permute(0, 3, 1, 2)) for block in blocks]
-    features, logits = torch.cat([f for f, _ in out]), torch.cat([lg for _, lg in out])
-    scores = {"fd": frechet_distance(feature_stats(features), reference)}
-    if "features" in reference:  # a reference with its features (computed, or an ADM batch with images)
-        scores.update(precision_recall(features, torch.from_numpy(reference["features"])))
-    if extractor.kind == "classifier":
-        scores["class_accuracy"] = float((logits.argmax(-1) == torch.from_numpy(samples.labels)).float().mean())
-    elif extractor.kind == "inception":
-        scores["inception_score"] = inception_score(logits)
-    return scores
+    labels = torch.from_numpy(samples.labels).split(4096)
+    found = extract(extractor, ((torch.from_numpy(b).permute(0, 3, 1, 2), y) for b, y in zip(blocks, labels)))
+    return sample_scores(found, extractor.kind, reference)
 
 
 SCORE_COLUMNS = ("fd", "precision", "recall", "class_accuracy", "inception_score")  # one table for every extractor

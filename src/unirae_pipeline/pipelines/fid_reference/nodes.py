@@ -24,6 +24,7 @@ from ...data.images import ImageDataset, ImageSet, load_split_uint8
 from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifier_objective
 from ...evaluation.extractors import Extractor, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
+from ...evaluation.scoring import extract
 from ...models.serialization import Blob, to_blob
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
@@ -90,33 +91,20 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
     return blob, curve
 
 
-def _val_features(extractor: Extractor, image_set: ImageSet, image_size: int,
-                  workers: int) -> tuple[torch.Tensor, float]:
-    """Features of the real val images, streamed from disk (decoded in `workers` processes), and the classifier's
-    accuracy on them (else 0)."""
-    loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256,
-                                         num_workers=workers, pin_memory=torch.cuda.is_available())
-    features, correct = [], 0
-    for images, labels, _ in loader:
-        f, logits = extractor(images)
-        features.append(f)
-        if extractor.kind == "classifier":
-            correct += int((logits.argmax(-1) == labels).sum())
-    features = torch.cat(features)
-    return features, correct / len(features)
-
-
 def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int, cfg: FIDConfig,
                          runtime: RuntimeConfig) -> tuple[dict[str, np.ndarray], dict]:
     """The generation reference (mu/sigma, plus features for precision/recall) and `val_mu`/`val_sigma`, the real
     val images' statistics that rFID compares reconstructions with (never the train-set ADM batch, whose use inflates
     rFID); for the classifier, its val accuracy."""
     extractor = Extractor(feature_extractor)
-    val_features, accuracy = _val_features(extractor, image_set, image_size, runtime.num_workers)
+    loader = torch.utils.data.DataLoader(ImageDataset(image_set, "val", image_size), batch_size=256,
+                                         num_workers=runtime.num_workers, pin_memory=torch.cuda.is_available())
+    found = extract(extractor, ((images, labels) for images, labels, _ in loader))  # streamed from disk
+    val_features = found.features
     metrics: dict = {"extractor": extractor.kind, "reference": cfg.reference_npz or "val", "num_val": len(val_features)}
     if extractor.kind == "classifier":
-        metrics["val_accuracy"] = accuracy
-        log.info("classifier val accuracy %.4f on %d images", accuracy, len(val_features))
+        metrics["val_accuracy"] = found.accuracy()
+        log.info("classifier val accuracy %.4f on %d images", metrics["val_accuracy"], len(val_features))
     val = feature_stats(val_features)
     if cfg.reference_npz:
         stats, images = load_reference(cfg.reference_npz)

@@ -13,8 +13,8 @@ from PIL import Image
 from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
 from ...data.latents import LatentStore, view_table
 from ...evaluation.extractors import Extractor
-from ...evaluation.fd import feature_stats, frechet_distance, psnr_ssim
-from ...evaluation.report import image_grid, quantize
+from ...evaluation.report import image_grid
+from ...evaluation.scoring import paired, reconstruct
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
@@ -79,37 +79,15 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
     `runtime.num_workers` processes: memory does not grow with N; the decoder and the feature network run on the GPU
     when there is one."""
     check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
-    device = local_device()
-    model = decoder_from_blob(decoder).to(device)
-    extractor = Extractor(feature_extractor)
-    workers = runtime.num_workers
-    images = iter(torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
-                                              batch_size=256, num_workers=workers))
+    device, extractor = local_device(), Extractor(feature_extractor)
+    images = torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
+                                         batch_size=256, num_workers=runtime.num_workers)
     total = latents.manifest["splits"]["val"]["count"]
     pick = set(torch.linspace(0, total - 1, 16).long().tolist())  # spread over val, which is ordered by class
-    sums, features, correct, shown, seen = {"psnr": 0.0, "ssim": 0.0}, [], 0, {}, 0
-    for shard in latents.iter_shards("val"):
-        for z, rows, labels in zip(shard["latents"].split(256), shard["rows"].split(256), shard["labels"].split(256)):
-            real, _, image_rows = next(images)
-            if not torch.equal(image_rows, rows):
-                raise ValueError("the val latents are not in image-index order; re-run cache_latents")
-            real = real.to(device, non_blocking=True)
-            with torch.no_grad():
-                recon = quantize(model(z.to(device).float()))  # scored as saved, as the reference's src/eval
-            for k, v in psnr_ssim(recon, real).items():
-                sums[k] += v * len(z)
-            f, logits = extractor(recon)
-            features.append(f.float())
-            if extractor.kind == "classifier":
-                correct += int((logits.argmax(-1) == labels).sum())
-            shown.update({seen + i: (real[i].cpu(), recon[i].cpu()) for i in range(len(z)) if seen + i in pick})
-            seen += len(z)
-    val = {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]}
-    metrics = {k: v / seen for k, v in sums.items()}
-    metrics["recon_fd"] = frechet_distance(feature_stats(torch.cat(features)), val)
-    if extractor.kind == "classifier":
-        metrics["recon_accuracy"] = correct / seen
-    log.info("decoder on val (%d images): %s", seen, metrics)
-    real, fake = (torch.stack([shown[i][j] for i in sorted(shown)]) for j in (0, 1))
+    result = reconstruct(decoder_from_blob(decoder).to(device), extractor,
+                         paired(latents.iter_shards("val"), images, 256), device, pick)
+    metrics = result.metrics(extractor.kind, {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]})
+    log.info("decoder on val (%d images): %s", result.count, metrics)
+    real, fake = (torch.stack([result.shown[i][j] for i in sorted(result.shown)]) for j in (0, 1))
     rows = torch.cat([real[:8], fake[:8], real[8:], fake[8:]])  # a row of originals above its reconstructions
     return metrics, image_grid(rows.permute(0, 2, 3, 1).numpy(), ncol=8)
