@@ -34,6 +34,58 @@ def test_roundtrips(tmp_path):
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp leftovers
 
 
+WRITE_EVERY_KIND = """
+import sys
+from pathlib import Path
+import numpy as np, pandas as pd, torch
+from PIL import Image
+from unirae_pipeline.data.latents import Shard, save_shard
+from unirae_pipeline.data.samples import SampleSet
+from unirae_pipeline.io.datasets import CSVDataset, JSONDataset, NpzDataset, PNGDataset, SafetensorsDataset
+from unirae_pipeline.io.image_set import ImageSetDataset
+from unirae_pipeline.io.latent_store import LatentStoreDataset
+from unirae_pipeline.io.samples import SamplesDataset
+from unirae_pipeline.data.images import GeneratedImages
+out, g = Path(sys.argv[1]), torch.Generator().manual_seed(0)
+meta = {f"key_{i}": str(i) for i in range(12)}  # many metadata keys: safetensors writes them in hash order
+SafetensorsDataset(filepath=str(out / "model.safetensors")).save(({"w": torch.randn(3, 4, generator=g)}, meta))
+NpzDataset(filepath=str(out / "stats.npz")).save({"mu": np.arange(4.0), "sigma": np.eye(4)})
+images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+SamplesDataset(filepath=str(out / "samples.npz")).save(SampleSet([images], np.array([0, 1]), (4, 4, 3)))
+JSONDataset(filepath=str(out / "metrics.json")).save({"fd": 1.5, "accuracy": 0.25})
+CSVDataset(filepath=str(out / "loss.csv")).save(pd.DataFrame({"step": [1, 2], "loss": [0.5, 0.25]}))
+PNGDataset(filepath=str(out / "grid.png")).save(Image.fromarray(images[0]))
+ImageSetDataset(filepath=str(out / "image_set")).save(
+    GeneratedImages(["a", "b"], {s: (images, np.array([0, 1])) for s in ("train", "val")}))
+rows = torch.tensor([0, 1])
+shard = Shard("train", torch.randn(2, 8, 2, 2, generator=g), rows, rows, torch.zeros(2, dtype=torch.uint8))
+save_shard(out / "shard.safetensors", shard, "0123456789abcdef")
+"""
+
+
+def test_every_output_is_byte_identical_across_processes_and_group_readable(tmp_path):
+    """The same content written by two processes gives the same bytes (DVC hashes files: a new hash reruns every
+    stage downstream), as files with the umask's permissions, not a temp file's owner-only mode."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    def write(name: str) -> dict[str, str]:
+        (tmp_path / name).mkdir()
+        subprocess.run([sys.executable, "-c", WRITE_EVERY_KIND, str(tmp_path / name)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": "random"})
+        return {str(f.relative_to(tmp_path / name)): hashlib.md5(f.read_bytes()).hexdigest()
+                for f in sorted((tmp_path / name).rglob("*")) if f.is_file()}
+
+    first, again = write("first"), write("again")
+    assert len(first) >= 9 and first == again
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (tmp_path / "first").rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o777 if path.is_dir() else 0o666) & ~umask, path
+
+
 def test_missing_artefact_names_the_stage(tmp_path):
     with pytest.raises(DatasetError, match="run the stage that produces it"):
         JSONDataset(filepath=str(tmp_path / "nope.json")).load()

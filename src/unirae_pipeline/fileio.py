@@ -1,13 +1,32 @@
-"""Atomic writes: every output appears complete or not at all (temp path in the same folder + rename)."""
+"""Atomic, reproducible writes: every output appears complete or not at all (temp path in the same folder + rename),
+with the permissions any other file of its folder would get (the umask's, not the temp file's owner-only mode), and
+the same bytes for the same content, so that DVC never sees a change nobody made."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import struct
 import tempfile
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)  # zip members carry a date: a fixed one keeps npz files byte-identical
 
 
 @contextmanager
@@ -21,6 +40,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes it owner-only
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
@@ -38,4 +58,38 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(name).unlink(missing_ok=True)
         raise
+    os.chmod(name, 0o666 & ~UMASK)  # mkstemp makes it owner-only
     os.replace(name, path)
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """safetensors' `save_file`, atomically, with its metadata in sorted order: the library writes it in a hash
+    order that changes from process to process, which would give identical tensors a new file hash."""
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "r+b") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size))
+            if "__metadata__" in header:
+                header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+            text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+            if len(text) > size:  # the same entries in another order: never longer
+                raise RuntimeError(f"{path}: the sorted safetensors header is longer than the original")
+            f.seek(8)
+            f.write(text.ljust(size, b" "))  # the format pads its header with spaces
+
+
+def npz_member(name: str) -> zipfile.ZipInfo:
+    """A stored (uncompressed) member of an npz file, dated `ZIP_DATE`, as np.savez lays it out."""
+    info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+    info.compress_type = zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    return info
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """`np.savez(path, **arrays)`, atomically and byte-reproducibly (np.savez stamps each member with the time)."""
+    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            with zf.open(npz_member(f"{key}.npy"), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..fileio import atomic_dir, atomic_file
+from ..fileio import atomic_dir, write_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,7 @@ def encode_uint8(encoder: Callable[[torch.Tensor], torch.Tensor], precision: str
 def save_shard(path: Path, shard: Shard, fingerprint: str) -> None:
     """One shard file, written atomically: a file that exists is complete."""
     tensors = {"latents": shard.latents.contiguous(), "labels": shard.labels, "rows": shard.rows, "flip": shard.flip}
-    with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"fingerprint": fingerprint})
+    write_safetensors(path, tensors, {"fingerprint": fingerprint})
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_file
+from ..fileio import atomic_file, npz_member
 
 
 @dataclass
@@ -63,11 +63,11 @@ def write_adm_npz(path: Path, samples: SampleSet) -> None:
               "shape": (len(samples), *samples.image_shape)}
     with atomic_file(path) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            with zf.open(npz_member("arr_0.npy"), "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_2_0(f, header)
                 for block in samples.chunks(1024):
                     f.write(block.tobytes())
-            with zf.open("arr_1.npy", "w", force_zip64=True) as f:
+            with zf.open(npz_member("arr_1.npy"), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asarray(samples.labels, dtype=np.int64))
 
 

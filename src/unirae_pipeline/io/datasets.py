@@ -14,9 +14,8 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..fileio import atomic_file
+from ..fileio import atomic_file, write_npz, write_safetensors
 from ..models.serialization import Blob
 from ..ranks import global_rank, is_rank_zero
 
@@ -62,8 +61,7 @@ class SafetensorsDataset(_PathDataset):
 
     def _write(self, data: Blob) -> None:
         tensors, meta = data
-        with atomic_file(self._filepath) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        write_safetensors(self._filepath, tensors, meta)
 
     def load(self) -> Blob | None:
         if self.optional and not self._filepath.exists():
@@ -76,9 +74,7 @@ class NpzDataset(_PathDataset):
     """A dict of numpy arrays (samples as uint8 NHWC, reference statistics)."""
 
     def _write(self, data: dict[str, np.ndarray]) -> None:
-        with atomic_file(self._filepath) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, **data)
+        write_npz(self._filepath, data)
 
     def load(self) -> dict[str, np.ndarray]:
         with np.load(self._require(), allow_pickle=False) as npz:
