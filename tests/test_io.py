@@ -58,7 +58,7 @@ PNGDataset(filepath=str(out / "grid.png")).save(Image.fromarray(images[0]))
 ImageSetDataset(filepath=str(out / "image_set")).save(
     GeneratedImages(["a", "b"], {s: (images, np.array([0, 1])) for s in ("train", "val")}))
 rows = torch.tensor([0, 1])
-shard = Shard("train", torch.randn(2, 8, 2, 2, generator=g), rows, rows, torch.zeros(2, dtype=torch.uint8))
+shard = Shard("train", torch.randn(2, 8, 2, 2, generator=g), rows, rows.clone(), torch.zeros(2, dtype=torch.uint8))
 save_shard(out / "shard.safetensors", shard, "0123456789abcdef")
 """
 

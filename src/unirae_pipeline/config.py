@@ -47,6 +47,21 @@ class Params:
     def __post_init__(self) -> None:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"params 'seed' must be an integer >= 0, got {self.seed!r}")
+        grid = self.encoder.latent_shape[1]
+        if self.decoder.patch_size * grid != self.data.image_size:
+            raise ValueError(f"decoder.patch_size {self.decoder.patch_size} x the encoder's latent grid {grid} "
+                             f"(encoder.input_size {self.encoder.input_size} / its patch size) must equal "
+                             f"data.image_size {self.data.image_size}: set data.image_size="
+                             f"{self.decoder.patch_size * grid}, or decoder.patch_size or encoder.input_size to match")
+        if self.data.source == "shapes":  # the built-in set's size is known before it exists
+            if self.fid.extractor == "classifier" and self.data.shapes.num_classes < 2:
+                raise ValueError("data.shapes.num_classes must be >= 2 with fid.extractor classifier (its metrics "
+                                 "are class accuracy and features learnt by telling classes apart)")
+            images = self.data.shapes.num_classes * self.data.shapes.train_per_class
+            for key in ("train_rae.batch_size", "train_dit.batch_size", "fid.train.batch_size"):
+                if self.get(key) > images:
+                    raise ValueError(f"{key} {self.get(key)} exceeds the {images} training images (data.shapes: "
+                                     "num_classes x train_per_class)")
 
     def get(self, key: str) -> Any:
         """The value at a dotted params key (`sample.sampler.method`), as typed as the tree holds it."""

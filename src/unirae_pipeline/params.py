@@ -18,23 +18,72 @@ def build(cls: type[T], params: Any, name: str) -> T:
     errors that name the params key instead of a dataclass signature. `name` is the group's dotted key ("" for the
     root of params.yaml)."""
     if not isinstance(params, dict):
-        raise ValueError(f"params {name or 'params.yaml'!r} must be a mapping, got {type(params).__name__}")
+        meant = [f"{name}.{f.name}={params}" for f in dataclasses.fields(cls)
+                 if typing.get_origin(hint := typing.get_type_hints(cls)[f.name]) is typing.Literal
+                 and params in typing.get_args(hint)]
+        raise ValueError(f"params {name or 'params.yaml'!r} must be a mapping, got {params!r}"
+                         + (f" (did you mean {meant[0]}?)" if meant else ""))
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown, missing = set(params) - fields, {f for f in fields if f not in params} - _defaulted(cls)
     if unknown or missing:
         raise ValueError(f"params {name or 'params.yaml'!r}: unknown keys {sorted(unknown)}, "
                          f"missing keys {sorted(missing)}")
     hints = typing.get_type_hints(cls)
-    return cls(**{key: _field(hints[key], value, f"{name}.{key}" if name else key) for key, value in params.items()})
+    values = {key: _field(hints[key], value, f"{name}.{key}" if name else key) for key, value in params.items()}
+    try:
+        return cls(**values)
+    except ValueError as err:  # a check of the group's own: say which group, when it does not
+        if name and name not in str(err):
+            raise ValueError(f"params {name!r}: {err}") from None
+        raise
 
 
 def _field(hint: Any, value: Any, name: str) -> Any:
-    """A sub-group's value: built when its type is a dataclass; None where the type allows it."""
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    """A field's value, checked against its annotation: a sub-group (a dataclass type) is built from its mapping."""
+    options = _options(hint)
     groups = [t for t in options if dataclasses.is_dataclass(t)]
-    if not groups or (value is None and type(None) in options):
-        return value
-    return build(groups[0], value, name)
+    if groups and not (value is None and type(None) in options):
+        return build(groups[0], value, name)
+    ok, wanted = _matches(hint, value)
+    if not ok:
+        raise ValueError(f"params {name!r} must be {wanted}, got {value!r}")
+    return value
+
+
+def _options(hint: Any) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+
+
+def _matches(hint: Any, value: Any) -> tuple[bool, str]:
+    """Whether a YAML value (str, int, float, bool, None, list, mapping) has the annotated type, and that type in
+    words. Numbers are not converted: `lr: 1` stays the int the run keys were made from."""
+    if len(options := _options(hint)) > 1:
+        found = [_matches(option, value) for option in options]
+        return any(ok for ok, _ in found), " or ".join(words for _, words in found)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None, "null"
+    if hint is bool:
+        return isinstance(value, bool), "true or false"
+    if hint is int:
+        return number and isinstance(value, int), "an integer"
+    if hint is float:
+        return number, "a number"
+    if hint is str:
+        return isinstance(value, str), "a string"
+    if origin is typing.Literal:
+        words = " or ".join(map(repr, args)) if len(args) < 3 else f"one of {', '.join(map(repr, args))}"
+        return any(value == a and type(value) is type(a) for a in args), words
+    if origin is tuple:  # tuple[int, ...] (any length) or tuple[float, float]
+        items = args[:1] if len(args) == 2 and args[1] is Ellipsis else args
+        ok = isinstance(value, (list, tuple)) and (items is not args or len(value) == len(args))
+        ok = ok and all(_matches(items[min(i, len(items) - 1)], v)[0] for i, v in enumerate(value))
+        plural = {int: "integers", float: "numbers", str: "strings"}.get(items[0], str(items[0]))
+        return ok, f"a list of {plural}" if items is not args else f"a list of {len(args)} {plural}"
+    if hint is dict or origin is dict:
+        return isinstance(value, dict), "a mapping"
+    return True, str(hint)
 
 
 def _defaulted(cls: type) -> set[str]:

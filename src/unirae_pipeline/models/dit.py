@@ -56,6 +56,9 @@ class DiTConfig:
                                    ("dit.head", self.head_hidden_size, self.head_num_heads)):
             if (width // heads) % 4:
                 raise ValueError(f"{name}: head dimension {width // heads} must be divisible by 4 for 2-D RoPE")
+        if not self.mlp_ratio > 0 or self.label_init_std < 0:
+            raise ValueError(f"dit.mlp_ratio must be > 0 and dit.label_init_std >= 0, got {self.mlp_ratio} and "
+                             f"{self.label_init_std}")
         if not 0.0 <= self.class_dropout_prob < 1.0:
             raise ValueError(f"dit.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
 

@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import timm
@@ -41,6 +42,21 @@ class EncoderConfig:
             known = False
         if not known:
             raise ValueError(f"encoder.model {self.model!r} is not a timm model name")
+        _ = self.latent_shape  # builds the architecture: bad overrides fail here, not in the first stage
+
+    def timm_kwargs(self) -> dict:
+        return {"num_classes": 0, "img_size": self.input_size, **self.overrides}
+
+    @cached_property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of this encoder's latents, from a weightless build of its architecture (on the meta device)."""
+        try:
+            with torch.device("meta"):
+                vit = timm.create_model(self.model, pretrained=False, **self.timm_kwargs())
+        except Exception as err:  # noqa: BLE001 - timm raises TypeError, AssertionError, ValueError ...
+            raise ValueError(f"encoder: timm cannot build {self.model!r} at encoder.input_size {self.input_size} with "
+                             f"encoder.overrides {self.overrides}: {err}") from None
+        return vit.embed_dim, *vit.patch_embed.grid_size
 
     def check_environment(self) -> None:
         """The weights file exists (checked when a stage that reads `encoder` starts)."""
@@ -55,10 +71,9 @@ class FrozenEncoder(nn.Module):
     def __init__(self, cfg: EncoderConfig, seed: int) -> None:
         super().__init__()
         self.cfg = cfg
-        kwargs = {"img_size": cfg.input_size, **cfg.overrides}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", num_classes=0, **kwargs)
+            vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", **cfg.timm_kwargs())
         if cfg.weights not in ("none", "hub"):
             state = read_state_dict(cfg.weights, "encoder.weights")
             if any(k.startswith("embeddings.") for k in state):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 import warnings
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import lightning as L
 import pandas as pd
@@ -24,8 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainerConfig:
-    accelerator: str
-    devices: int | str
+    accelerator: Literal["auto", "cpu", "gpu", "cuda", "mps"]
+    devices: int | str  # a count (-1: all), "auto", or the device ids as "0,1"
     num_nodes: int
     strategy: str
     precision: str
@@ -34,6 +36,10 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if str(self.precision) not in ("32", "32-true", "bf16-mixed", "16-mixed", "bf16-true"):
             raise ValueError(f"trainer.precision {self.precision!r} is not one of 32, bf16-mixed, 16-mixed")
+        if isinstance(self.devices, int) and not (self.devices >= 1 or self.devices == -1) or \
+                isinstance(self.devices, str) and not re.fullmatch(r"auto|-1|\d+(,\s*\d+)*,?", self.devices):
+            raise ValueError(f"trainer.devices must be a count >= 1 (-1: all), 'auto' or ids like '0,1', got "
+                             f"{self.devices!r}")
         if self.num_nodes < 1 or self.accumulate_grad_batches < 1:
             raise ValueError(f"trainer.num_nodes and trainer.accumulate_grad_batches must be >= 1: {asdict(self)}")
 

@@ -46,6 +46,8 @@ class OptimConfig:
             raise ValueError(f"schedule must be constant, cosine or linear, got {self.schedule!r}")
         if not (self.warmup <= self.start <= self.end and self.warmup <= self.duration):
             raise ValueError(f"need warmup <= decay_start <= decay_end and warmup <= duration: {asdict(self)}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be in [0, 1) (AdamW's moment decays), got {list(self.betas)}")
         if not 0 <= self.ema_decay < 1 or self.lr <= 0 or self.final_lr < 0 or self.grad_clip < 0:
             raise ValueError(f"need 0 <= ema_decay < 1, lr > 0, final_lr >= 0, grad_clip >= 0: {asdict(self)}")
 

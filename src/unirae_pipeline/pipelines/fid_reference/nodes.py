@@ -76,6 +76,9 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
     if cfg.extractor == "dinov2":
         state = read_dinov2_weights(cfg.dinov2_weights, cfg.dinov2_model)
         return (state, {"kind": json.dumps("dinov2"), "model": json.dumps(cfg.dinov2_model)}), no_curve
+    if image_set.num_classes < 2:
+        raise ValueError(f"fid.extractor classifier needs at least 2 classes, and data.root holds "
+                         f"{image_set.num_classes}: use fid.extractor inception or dinov2 for a one-class data set")
     clf = cfg.classifier
     images, labels = load_split_uint8(image_set, "train", image_size)
     optim = cfg.train.in_steps(steps_per_epoch(len(labels), cfg.train.batch_size, trainer))
