@@ -192,6 +192,7 @@ def test_imagefolder_errors_name_data_root(p, tmp_path):
     check_environment(load_params(p), ["data"])
 
 
+@pytest.mark.slow  # kedro run subprocesses
 def test_missing_files_stop_only_the_stages_that_need_them(tmp_path):
     """Through the real CLI, in a copy of the repository: with Inception weights that are not there, prepare_data
     runs; fid_reference stops before its first node, naming the key."""
@@ -207,6 +208,7 @@ def test_missing_files_stop_only_the_stages_that_need_them(tmp_path):
     assert "Running node" not in stopped.stdout + stopped.stderr
 
 
+@pytest.mark.slow  # kedro run subprocesses
 def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
     """Through the real CLI: a params override that cannot work fails in the hook, naming the key."""
     result = subprocess.run(["kedro", "run", "--pipelines", "train_dit", "--params", "dit.num_heads=3"], cwd=ROOT,
