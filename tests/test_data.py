@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +55,60 @@ def test_image_folder_scan_and_errors(tmp_path):
     (empty / "val" / "dog").mkdir()
     with pytest.raises(ValueError, match="data.root: class folder .*dog.* holds no usable images"):
         scan_image_folder(empty)
+
+
+def test_high_bit_depth_images_load_by_their_real_range(tmp_path):
+    """A 16-bit PNG at 40000/65535 is 156/255 grey (Pillow's own convert says white), a float TIFF at 0.5 is 128
+    (Pillow: black), floats above 1 are read on [0, 255], 32-bit integers up to 255 as 8-bit."""
+    from PIL import Image
+
+    root = write_folder(tmp_path / "tree", {"a": 1, "b": 1})
+    folder = root / "train" / "a"
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(folder / "deep.png")
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(folder / "unit.tif")
+    Image.fromarray(np.full((8, 8), 200.0, np.float32)).save(folder / "byte.tif")
+    Image.fromarray(np.full((8, 8), 90, np.int32)).save(folder / "int.tif")
+    assert Image.open(folder / "deep.png").mode == "I;16" and Image.open(folder / "unit.tif").mode == "F"
+    image_set = scan_image_folder(root, workers=1)
+    dataset = ImageDataset(image_set, "train", 8)
+    grey = {Path(f).name: dataset[i][0] for i, f in enumerate(image_set.splits["train"].files)}
+    expected = {"deep.png": 156, "unit.tif": 128, "byte.tif": 200, "int.tif": 90}
+    for name, value in expected.items():
+        assert grey[name].shape == (3, 8, 8) and bool((grey[name] == value).all()), (name, grey[name].unique())
+
+
+def test_sub_folders_hidden_entries_and_undecodable_names(tmp_path):
+    """Files in sub-folders of a class folder belong to that class (as torchvision's ImageFolder); hidden folders
+    are neither classes nor images (`.ipynb_checkpoints`); a file name that is not UTF-8 is indexed, survives the
+    index files and loads."""
+    import os
+
+    from PIL import Image
+
+    from unirae_pipeline.data.images import load_index, save_index
+
+    root = write_folder(tmp_path / "tree", {"a": 1, "b": 1})
+    train = root / "train"
+    (train / "a" / "more" / "deeper").mkdir(parents=True)
+    for path in (train / "a" / "more" / "x.png", train / "a" / "more" / "deeper" / "y.png",
+                 train / ".ipynb_checkpoints" / "z.png", train / "b" / ".hidden" / "h.png", train / "b" / ".h.png"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (4, 4), "red").save(path)
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: not UTF-8
+    Image.new("RGB", (4, 4), "blue").save(train / "b" / odd)
+    image_set = scan_image_folder(root, workers=1)
+    assert image_set.class_names == ["a", "b"]
+    split = image_set.splits["train"]
+    by_class = {name: sorted(f for f, y in zip(split.files, split.labels) if y == k)
+                for k, name in enumerate(image_set.class_names)}
+    assert by_class == {"a": ["train/a/0.png", "train/a/more/deeper/y.png", "train/a/more/x.png"],
+                        "b": ["train/b/0.png", f"train/b/{odd}"]}
+    (tmp_path / "index").mkdir()
+    save_index(image_set, tmp_path / "index", str(root))
+    again = load_index(tmp_path / "index")
+    assert again.splits["train"].files == split.files and again.class_names == image_set.class_names
+    dataset = ImageDataset(again, "train", 4)
+    assert int(dataset[split.files.index(f"train/b/{odd}")][0][2].max()) == 255  # the blue one
 
 
 def test_data_config_requires_an_existing_root(params, tmp_path):
@@ -229,7 +285,7 @@ def test_a_class_with_only_bad_files_is_an_error(tmp_path):
 
 def _rss_anon_mb() -> float:
     """Anonymous resident memory of this process (file-backed pages of memory-mapped files excluded)."""
-    for line in open("/proc/self/status"):
+    for line in open("/proc/self/status", encoding="utf-8"):
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no RssAnon in /proc/self/status")

@@ -15,7 +15,7 @@ KEDRO_ALLOWED_FILES = ("settings.py", "pipeline_registry.py", "hooks.py", "__mai
 
 def imported_roots(file: Path) -> set[str]:
     roots = set()
-    for node in ast.walk(ast.parse(file.read_text())):
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             roots.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. dit=S dit.depth=8")
     parser.add_argument("--output", type=Path, default=Path("params.yaml"))
     args = parser.parse_args(argv)
-    args.output.write_text(dump(compose_params(args.overrides)))
+    args.output.write_text(dump(compose_params(args.overrides)), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def _imports(file: Path) -> set[str]:
     parts = file.relative_to(SRC).with_suffix("").parts
     package = ".".join((PACKAGE, *parts[:-1]))  # the package a relative import starts from
     found = set()
-    for node in ast.walk(ast.parse(file.read_text())):
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -129,7 +129,7 @@ def render(root: Path) -> str:
     from kedro.framework.startup import bootstrap_project
 
     bootstrap_project(root)
-    catalog = yaml.safe_load((root / CATALOG).read_text())
+    catalog = yaml.safe_load((root / CATALOG).read_text(encoding="utf-8"))
     header = "# Generated from the Kedro pipelines and catalog (python -m unirae_pipeline.dvc_stages). Do not edit.\n"
     return header + yaml.safe_dump(build_stages(dict(pipelines), catalog), sort_keys=False, width=120)
 
@@ -141,11 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     root = Path.cwd()
     text, target = render(root), root / "dvc.yaml"
     if args.check:
-        stale = not target.is_file() or target.read_text() != text
+        stale = not target.is_file() or target.read_text(encoding="utf-8") != text
         if stale:
             sys.stderr.write("dvc.yaml is stale: run `python -m unirae_pipeline.dvc_stages`\n")
         return int(stale)
-    target.write_text(text)
+    target.write_text(text, encoding="utf-8")
     return 0
 
 

@@ -66,7 +66,7 @@ class RunKey:
         folder.mkdir(parents=True, exist_ok=True)
         record = folder / PARAMS_FILE
         if not record.is_file():
-            record.write_text(json.dumps(flatten(self.params), sort_keys=True, default=str) + "\n")
+            record.write_text(json.dumps(flatten(self.params), sort_keys=True, default=str) + "\n", encoding="utf-8")
         return folder
 
 
@@ -87,7 +87,7 @@ def entries(root: Path) -> Iterator[Entry]:
     for kind in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
         for run in sorted(p for p in kind.iterdir() if p.is_dir()):
             record = run / PARAMS_FILE
-            params = json.loads(record.read_text()) if record.is_file() else None
+            params = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
             size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
             yield Entry(run, params, size)
 
@@ -108,7 +108,7 @@ def experiment_params(cwd: Path) -> list[dict[str, Any]]:
 
 
 def candidates(cwd: Path) -> list[dict[str, Any]]:
-    workspace = flatten(yaml.safe_load((cwd / "params.yaml").read_text()))
+    workspace = flatten(yaml.safe_load((cwd / "params.yaml").read_text(encoding="utf-8")))
     return [workspace, *experiment_params(cwd)]
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cwd = Path.cwd()
-    workspace = yaml.safe_load((cwd / "params.yaml").read_text())
+    workspace = yaml.safe_load((cwd / "params.yaml").read_text(encoding="utf-8"))
     root = Path(workspace["runtime"]["scratch"])
     if not root.is_absolute():
         root = cwd / root

@@ -20,6 +20,8 @@ from .shapes import ShapesConfig
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
+# file names are bytes on POSIX: the ones that are not UTF-8 travel through the index as Python decoded them
+NAMES = {"encoding": "utf-8", "errors": "surrogateescape"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -88,6 +90,37 @@ def check_image(path: Path) -> str | None:
     return None
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any image as 8-bit RGB, read by its real range: 16-bit integers scaled by 255/65535 (Pillow's own convert
+    clips them: 40000 would be white), 32-bit integers likewise when any value exceeds 255, floats from [0, 1] (from
+    [0, 255] when larger: Pillow would truncate 0.5 to black); alpha dropped, every other mode converted by Pillow."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        values = np.asarray(img, dtype=np.float64)
+        peak = float(values.max()) if values.size else 0.0
+        scale = (255.0 if peak <= 1 else 1.0) if img.mode == "F" else 1.0 if img.mode == "I" and peak <= 255 \
+            else 255 / 65535
+        img = Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
+
+
+def _hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _class_files(folder: Path) -> tuple[list[Path], int, int]:
+    """Every file under a class folder, sub-folders included (as torchvision's ImageFolder), hidden files and
+    folders (`.ipynb_checkpoints`, `.DS_Store`) left out; with the counts of files found in sub-folders and of
+    hidden entries left out."""
+    found, nested, hidden = [], 0, 0
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        hidden += sum(map(_hidden, map(Path, dirs))) + sum(map(_hidden, map(Path, files)))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        kept = [Path(top) / f for f in files if not f.startswith(".")]
+        nested += len(kept) if Path(top) != folder else 0
+        found += kept
+    return sorted(found), nested, hidden
+
+
 def scan_image_folder(root: str | Path, param: str = "data.root", workers: int | None = None) -> ImageSet:
     """Index `root/{train,val}/<class>/*` (the ImageNet layout), decoding every file once (`workers` threads, default
     one per core: ImageNet's 1.33 M files are minutes, not an hour) and skipping the unusable ones with a logged
@@ -100,17 +133,20 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int |
         split_dir = root / split
         if not split_dir.is_dir():
             raise FileNotFoundError(f"{param}: expected a '{split}' folder in {str(root)!r}")
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+        folders = [p for p in split_dir.iterdir() if p.is_dir()]
+        if ignored := sorted(p.name for p in folders if _hidden(p)):
+            log.info("%s: hidden folders are not classes: %s", split_dir, ignored)
+        classes = sorted(p.name for p in folders if not _hidden(p))
         if not classes:
             raise ValueError(f"{param}: no class folders in {str(split_dir)!r}")
         if names is not None and classes != names:
             raise ValueError(f"{param}: train and val have different class folders")
         names = classes
-        files, labels, skipped = [], [], Counter()
+        files, labels, skipped, nested, hidden = [], [], Counter(), 0, 0
         with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
             for label, name in enumerate(classes):
-                candidates = sorted(p for p in (split_dir / name).iterdir() if p.is_file())
-                found = []
+                candidates, in_subfolders, left_out = _class_files(split_dir / name)
+                nested, hidden, found = nested + in_subfolders, hidden + left_out, []
                 for path, problem in zip(candidates, pool.map(check_image, candidates)):
                     if problem is None:
                         found.append(str(path.relative_to(root)))
@@ -123,6 +159,9 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int |
                 labels += [label] * len(found)
         if skipped:
             log.warning("%s/%s: skipped %d files (%s)", root, split, sum(skipped.values()), dict(skipped))
+        if nested or hidden:
+            log.info("%s/%s: %d files in sub-folders of class folders indexed with their class; %d hidden files "
+                     "or folders left out", root, split, nested, hidden)
         splits[split] = ImageSplit(files, np.asarray(labels, dtype=np.int64))
     return ImageSet(root, names, splits)
 
@@ -146,10 +185,10 @@ def write_image_folder(root: Path, images: GeneratedImages) -> None:
 
 def save_index(image_set: ImageSet, path: Path, root: str) -> None:
     """Index files: classes.json, <split>.csv (file,label) and root.txt (relative roots resolve against `path`)."""
-    (path / "classes.json").write_text(json.dumps(image_set.class_names, indent=1))
-    (path / "root.txt").write_text(root)
+    (path / "classes.json").write_text(json.dumps(image_set.class_names, indent=1), encoding="utf-8")
+    (path / "root.txt").write_text(root, encoding="utf-8", errors="surrogateescape")
     for split, data in image_set.splits.items():
-        with open(path / f"{split}.csv", "w", newline="") as f:
+        with open(path / f"{split}.csv", "w", newline="", **NAMES) as f:
             writer = csv.writer(f)
             writer.writerow(["file", "label"])
             writer.writerows(zip(data.files, data.labels.tolist()))
@@ -158,11 +197,11 @@ def save_index(image_set: ImageSet, path: Path, root: str) -> None:
 def load_index(path: Path) -> ImageSet:
     splits = {}
     for split in SPLITS:
-        with open(path / f"{split}.csv", newline="") as f:
+        with open(path / f"{split}.csv", newline="", **NAMES) as f:
             rows = list(csv.reader(f))[1:]
         splits[split] = ImageSplit([r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64))
-    root = Path((path / "root.txt").read_text())
-    names = json.loads((path / "classes.json").read_text())
+    root = Path((path / "root.txt").read_text(**NAMES))
+    names = json.loads((path / "classes.json").read_text(encoding="utf-8"))
     return ImageSet(root if root.is_absolute() else path / root, names, splits)
 
 
@@ -188,7 +227,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
         with Image.open(self.root / self.split.files[i]) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             if img.size != (self.size, self.size):
                 img = center_crop(img, self.size)
             arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
@@ -212,7 +251,7 @@ class RandomCrops(torch.utils.data.Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor]:
         row, draw = key
         with Image.open(self.root / self.split.files[row]) as img:
-            img = img.convert("RGB")
+            img = to_rgb(img)
             w, h = img.size
             scale = self.resize / min(w, h)
             img = img.resize((max(self.resize, int(w * scale)), max(self.resize, int(h * scale))), Image.BICUBIC)

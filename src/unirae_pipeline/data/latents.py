@@ -79,7 +79,7 @@ class LatentStore:
         file = self.path / "manifest.json"
         if not file.is_file():
             raise FileNotFoundError(f"no latent cache at {self.path} (run the cache_latents stage)")
-        return json.loads(file.read_text())
+        return json.loads(file.read_text(encoding="utf-8"))
 
     def assemble(self, folder: Path, shards: dict[str, int], meta: dict) -> None:
         """Move the complete shard files `folder/<split>/shard_NNNNN.safetensors` (`shards[split]` of them) into the
@@ -142,7 +142,7 @@ def view_table(rows: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
 
 def _write_manifest(folder: Path, meta: dict, counts: dict[str, list[int]]) -> None:
     manifest = {**meta, "splits": {k: {"count": sum(v), "shards": v} for k, v in counts.items()}}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     log.info("latent cache: %s", {k: v["count"] for k, v in manifest["splits"].items()})
 
 

@@ -86,10 +86,10 @@ class JSONDataset(_PathDataset):
 
     def _write(self, data: dict) -> None:
         with atomic_file(self._filepath) as tmp:
-            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
     def load(self) -> dict:
-        return json.loads(self._require().read_text())
+        return json.loads(self._require().read_text(encoding="utf-8"))
 
 
 class CSVDataset(_PathDataset):
