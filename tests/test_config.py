@@ -184,11 +184,12 @@ def test_invalid_params_fail_early_naming_the_key(p, path, value, message):
 
 def test_imagefolder_errors_name_data_root(p, tmp_path):
     """A missing tree is an error of the stages that read `data`, not of the params' structure."""
-    p["data"].update(source="imagefolder", root=str(tmp_path / "missing"), shapes=None)
+    p["data"].update(source="imagefolder", root=str(tmp_path / "missing"), lineage=str(tmp_path / "missing"),
+                     shapes=None)
     check_environment(load_params(p), ["train_dit", "sample"])  # stages that never read the tree
     with pytest.raises(FileNotFoundError, match="data.root"):
         check_environment(load_params(p), ["data.image_size"])
-    p["data"]["root"] = str(write_folder(tmp_path / "ok", {"a": 1}))
+    p["data"]["root"] = p["data"]["lineage"] = str(write_folder(tmp_path / "ok", {"a": 1}))
     check_environment(load_params(p), ["data"])
 
 

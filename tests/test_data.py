@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from unirae_pipeline.data.images import ImageDataset, center_crop, scan_image_folder
+from unirae_pipeline.data.images import GeneratedImages, ImageDataset, center_crop, scan_image_folder
 from unirae_pipeline.data.latents import (
     CacheConfig,
     LatentStore,
@@ -111,9 +111,84 @@ def test_sub_folders_hidden_entries_and_undecodable_names(tmp_path):
     assert int(dataset[split.files.index(f"train/b/{odd}")][0][2].max()) == 255  # the blue one
 
 
+def test_the_index_sees_files_overwritten_in_place(tmp_path):
+    """An external tree's index stamps every file (size, mtime): overwriting one in place changes the index and the
+    latent cache's key, so the file is encoded again; a generated tree's index is made of its params only."""
+    import os
+
+    from PIL import Image
+
+    from unirae_pipeline.io.image_set import ImageSetDataset
+    from unirae_pipeline.pipelines.cache_latents.nodes import _index_digest
+
+    root = write_folder(tmp_path / "tree", {"a": 2, "b": 1})
+    before = scan_image_folder(root, workers=1)
+    assert len(before.splits["train"].stamps) == 3
+    target = root / "train" / "a" / "0.png"
+    stat = target.stat()
+    Image.new("RGB", (16, 16), "white").save(target)
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # however coarse the file system's clock
+    after = scan_image_folder(root, workers=1)
+    assert after.splits["train"].files == before.splits["train"].files
+    assert after.splits["train"].stamps != before.splits["train"].stamps
+    assert _index_digest(after) != _index_digest(before)
+    dataset = ImageSetDataset(filepath=str(tmp_path / "index"))
+    dataset.save(after)
+    assert dataset.load().splits["train"].stamps == after.splits["train"].stamps
+    generated = GeneratedImages(["a", "b"], {s: (np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]))
+                                             for s in ("train", "val")})
+    written = []
+    for name in ("one", "two"):
+        ImageSetDataset(filepath=str(tmp_path / name)).save(generated)
+        written.append((tmp_path / name / "train.csv").read_bytes())
+    assert written[0] == written[1] and b"stamp" not in written[0]
+
+
+@pytest.mark.slow  # dvc and kedro subprocesses
+def test_dvc_sees_images_added_or_overwritten_in_the_tree(tmp_path):
+    """`data.lineage` makes the ImageFolder tree a dependency of prepare_data: a real `dvc status` marks it stale
+    after an image is added and after one is overwritten in place, and not before."""
+    import json
+    import os
+    import subprocess
+
+    from PIL import Image
+
+    from unirae_pipeline.compose import compose_params, dump
+
+    from .conftest import copy_repository
+
+    repo = copy_repository(tmp_path / "repo")
+    tree = write_folder(tmp_path / "tree", {"a": 2, "b": 2})
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "KEDRO_DISABLE_TELEMETRY": "true"}
+    params = compose_params(["data=imagenet", f"data.root={tree}", "data.image_size=16"], conf_dir=repo / "conf")
+    assert params["data"]["lineage"] == str(tree)
+    (repo / "params.yaml").write_text(dump(params), encoding="utf-8")
+    for cmd in (["git", "init", "-q"], ["dvc", "repro", "prepare_data"]):
+        done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    def stale() -> bool:
+        out = subprocess.run(["dvc", "status", "--json", "prepare_data"], cwd=repo, env=env, capture_output=True,
+                             text=True)
+        assert out.returncode == 0, out.stderr
+        return "prepare_data" in json.loads(out.stdout)
+
+    assert not stale()
+    Image.new("RGB", (16, 16), "white").save(tree / "train" / "a" / "new.png")
+    assert stale()
+    subprocess.run(["dvc", "commit", "-f", "prepare_data"], cwd=repo, env=env, capture_output=True, check=True)
+    assert not stale()
+    Image.new("RGB", (16, 16), "black").save(tree / "train" / "b" / "0.png")  # same name, new content
+    assert stale()
+
+
 def test_data_config_requires_an_existing_root(params, tmp_path):
     with pytest.raises(FileNotFoundError, match="data.root"):
-        typed("data", {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x")}).check_environment()
+        typed("data", {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x"),
+                       "lineage": str(tmp_path / "x")}).check_environment()
+    with pytest.raises(ValueError, match="data.lineage .* must be data.root"):  # DVC would hash another tree
+        typed("data", {**params["data"], "source": "imagefolder", "root": str(tmp_path / "x")})
     with pytest.raises(ValueError, match="data.source"):
         typed("data", {**params["data"], "source": "lsun"})
 

@@ -3,7 +3,8 @@
 `python -m unirae_pipeline.dvc_stages` writes dvc.yaml; `--check` exits 1 when the committed file is stale.
 Each stage runs `kedro run --pipelines <name>`; its deps are the catalog files it reads plus the source files its
 nodes and its catalog entries' dataset classes import (followed transitively inside this package) and the hook that
-turns params.yaml into the nodes' typed params (`EVERY_STAGE`); its params are the
+turns params.yaml into the nodes' typed params (`EVERY_STAGE`), and for the stage that reads the `data` group, the
+data itself (`LINEAGE`); its params are the
 exact `params:` keys it reads, less the `runtime` group (settings that cannot change a result: `runtime.py`), and the
 catalog entries it reads or writes, less their `metadata` (plot titles and DVC routing change no result).
 """
@@ -21,6 +22,9 @@ PACKAGE = "unirae_pipeline"
 SRC = Path(__file__).resolve().parent
 CATALOG = Path("conf/base/catalog.yml")
 RUNTIME = "runtime"  # the params group DVC never tracks (see runtime.py)
+# the data's content for DVC: the ImageFolder tree (hashed like any dependency: files added, removed or overwritten
+# in place rerun the stage that reads it) or the built-in set's generator; resolved from params.yaml by DVC
+LINEAGE = "data.lineage"
 # run before every node, their imports not followed (config.py imports every stage's configs): the hook that builds
 # the typed params and sets the matmul policy, and the builder itself
 EVERY_STAGE = ("hooks.py", "params.py")
@@ -95,8 +99,10 @@ def build_stages(pipelines: dict, catalog: dict) -> dict:
             raise ValueError(f"stage {name}: inputs {missing} are not in {CATALOG}; cross-stage data must be files")
         entries = sorted(i for i in {*data_inputs, *pipe.all_outputs()} if i in catalog)
         tracked = [f"{entry}.{key}" for entry in entries for key in catalog[entry] if key != "metadata"]
+        lineage = [f"${{{LINEAGE}}}"] if {"data", LINEAGE} & set(params) else []
         stage = {"cmd": f"kedro run --pipelines {name}",
-                 "deps": [*code_deps(name, [catalog[e] for e in entries]), *(_path(catalog[i]) for i in data_inputs)],
+                 "deps": [*code_deps(name, [catalog[e] for e in entries]), *(_path(catalog[i]) for i in data_inputs),
+                          *lineage],
                  "params": [*params, {str(CATALOG): tracked}]}
         outs, metrics, plots = [], [], []
         for out in sorted(pipe.all_outputs()):

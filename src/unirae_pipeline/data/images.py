@@ -32,6 +32,7 @@ class DataConfig:
     source: str
     image_size: int
     root: str | None
+    lineage: str  # what DVC hashes as this data (a dependency of prepare_data): `root`, or the built-in generator
     shapes: ShapesConfig | None
 
     def __post_init__(self) -> None:
@@ -43,6 +44,9 @@ class DataConfig:
             raise ValueError("data.shapes must hold the built-in data set's sizes when data.source is 'shapes'")
         if self.source == "imagefolder" and not self.root:
             raise ValueError("data.root must name the ImageFolder tree when data.source is 'imagefolder'")
+        if self.source == "imagefolder" and Path(self.lineage) != Path(self.root):
+            raise ValueError(f"data.lineage {self.lineage!r} must be data.root {self.root!r} (conf/data sets it to "
+                             "${.root}): DVC would track another tree than the one the pipeline reads")
 
     def check_environment(self) -> None:
         """The ImageFolder tree exists (checked when a stage that reads `data` starts)."""
@@ -54,6 +58,8 @@ class DataConfig:
 class ImageSplit:
     files: list[str]  # relative to the image set's root, or absolute
     labels: np.ndarray
+    stamps: list[str] | None = None  # "<size>:<mtime_ns>" of each file of an external tree: a file overwritten in
+    # place changes the index, so the stages that read it rerun and re-encode it
 
     def __len__(self) -> int:
         return len(self.files)
@@ -121,7 +127,13 @@ def _class_files(folder: Path) -> tuple[list[Path], int, int]:
     return sorted(found), nested, hidden
 
 
-def scan_image_folder(root: str | Path, param: str = "data.root", workers: int | None = None) -> ImageSet:
+def _stamp(path: Path) -> str:
+    info = path.stat()
+    return f"{info.st_size}:{info.st_mtime_ns}"
+
+
+def scan_image_folder(root: str | Path, param: str = "data.root", workers: int | None = None,
+                      stamps: bool = True) -> ImageSet:
     """Index `root/{train,val}/<class>/*` (the ImageNet layout), decoding every file once (`workers` threads, default
     one per core: ImageNet's 1.33 M files are minutes, not an hour) and skipping the unusable ones with a logged
     count. Fails early, naming `param`, on a bad tree or an empty class."""
@@ -142,7 +154,7 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int |
         if names is not None and classes != names:
             raise ValueError(f"{param}: train and val have different class folders")
         names = classes
-        files, labels, skipped, nested, hidden = [], [], Counter(), 0, 0
+        files, labels, stamped, skipped, nested, hidden = [], [], [], Counter(), 0, 0
         with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
             for label, name in enumerate(classes):
                 candidates, in_subfolders, left_out = _class_files(split_dir / name)
@@ -150,6 +162,7 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int |
                 for path, problem in zip(candidates, pool.map(check_image, candidates)):
                     if problem is None:
                         found.append(str(path.relative_to(root)))
+                        stamped += [_stamp(path)] if stamps else []
                     else:
                         skipped[problem] += 1
                         log.debug("skipping %s: %s", path, problem)
@@ -162,7 +175,7 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int |
         if nested or hidden:
             log.info("%s/%s: %d files in sub-folders of class folders indexed with their class; %d hidden files "
                      "or folders left out", root, split, nested, hidden)
-        splits[split] = ImageSplit(files, np.asarray(labels, dtype=np.int64))
+        splits[split] = ImageSplit(files, np.asarray(labels, dtype=np.int64), stamped if stamps else None)
     return ImageSet(root, names, splits)
 
 
@@ -184,22 +197,25 @@ def write_image_folder(root: Path, images: GeneratedImages) -> None:
 
 
 def save_index(image_set: ImageSet, path: Path, root: str) -> None:
-    """Index files: classes.json, <split>.csv (file,label) and root.txt (relative roots resolve against `path`)."""
+    """Index files: classes.json, <split>.csv (file,label[,stamp]) and root.txt (relative roots resolve against
+    `path`)."""
     (path / "classes.json").write_text(json.dumps(image_set.class_names, indent=1), encoding="utf-8")
     (path / "root.txt").write_text(root, encoding="utf-8", errors="surrogateescape")
     for split, data in image_set.splits.items():
         with open(path / f"{split}.csv", "w", newline="", **NAMES) as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "label"])
-            writer.writerows(zip(data.files, data.labels.tolist()))
+            columns = [data.files, data.labels.tolist(), *([data.stamps] if data.stamps is not None else [])]
+            writer.writerow(["file", "label", "stamp"][: len(columns)])
+            writer.writerows(zip(*columns))
 
 
 def load_index(path: Path) -> ImageSet:
     splits = {}
     for split in SPLITS:
         with open(path / f"{split}.csv", newline="", **NAMES) as f:
-            rows = list(csv.reader(f))[1:]
-        splits[split] = ImageSplit([r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64))
+            header, *rows = list(csv.reader(f))
+        splits[split] = ImageSplit([r[0] for r in rows], np.asarray([int(r[1]) for r in rows], dtype=np.int64),
+                                   [r[2] for r in rows] if "stamp" in header else None)
     root = Path((path / "root.txt").read_text(**NAMES))
     names = json.loads((path / "classes.json").read_text(encoding="utf-8"))
     return ImageSet(root if root.is_absolute() else path / root, names, splits)

@@ -17,7 +17,7 @@ class ImageSetDataset(_PathDataset):
         with atomic_dir(self._filepath) as tmp:
             if isinstance(data, GeneratedImages):
                 write_image_folder(tmp / "images", data)
-                save_index(scan_image_folder(tmp / "images"), tmp, "images")
+                save_index(scan_image_folder(tmp / "images", stamps=False), tmp, "images")  # content from params
             else:
                 save_index(data, tmp, str(Path(data.root).resolve()))
 

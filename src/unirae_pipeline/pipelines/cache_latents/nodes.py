@@ -28,10 +28,12 @@ SPLITS = ("train", "val")
 
 
 def _index_digest(image_set: ImageSet) -> str:
-    h = hashlib.sha256(str(image_set.root).encode())
+    h = hashlib.sha256(str(image_set.root).encode(errors="surrogateescape"))
     for split in sorted(image_set.splits):
-        h.update("\n".join(image_set.splits[split].files).encode())
-        h.update(image_set.splits[split].labels.tobytes())
+        data = image_set.splits[split]
+        h.update("\n".join(data.files).encode(errors="surrogateescape"))
+        h.update(data.labels.tobytes())
+        h.update("\n".join(data.stamps or []).encode())  # an image overwritten in place is encoded again
     return h.hexdigest()[:16]
 
 
