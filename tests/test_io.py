@@ -133,3 +133,57 @@ def test_rank_zero_stops_waiting_for_a_rank_that_died(tmp_path):
     later.join()
     with pytest.raises(TimeoutError, match=r"no new shards .* 1 missing \(first: .*shard_00002.npy\). Did a rank"):
         wait_for_files([*paths, tmp_path / "shard_00002.npy"], "shards", poll_s=0.01, stall_s=0.1)
+
+
+def _hold(folder, rank: int):
+    """Another process's live claim of `folder` as `rank` (a lock on its own open file, as `claimed` takes it)."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / f".rank-{rank}", "a+", encoding="utf-8")  # held until the caller closes it
+    f.write("pid 4242 on elsewhere")
+    f.flush()
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def test_the_same_run_twice_on_one_scratch_is_refused(tmp_path):
+    """Two processes of the same stage and params on one scratch folder: the second is refused at once (before, the
+    first to finish deleted the folder the other was writing to); a killed run leaves no stale claim."""
+    from unirae_pipeline.ranks import claimed, is_running, sharded_job
+
+    folder, made = tmp_path / "run", []
+    paths = [folder / f"shard_{k}.npy" for k in range(2)]
+    holder = _hold(folder, 0)
+    assert is_running(folder, 0) and not is_running(folder, 1)
+    with pytest.raises(RuntimeError, match=r"in use by another run .*\(pid 4242 on elsewhere, rank 0\)"):
+        sharded_job(paths, made.append, "shards")
+    assert made == []
+    holder.close()  # the other process ended (or was killed): its lock is gone with it
+    assert not is_running(folder, 0)
+    with claimed(folder):
+        assert is_running(folder, 0)
+    assert sharded_job(paths, lambda k: (made.append(k), paths[k].touch()), "shards") == (0, 2) and made == [0, 1]
+
+
+def test_rank_zero_names_ranks_that_never_started(tmp_path, monkeypatch):
+    """`sbatch --ntasks=2` without `srun` starts one process that counts two: rank zero does its half, then stops
+    with an error naming the missing rank instead of waiting hours; a rank that is running is waited for."""
+    import threading
+
+    from unirae_pipeline import ranks
+
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setattr(ranks, "STARTUP_S", 0.05)  # how long the other ranks get to start (minutes in real runs)
+    folder = tmp_path / "run"
+    paths = [folder / f"shard_{k}.npy" for k in range(4)]
+    with pytest.raises(RuntimeError, match=r"ranks \[1\] of 2 are not running and 2 shards are missing"):
+        ranks.sharded_job(paths, lambda k: paths[k].touch(), "shards")
+    assert [p.is_file() for p in paths] == [True, False, True, False]  # rank zero's half is kept
+    holder = _hold(folder, 1)  # now rank 1 runs, and writes its shards a little later
+    later = threading.Timer(0.2, lambda: [p.touch() for p in paths[1::2]])
+    later.start()
+    ranks.wait_for_files(paths, "shards", poll_s=0.01)
+    later.join()
+    holder.close()
+

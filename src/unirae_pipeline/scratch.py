@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from .params import plain, run_key
+from .ranks import is_running
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     users = candidates(cwd)
     unused = 0
     for entry in entries(root):
-        used = entry.used_by(users)
-        state = "in use" if entry.params is not None and used else "no record, kept" if used else "unused"
+        running = any(is_running(f.parent, int(f.name.rsplit("-", 1)[1])) for f in entry.path.rglob(".rank-*"))
+        used = running or entry.used_by(users)
+        state = "running" if running else "in use" if entry.params is not None and used else \
+            "no record, kept" if used else "unused"
         if not used and args.prune:
             shutil.rmtree(entry.path)
             state = "removed"

@@ -7,6 +7,7 @@ import re
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -16,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from ..progress import show_progress
+from ..ranks import claimed
 from ..runtime import RuntimeConfig
 from ..scratch import RunKey
 from .data import KeyedBatches, TensorBatches
@@ -154,7 +156,8 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # lightning 2.6 on torch >= 2.10
         # Stage 1 steps itself: its checkpoints hold the state after step `global_step`, what a resume continues from
         warnings.filterwarnings("ignore", message=".*ModelCheckpoint with manual optimization.*")
-        trainer.fit(module, batches.loader(), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
+        with claimed(ckpt_dir) if ckpt_dir is not None else nullcontext():  # the same run twice is refused
+            trainer.fit(module, batches.loader(), ckpt_path=str(ckpt_dir / "last.ckpt") if resume else None)
     resumed_at = batches.start // cfg.accumulate_grad_batches  # set by ResumeData when a checkpoint was restored
     seconds, steps = time.perf_counter() - start, trainer.global_step - resumed_at
     per_step = batches.batch_size * cfg.accumulate_grad_batches * trainer.world_size  # the global batch
