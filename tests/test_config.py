@@ -84,11 +84,26 @@ def test_every_node_takes_its_params_as_the_tree_holds_them(params):
     for key, kind in annotated.items():
         assert isinstance(tree.get(key), kind), key
     hook = ParamsHook()
-    hook.after_context_created(type("Context", (), {"config_loader": {"parameters": params}})())
+    hook.after_context_created(type("Context", (), {"config_loader": {"parameters": params}, "project_path": ROOT})())
     node = next(n for n in nodes if n.name == "sample")
     given = hook.before_node_run(node, None, {i: None for i in node.inputs}, False, "run")
     assert given == {"params:sample": tree.sample, "params:diffusion": tree.diffusion, "params:seed": tree.seed,
                      "params:runtime": tree.runtime}
+
+
+def test_a_run_fails_when_params_yaml_changes_under_it(params, tmp_path):
+    """`dvc exp run -S` in the same workspace rewrites params.yaml while a stage runs: the run fails at its end, so
+    DVC never records outputs of the old values under the new ones."""
+    from unirae_pipeline.hooks import ParamsHook
+
+    (tmp_path / "params.yaml").write_text(dump(params), encoding="utf-8")
+    hook = ParamsHook()
+    hook.after_context_created(type("Context", (), {"config_loader": {"parameters": params},
+                                                    "project_path": tmp_path})())
+    hook.after_pipeline_run({}, {}, None, None)  # unchanged: fine
+    (tmp_path / "params.yaml").write_text(dump({**params, "seed": 1}), encoding="utf-8")
+    with pytest.raises(RuntimeError, match="changed while this run used it"):
+        hook.after_pipeline_run({}, {}, None, None)
 
 
 def test_unknown_preset_is_a_clear_error():

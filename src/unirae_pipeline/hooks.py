@@ -4,6 +4,7 @@ nodes read checked before the first of them."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,11 +33,23 @@ class ParamsHook:
         # the raw mappings (runtime --params merged): Kedro's own `context.params` would first build the groups that
         # node signatures annotate, shallowly and with less precise errors
         self.params = load_params(context.config_loader["parameters"])
+        self.params_file = Path(context.project_path) / "params.yaml"
+        self.params_text = self.params_file.read_bytes() if self.params_file.is_file() else None
 
     @hook_impl
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
         keys = [i.removeprefix(PREFIX) for i in pipeline.inputs() if i.startswith(PREFIX)]
         check_environment(self.params, keys)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, run_result, pipeline, catalog) -> None:
+        """Fail the run when params.yaml changed under it (`dvc exp run -S` in the same workspace rewrites it): DVC
+        would record the new values next to outputs made with the old ones."""
+        now = self.params_file.read_bytes() if self.params_file.is_file() else None
+        if now != self.params_text:
+            raise RuntimeError(f"{self.params_file} changed while this run used it: its outputs were made with the "
+                               "values it read at the start, so DVC must not record it. Run experiments side by side "
+                               "with `dvc exp run --queue` or `--temp`, then rerun this stage")
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async, run_id) -> dict[str, Any]:
