@@ -124,6 +124,28 @@ def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
+def test_a_damaged_resume_checkpoint_is_set_aside(params, tmp_path, monkeypatch):
+    """A checkpoint truncated by a kill mid-write is not loaded (a traceback from deep inside torch): it is moved
+    aside under a name that says so, and the run trains from the start."""
+    monkeypatch.chdir(tmp_path)
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    run, key = runtime(checkpoint_every_n_steps=2, log_every_n_steps=1), RunKey({"test": "damaged"})
+    folder = key.folder(run.scratch_dir("ckpts"), prefix="damaged-")
+    (folder / "last.ckpt").write_bytes(b"PK\x03\x04 half of a checkpoint")
+
+    def dies(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        raise RuntimeError("the run dies at its first step")
+
+    module = TrainModule(nn.Linear(2, 1), optim(duration=4, batch_size=2, warmup=0), dies)
+    with pytest.raises(RuntimeError, match="dies"):  # a run that got past the check, then died: the folder stays
+        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, run, "damaged", seed=0, key=key)
+    assert not (folder / "last.ckpt").exists() and len(list(folder.glob("last.ckpt.damaged-*"))) == 1
+    module = TrainModule(nn.Linear(2, 1), optim(duration=4, batch_size=2, warmup=0),
+                         lambda m, batch: (m(batch[0]) ** 2).mean())
+    curve = fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, run, "damaged", seed=0, key=key)
+    assert curve["step"].tolist() == [1, 2, 3, 4]  # from the start
+
+
 def test_gradient_accumulation_steps_once_per_global_batch(params):
     """The official repo's bug, not ours: with accumulation k, optimizer, LR schedule and EMA step once per k."""
     calls = {"objective": 0, "ema": 0}

@@ -7,8 +7,10 @@ import re
 import shutil
 import time
 import warnings
+import zipfile
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -114,6 +116,22 @@ def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> in
     return num_samples // (batch_size * cfg.accumulate_grad_batches * devices * cfg.num_nodes)
 
 
+def _intact(path: Path, name: str) -> bool:
+    """Whether a resume checkpoint reads back whole (torch's zip format, every member's CRC checked: a kill while
+    it was written leaves it truncated). A damaged one is set aside beside it, named in the log, and not used."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if archive.testzip() is None:
+                return True
+    except (zipfile.BadZipFile, OSError, EOFError):
+        pass
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    log.warning("%s: the resume checkpoint %s is damaged (a kill while it was written?); set aside as %s, training "
+                "starts from step 0", name, path, aside.name)
+    return False
+
+
 def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: TrainerConfig, runtime: RuntimeConfig,
         name: str, seed: int, callbacks: tuple[L.Callback, ...] = (), key: RunKey | None = None) -> pd.DataFrame:
     """Train to `module.optim.steps` optimizer steps. With `runtime.checkpoint_every_n_steps` and a `key` (everything
@@ -132,7 +150,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
     if ckpt_dir is not None:
         extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every,
                                      save_last=True, save_top_k=0))
-    resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file()
+    resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file() and _intact(ckpt_dir / "last.ckpt", name)
     if resume:
         log.info("%s: resuming from %s", name, ckpt_dir / "last.ckpt")
     manual = not module.automatic_optimization  # steps, accumulates and clips itself (stage 1's two steps)
