@@ -146,6 +146,23 @@ def test_a_damaged_resume_checkpoint_is_set_aside(params, tmp_path, monkeypatch)
     assert curve["step"].tolist() == [1, 2, 3, 4]  # from the start
 
 
+class Payload:
+    """Not a tensor: what a tampered checkpoint would unpickle into arbitrary code."""
+
+
+def test_a_resume_checkpoint_with_other_objects_is_refused(params, tmp_path, monkeypatch):
+    """Resume checkpoints are unpickled weights-only before Lightning sees them, on every supported torch."""
+    monkeypatch.chdir(tmp_path)
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    run, key = runtime(checkpoint_every_n_steps=2, log_every_n_steps=1), RunKey({"test": "payload"})
+    folder = key.folder(run.scratch_dir("ckpts"), prefix="payload-")
+    torch.save({"state_dict": {}, "payload": Payload()}, folder / "last.ckpt")
+    module = TrainModule(nn.Linear(2, 1), optim(duration=4, batch_size=2, warmup=0),
+                         lambda m, batch: (m(batch[0]) ** 2).mean())
+    with pytest.raises(ValueError, match=r"last.ckpt: this resume checkpoint holds objects other than tensors"):
+        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, run, "payload", seed=0, key=key)
+
+
 def test_gradient_accumulation_steps_once_per_global_batch(params):
     """The official repo's bug, not ours: with accumulation k, optimizer, LR schedule and EMA step once per k."""
     calls = {"objective": 0, "ema": 0}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import re
 import shutil
 import time
@@ -15,6 +16,7 @@ from typing import Literal
 
 import lightning as L
 import pandas as pd
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -118,13 +120,21 @@ def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> in
 
 def _intact(path: Path, name: str) -> bool:
     """Whether a resume checkpoint reads back whole (torch's zip format, every member's CRC checked: a kill while
-    it was written leaves it truncated). A damaged one is set aside beside it, named in the log, and not used."""
+    it was written leaves it truncated) and holds tensors and plain values only (unpickled weights-only, whatever
+    the installed Lightning and torch would do by default). A damaged one is set aside beside it, named in the log,
+    and not used; one holding other objects is refused."""
     try:
         with zipfile.ZipFile(path) as archive:
-            if archive.testzip() is None:
-                return True
+            intact = archive.testzip() is None
     except (zipfile.BadZipFile, OSError, EOFError):
-        pass
+        intact = False
+    if intact:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the pickle only: tensors stay on disk
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{path}: this resume checkpoint holds objects other than tensors and plain values, so it "
+                             f"is not loaded ({str(err).splitlines()[0]}); delete it to train from step 0") from None
+        return True
     aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     path.rename(aside)
     log.warning("%s: the resume checkpoint %s is damaged (a kill while it was written?); set aside as %s, training "
