@@ -172,6 +172,18 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
         reference_statistics(blob, image_set, 16, replace(fid, reference_npz=str(tmp_path / "inception.npz")), cache)
 
 
+def test_a_batch_larger_than_an_image_folder_names_its_key(tmp_path, params):
+    """An ImageFolder's size is known only once indexed: the stage that trains on it names the params key."""
+    from unirae_pipeline.data.images import scan_image_folder
+    from unirae_pipeline.pipelines.fid_reference.nodes import build_feature_extractor
+
+    from .conftest import runtime, typed, write_folder
+
+    image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 3}))
+    with pytest.raises(ValueError, match="fid.train.batch_size 128 exceeds the data set size 6"):
+        build_feature_extractor(image_set, 16, _fid("classifier"), typed("trainer", params["trainer"]), 0, runtime())
+
+
 def test_reference_npz_in_the_adm_layout(tmp_path):
     from unirae_pipeline.evaluation.fd import load_reference
 

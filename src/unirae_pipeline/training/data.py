@@ -45,16 +45,17 @@ def batch_indices(n: int, batch_size: int, seed: int, start: int,
 
 
 class TensorBatches(torch.utils.data.IterableDataset):
-    """Shuffled batches of aligned in-memory tensors; `views` as in `batch_indices` (rows of the tensors)."""
+    """Shuffled batches of aligned in-memory tensors; `views` as in `batch_indices` (rows of the tensors); `key`
+    names the batch size's params key in errors."""
 
     def __init__(self, tensors: tuple[torch.Tensor, ...], batch_size: int, seed: int,
-                 views: torch.Tensor | None = None) -> None:
+                 views: torch.Tensor | None = None, *, key: str = "batch size") -> None:
         super().__init__()
         if any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("all tensors must have the same length")
         self.tensors, self.batch_size, self.seed, self.views = tensors, batch_size, seed, views
         if self.num_samples < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the data set size {self.num_samples}")
+            raise ValueError(f"{key} {batch_size} exceeds the data set size {self.num_samples}")
         self.start = 0
 
     @property
@@ -79,14 +80,14 @@ class KeyedBatches(torch.utils.data.Sampler):
     """Batch sampler of (row, draw) keys over a map-style dataset, with the permutation stream of `batch_indices`
     (drawn in the main process, so that it knows its DDP rank); `draw` numbers every sample of the stream, for
     per-sample randomness that does not depend on the number of workers. Items are read in `num_workers` processes;
-    `views` as in `batch_indices` (rows of the dataset)."""
+    `views` as in `batch_indices` (rows of the dataset); `key` names the batch size's params key in errors."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 views: torch.Tensor | None = None) -> None:
+                 views: torch.Tensor | None = None, *, key: str = "batch size") -> None:
         self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
         self.views = views
         if self.num_samples < batch_size:
-            raise ValueError(f"batch size {batch_size} exceeds the data set size {self.num_samples}")
+            raise ValueError(f"{key} {batch_size} exceeds the data set size {self.num_samples}")
         self.start = 0
 
     @property

@@ -81,6 +81,7 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
                          f"{image_set.num_classes}: use fid.extractor inception or dinov2 for a one-class data set")
     clf = cfg.classifier
     images, labels = load_split_uint8(image_set, "train", image_size)
+    batches = TensorBatches((images, labels), cfg.train.batch_size, seed, key="fid.train.batch_size")
     optim = cfg.train.in_steps(steps_per_epoch(len(labels), cfg.train.batch_size, trainer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -88,8 +89,7 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
     module = TrainModule(model, optim, partial(classifier_objective, cfg=clf))
     key = RunKey({"fid": cfg, "trainer": trainer, "seed": seed, "data.image_size": image_size},
                  {"classes": image_set.class_names, "counts": {k: len(v) for k, v in image_set.splits.items()}})
-    curve = fit(module, TensorBatches((images, labels), optim.batch_size, seed), trainer, runtime, "classifier", seed,
-                key=key)
+    curve = fit(module, batches, trainer, runtime, "classifier", seed, key=key)
     blob = to_blob(module.ema.module, kind="classifier", config=clf.to_dict(), num_classes=image_set.num_classes)
     return blob, curve
 

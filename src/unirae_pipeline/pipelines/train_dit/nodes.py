@@ -35,7 +35,7 @@ def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, optim: DiT
                                      latent_stats=json.loads(latent_stats[1]["fingerprint"]))
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
     batches = KeyedBatches(LatentRows(latents, "train"), optim.batch_size, seed, run.num_workers,
-                           views=latents.views("train"))
+                           views=latents.views("train"), key="train_dit.batch_size")
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer))
     model = build_dit(cfg, shape, num_classes, seed)
     stats = norm_stats(latent_stats[0], transport.latent_norm)

@@ -55,10 +55,10 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderCon
         online = FrozenEncoder(encoder, seed)
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
         crops = RandomCrops(image_set, "train", manifest["image_size"], recipe.resize, seed)
-        batches = KeyedBatches(crops, recipe.batch_size, seed, run.num_workers)
+        batches = KeyedBatches(crops, recipe.batch_size, seed, run.num_workers, key="train_rae.batch_size")
     else:  # the cached centre-crop latents and their images, held in memory
         z, images, views = _targets(latents, image_set, "train")
-        batches = TensorBatches((z, images), recipe.batch_size, seed, views)
+        batches = TensorBatches((z, images), recipe.batch_size, seed, views, key="train_rae.batch_size")
     optim = recipe.in_steps(steps_per_epoch(batches.num_samples, recipe.batch_size, trainer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
