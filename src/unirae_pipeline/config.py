@@ -45,7 +45,7 @@ class Params:
     seed: int
 
     def __post_init__(self) -> None:
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+        if self.seed < 0:  # its type is checked with every other field's
             raise ValueError(f"params 'seed' must be an integer >= 0, got {self.seed!r}")
         grid = self.encoder.latent_shape[1]
         if self.decoder.patch_size * grid != self.data.image_size:

@@ -17,10 +17,10 @@ def build(cls: type[T], params: Any, name: str) -> T:
     """cls(**params), the fields typed as a dataclass (or `dataclass | None`) built from their sub-mappings, with
     errors that name the params key instead of a dataclass signature. `name` is the group's dotted key ("" for the
     root of params.yaml)."""
+    hints = typing.get_type_hints(cls)
     if not isinstance(params, dict):
-        meant = [f"{name}.{f.name}={params}" for f in dataclasses.fields(cls)
-                 if typing.get_origin(hint := typing.get_type_hints(cls)[f.name]) is typing.Literal
-                 and params in typing.get_args(hint)]
+        meant = [f"{name}.{key}={params}" for key, hint in hints.items()
+                 if typing.get_origin(hint) is typing.Literal and params in typing.get_args(hint)]
         raise ValueError(f"params {name or 'params.yaml'!r} must be a mapping, got {params!r}"
                          + (f" (did you mean {meant[0]}?)" if meant else ""))
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -28,7 +28,6 @@ def build(cls: type[T], params: Any, name: str) -> T:
     if unknown or missing:
         raise ValueError(f"params {name or 'params.yaml'!r}: unknown keys {sorted(unknown)}, "
                          f"missing keys {sorted(missing)}")
-    hints = typing.get_type_hints(cls)
     values = {key: _field(hints[key], value, f"{name}.{key}" if name else key) for key, value in params.items()}
     try:
         return cls(**values)

@@ -80,6 +80,11 @@ def is_running(folder: Path, rank: int) -> bool:
         return False
 
 
+def in_use(folder: Path) -> bool:
+    """Whether any rank holds a claim on `folder` or on a folder inside it."""
+    return any(is_running(f.parent, int(f.name.removeprefix(".rank-"))) for f in folder.rglob(".rank-*"))
+
+
 STARTUP_S = 300.0  # how long rank zero gives the other ranks to start (interpreter, torch and kedro imports)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from .params import plain, run_key
-from .ranks import is_running
+from .ranks import in_use
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     users = candidates(cwd)
     unused = 0
     for entry in entries(root):
-        running = any(is_running(f.parent, int(f.name.rsplit("-", 1)[1])) for f in entry.path.rglob(".rank-*"))
+        running = in_use(entry.path)
         used = running or entry.used_by(users)
         state = "running" if running else "in use" if entry.params is not None and used else \
             "no record, kept" if used else "unused"
