@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -204,8 +205,31 @@ def test_imagefolder_errors_name_data_root(p, tmp_path):
     check_environment(load_params(p), ["train_dit", "sample"])  # stages that never read the tree
     with pytest.raises(FileNotFoundError, match="data.root"):
         check_environment(load_params(p), ["data.image_size"])
-    p["data"]["root"] = p["data"]["lineage"] = str(write_folder(tmp_path / "ok", {"a": 1}))
+    p["data"]["root"] = p["data"]["lineage"] = str(write_folder(tmp_path / "ok", {"a": 2, "b": 1}))
+    p["train_rae"]["batch_size"] = p["train_dit"]["batch_size"] = p["fid"]["train"]["batch_size"] = 3
     check_environment(load_params(p), ["data"])
+
+
+def test_an_image_folder_too_small_or_with_one_class_fails_before_any_stage(p, tmp_path):
+    """The first stage (prepare_data reads `data`) counts the tree's files by name, up to the largest batch, and
+    names the key that does not fit; the FID classifier needs two classes. Hidden files and non-images do not count."""
+    root = write_folder(tmp_path / "imgs", {"a": 2, "b": 2})
+    (root / "train" / "a" / "notes.txt").write_text("x", encoding="utf-8")
+    (root / "train" / "a" / ".hidden.png").write_bytes((root / "train" / "a" / "0.png").read_bytes())
+    p["data"].update(source="imagefolder", root=str(root), lineage=str(root), shapes=None)
+    p["train_rae"]["batch_size"] = p["train_dit"]["batch_size"] = 4
+    p["fid"]["train"]["batch_size"] = 5
+    with pytest.raises(ValueError, match=re.escape(f"fid.train.batch_size 5 exceeds the 4 training images (image "
+                                                   f"files in {root}/train)")):
+        check_environment(load_params(p), ["data"])
+    check_environment(load_params(p), ["train_dit"])  # a stage that does not read the tree does not count it
+    p["fid"]["extractor"], p["fid"]["inception_weights"] = "inception", str(root / "train" / "a" / "0.png")
+    check_environment(load_params(p), ["data"])  # no classifier trained here: its batch size is not drawn
+    p["fid"]["extractor"] = "classifier"
+    p["fid"]["train"]["batch_size"] = 2
+    shutil.rmtree(root / "train" / "b")
+    with pytest.raises(ValueError, match="1 class folder.*fid.extractor classifier needs >= 2"):
+        check_environment(load_params(p), ["data"])
 
 
 @pytest.mark.slow  # kedro run subprocesses

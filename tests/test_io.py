@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,6 +167,30 @@ def test_the_same_run_twice_on_one_scratch_is_refused(tmp_path):
     with claimed(folder):
         assert is_running(folder, 0)
     assert sharded_job(paths, lambda k: (made.append(k), paths[k].touch()), "shards") == (0, 2) and made == [0, 1]
+
+
+def test_a_second_process_is_refused_and_a_killed_one_leaves_no_claim(tmp_path):
+    """Two real processes: while one holds a run folder, the same run in another is refused naming its pid; once it
+    is killed (SIGKILL: no clean-up runs), the kernel has dropped its lock and the run can start."""
+    import signal
+
+    from unirae_pipeline.ranks import claimed
+
+    folder = tmp_path / "run"
+    code = ("import sys; from pathlib import Path; from unirae_pipeline.ranks import claimed\n"
+            "with claimed(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()")
+    child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with pytest.raises(RuntimeError, match=rf"in use by another run .*\(pid {child.pid} on "):
+            with claimed(folder):
+                pass
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with claimed(folder):
+        pass
 
 
 def test_rank_zero_names_ranks_that_never_started(tmp_path, monkeypatch):

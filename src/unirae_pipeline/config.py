@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .data.images import DataConfig
+from .data.images import DataConfig, count_images
 from .data.latents import CacheConfig
 from .diffusion.transport import TransportConfig
 from .models.decoder import DecoderConfig
@@ -23,6 +23,8 @@ from .runtime import RuntimeConfig
 from .training.fit import TrainerConfig
 from .training.optim import DiTTrainConfig
 from .training.stage1 import RAETrainConfig
+
+BATCH_KEYS = ("train_rae.batch_size", "train_dit.batch_size", "fid.train.batch_size")
 
 
 @dataclass(frozen=True)
@@ -57,11 +59,18 @@ class Params:
             if self.fid.extractor == "classifier" and self.data.shapes.num_classes < 2:
                 raise ValueError("data.shapes.num_classes must be >= 2 with fid.extractor classifier (its metrics "
                                  "are class accuracy and features learnt by telling classes apart)")
-            images = self.data.shapes.num_classes * self.data.shapes.train_per_class
-            for key in ("train_rae.batch_size", "train_dit.batch_size", "fid.train.batch_size"):
-                if self.get(key) > images:
-                    raise ValueError(f"{key} {self.get(key)} exceeds the {images} training images (data.shapes: "
-                                     "num_classes x train_per_class)")
+            self.check_batch_sizes(self.data.shapes.num_classes * self.data.shapes.train_per_class,
+                                   "data.shapes: num_classes x train_per_class")
+
+    def batch_keys(self) -> tuple[str, ...]:
+        """The batch sizes drawn from the training images (the FID classifier's only when it is trained here)."""
+        return BATCH_KEYS if self.fid.extractor == "classifier" else BATCH_KEYS[:2]
+
+    def check_batch_sizes(self, images: int, source: str) -> None:
+        """No batch of the training stages may exceed the training set (each epoch drops its last partial batch)."""
+        for key in self.batch_keys():
+            if self.get(key) > images:
+                raise ValueError(f"{key} {self.get(key)} exceeds the {images} training images ({source})")
 
     def get(self, key: str) -> Any:
         """The value at a dotted params key (`sample.sampler.method`), as typed as the tree holds it."""
@@ -81,7 +90,22 @@ def load_params(params: dict) -> Params:
 def check_environment(params: Params, keys: Iterable[str]) -> None:
     """The files (weights, data, reference statistics) that the params `keys` need, for the groups that have such
     needs: run when a stage that reads them starts, so that a machine runs the stages whose files it has."""
-    for name in sorted({key.split(".")[0] for key in keys}):
+    groups = sorted({key.split(".")[0] for key in keys})
+    for name in groups:
         group = getattr(params, name)
         if hasattr(group, "check_environment"):
             group.check_environment()
+    if params.data.source == "imagefolder" and "data" in groups:
+        _check_image_folder(params)
+
+
+def _check_image_folder(params: Params) -> None:
+    """The couplings of an ImageFolder tree with the other groups, from a count by file name that stops at the
+    largest batch: checked by the first stage (prepare_data reads `data`), before any stage spends compute."""
+    limit = max(params.get(key) for key in params.batch_keys())
+    classes, images = count_images(params.data.root, "train", limit)
+    if params.fid.extractor == "classifier" and classes < 2:
+        raise ValueError(f"data.root {params.data.root!r} has {classes} class folder(s) in train/; fid.extractor "
+                         "classifier needs >= 2 (use fid.extractor inception or dinov2 for a one-class set)")
+    if images < limit:
+        params.check_batch_sizes(images, f"image files in {params.data.root}/train")

@@ -127,6 +127,21 @@ def _class_files(folder: Path) -> tuple[list[Path], int, int]:
     return sorted(found), nested, hidden
 
 
+def count_images(root: str | Path, split: str, limit: int) -> tuple[int, int]:
+    """(class folders, image files up to `limit`) of `root/split`, by name alone and stopping at `limit`: cheap
+    enough to check batch sizes before any stage runs (ImageNet stops inside its first class). Unreadable files are
+    counted, so the indexing stage still checks the usable count."""
+    folders = sorted(p for p in (Path(root) / split).iterdir() if p.is_dir() and not _hidden(p))
+    found = 0
+    for folder in folders:
+        for _, dirs, files in os.walk(folder, followlinks=True):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            found += sum(not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files)
+            if found >= limit:
+                return len(folders), found
+    return len(folders), found
+
+
 def _stamp(path: Path) -> str:
     info = path.stat()
     return f"{info.st_size}:{info.st_mtime_ns}"
