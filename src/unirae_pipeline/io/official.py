@@ -1,4 +1,5 @@
-"""Released RAE checkpoints, converted on load (point `dit`, `decoder`, `latent_stats` at them in conf/local)."""
+"""Released RAE checkpoints, converted on load (point `dit`, `decoder`, `latent_stats` at them in conf/local): the
+reference's files, and diffusers `AutoencoderRAE` folders."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Any
 
 from kedro.io import DatasetError
 
+from ..models.decoder import decoder_to_blob
+from ..models.diffusers_rae import DiffusersRAE
 from ..models.official import load_official_decoder, load_official_dit, load_official_stats, read_checkpoint
 from ..models.serialization import Blob, to_blob
 from .datasets import _PathDataset
 
-OFFICIAL_FINGERPRINT = "official-rae"  # the released decoder, statistics and DiT-DH share one encoder (DINOv2-B)
+OFFICIAL_FINGERPRINT = "official-rae"  # a released decoder, its statistics and DiT-DH share one encoder
 
 
 class OfficialModelDataset(_PathDataset):
@@ -40,6 +43,24 @@ class OfficialModelDataset(_PathDataset):
             shape = [model.in_channels, model.input_size, model.input_size]
             return to_blob(model, config=model.cfg.to_dict(), latent_shape=shape, num_classes=model.num_classes,
                            fingerprint=OFFICIAL_FINGERPRINT, seed=0)
-        model = load_official_decoder(state, **self._params)
-        return to_blob(model, config=model.cfg.to_dict(), latent_shape=[model.latent_dim, model.grid, model.grid],
-                       fingerprint=OFFICIAL_FINGERPRINT)
+        return decoder_to_blob(load_official_decoder(state, **self._params), OFFICIAL_FINGERPRINT)
+
+
+class DiffusersRAEDataset(_PathDataset):
+    """The decoder or the latent statistics (`kind`) of a diffusers `AutoencoderRAE` folder (`save_pretrained`), in
+    the pipeline's own format; point `encoder.weights` at the same folder for its encoder. Read-only."""
+
+    def __init__(self, *, filepath: str, kind: str, metadata: dict | None = None) -> None:
+        super().__init__(filepath=filepath, metadata=metadata)
+        if kind not in ("decoder", "stats"):
+            raise DatasetError(f"DiffusersRAEDataset kind must be decoder or stats, got {kind!r}")
+        self._kind = kind
+
+    def _write(self, data: Any) -> None:
+        raise DatasetError(f"{self._filepath} is a diffusers checkpoint; the pipeline does not overwrite it")
+
+    def load(self) -> Blob:
+        rae = DiffusersRAE(self._require(), f"diffusers RAE {self._filepath}")
+        if self._kind == "stats":
+            return rae.stats(), {"fingerprint": json.dumps(OFFICIAL_FINGERPRINT), "count": json.dumps(0)}
+        return decoder_to_blob(rae.decoder(), OFFICIAL_FINGERPRINT)

@@ -13,7 +13,10 @@ from torch import nn
 
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .layers import check_heads, sincos_pos_embed_2d
-from .serialization import Blob, blob_meta, load_weights
+from .serialization import Blob, blob_meta, load_weights, to_blob
+
+PixelNorm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) of the encoder's input normalization
+IMAGENET_NORM: PixelNorm = (IMAGENET_MEAN, IMAGENET_STD)
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,13 @@ class DecoderConfig:
 
 
 class ViTDecoder(nn.Module):
-    """Linear in, trainable CLS, fixed sin-cos positions, pre-LN ViT, final LN, linear to p*p*3, unpatchify."""
+    """Linear in, trainable CLS, fixed sin-cos positions, pre-LN ViT, final LN, linear to p*p*3, unpatchify, and the
+    encoder's input normalization undone (`pixel_norm`), as the reference decodes."""
 
-    def __init__(self, cfg: DecoderConfig, latent_dim: int, grid: int) -> None:
+    def __init__(self, cfg: DecoderConfig, latent_dim: int, grid: int, pixel_norm: PixelNorm = IMAGENET_NORM) -> None:
         super().__init__()
         self.cfg, self.latent_dim, self.grid = cfg, latent_dim, grid
+        self.pixel_norm = tuple(tuple(map(float, v)) for v in pixel_norm)
         d = cfg.hidden_size
         self.decoder_embed = nn.Linear(latent_dim, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
@@ -58,8 +63,8 @@ class ViTDecoder(nn.Module):
             for _ in range(cfg.depth)))
         self.norm = norm(d)
         self.decoder_pred = nn.Linear(d, cfg.patch_size ** 2 * 3)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(self.pixel_norm[0]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.pixel_norm[1]).view(1, 3, 1, 1), persistent=False)
 
     @property
     def image_size(self) -> int:
@@ -89,7 +94,16 @@ class ViTDecoder(nn.Module):
         return x * self.std + self.mean
 
 
+def decoder_to_blob(model: ViTDecoder, fingerprint: str) -> Blob:
+    """The decoder file. `pixel_norm` is written only when it is not ImageNet's: absent means ImageNet's, so that the
+    files of DINOv2 and MAE decoders (and those written before it existed) keep their bytes."""
+    extra = {} if model.pixel_norm == IMAGENET_NORM else {"pixel_norm": model.pixel_norm}
+    return to_blob(model, config=model.cfg.to_dict(), latent_shape=[model.latent_dim, model.grid, model.grid],
+                   fingerprint=fingerprint, **extra)
+
+
 def decoder_from_blob(blob: Blob) -> ViTDecoder:
     meta = blob_meta(blob)
     channels, grid, _ = meta["latent_shape"]
-    return load_weights(ViTDecoder(DecoderConfig(**meta["config"]), channels, grid), blob)
+    decoder = ViTDecoder(DecoderConfig(**meta["config"]), channels, grid, meta.get("pixel_norm", IMAGENET_NORM))
+    return load_weights(decoder, blob)

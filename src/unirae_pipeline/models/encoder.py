@@ -1,7 +1,9 @@
-"""Frozen representation encoder: a timm ViT (DINOv2-with-registers family or a tiny seeded one).
+"""Frozen representation encoder: a timm ViT of one of the reference release's families (DINOv2 with registers,
+SigLIP2, MAE) or a tiny seeded one.
 
 The reference RAE keeps the encoder's final LayerNorm but removes its affine parameters, drops the CLS and
-register tokens, and reshapes the patch tokens to a (B, C, h, w) latent.
+register tokens, and reshapes the patch tokens to a (B, C, h, w) latent. What its transformers implementations do
+beyond the timm architecture (input normalization, position-table resizing, norm eps) is `Family`'s.
 """
 
 from __future__ import annotations
@@ -19,8 +21,38 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.nn import functional as F
 
-from .imagenet import IMAGENET_MEAN, IMAGENET_STD
-from .serialization import load_strict, read_state_dict
+from .diffusers_rae import DiffusersRAE, is_diffusers_rae
+from .hf_encoders import hf_to_timm, is_hf_layout
+from .serialization import check_keys, load_strict, read_state_dict
+
+UNUSED_HEADS = ("head.", "attn_pool.", "fc_norm.")  # pooling and classifier heads: the RAE reads the patch tokens
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the reference's transformers implementation of an encoder family does that the timm architecture does
+    not say: how it resizes the position table to another input size (bicubic; DINOv2 antialiased in fp32), the
+    eps of its LayerNorms where timm's differs (ViTMAE's config: 1e-12) and timm constructor arguments where timm's
+    architecture differs (SigLIP's MLP uses the tanh GELU, timm's the exact one)."""
+
+    name: str
+    antialias: bool = True
+    layer_norm_eps: float | None = None
+    timm_kwargs: dict = field(default_factory=dict)
+
+
+FAMILIES = {"dinov2": Family("dinov2"), "mae": Family("mae", antialias=False, layer_norm_eps=1e-12),
+            "siglip": Family("siglip", antialias=False, timm_kwargs={"act_layer": "gelu_tanh"}), "timm": Family("timm")}
+
+
+def family_of(model: str) -> Family:
+    """The family of a timm model name: by architecture (`*_dinov2`, `*_siglip_*`) or, for MAE, whose architecture
+    is the plain ViT, by timm's pretrained tag (`vit_base_patch16_224.mae`); any other ViT is read as timm does."""
+    arch, _, tag = model.partition(".")
+    for name in ("dinov2", "siglip"):
+        if name in arch.split("_"):
+            return FAMILIES[name]
+    return FAMILIES["mae" if tag == "mae" else "timm"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +77,19 @@ class EncoderConfig:
         _ = self.latent_shape  # builds the architecture: bad overrides fail here, not in the first stage
 
     def timm_kwargs(self) -> dict:
-        return {"num_classes": 0, "img_size": self.input_size, **self.overrides}
+        return {"num_classes": 0, "img_size": self.input_size, **self.family.timm_kwargs, **self.overrides}
+
+    @property
+    def family(self) -> Family:
+        return family_of(self.model)
+
+    @property
+    def pixel_norm(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) the encoder's inputs are normalized with, and the decoder's outputs de-normalized with: timm's
+        pretrained config of `model` (the reference's image processors agree: ImageNet's for DINOv2 and MAE, 0.5 for
+        SigLIP2)."""
+        cfg = timm.models.get_pretrained_cfg(self.model)
+        return tuple(cfg.mean), tuple(cfg.std)
 
     @cached_property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -60,9 +104,10 @@ class EncoderConfig:
 
     def check_environment(self) -> None:
         """The weights file exists (checked when a stage that reads `encoder` starts)."""
-        if self.weights not in ("none", "hub") and not Path(self.weights).is_file():
-            raise FileNotFoundError(f"encoder.weights points to {self.weights!r}, which is not a file; "
-                                    "set encoder.weights to a local checkpoint, 'hub' or 'none'")
+        if self.weights not in ("none", "hub") and not (Path(self.weights).is_file() or is_diffusers_rae(self.weights)):
+            raise FileNotFoundError(f"encoder.weights points to {self.weights!r}, which is neither a file nor a "
+                                    "diffusers AutoencoderRAE folder; set encoder.weights to a local checkpoint, 'hub' "
+                                    "or 'none'")
 
 
 class FrozenEncoder(nn.Module):
@@ -74,22 +119,51 @@ class FrozenEncoder(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", **cfg.timm_kwargs())
-        if cfg.weights not in ("none", "hub"):
-            state = read_state_dict(cfg.weights, "encoder.weights")
-            if any(k.startswith("embeddings.") for k in state):
-                state = hf_dinov2_to_timm(state)
-            if "pos_embed" in state:
-                state["pos_embed"] = _resample_positions(state["pos_embed"], vit.pos_embed.shape[1])
-            load_strict(vit, state, f"encoder.weights {cfg.weights!r}")
+        vit.reset_classifier(0, "")  # no pooling head: the RAE reads the patch tokens
         # Affine-free final norm: every token is standardized over its channels, nothing learned on top.
         vit.norm = nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps, elementwise_affine=False)
+        if cfg.weights not in ("none", "hub"):
+            param = f"encoder.weights {cfg.weights!r}"
+            load_strict(vit, self._timm_state(vit, self._read(cfg), param), param)
+        if cfg.family.layer_norm_eps is not None:
+            for module in vit.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.eps = cfg.family.layer_norm_eps
         self.vit = vit.eval().requires_grad_(False)
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.grid = vit.patch_embed.grid_size[0]
         self.channels = vit.embed_dim
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = cfg.pixel_norm
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.eval()
+
+    @staticmethod
+    def _read(cfg: EncoderConfig) -> dict[str, torch.Tensor]:
+        """The weights file, or the encoder part of a diffusers AutoencoderRAE folder (whose input size and
+        normalization must be this encoder's: its decoder and statistics were made with them)."""
+        if not Path(cfg.weights).is_dir():
+            return read_state_dict(cfg.weights, "encoder.weights")
+        rae = DiffusersRAE(cfg.weights, "encoder.weights")
+        theirs = (rae.config["encoder_input_size"], rae.pixel_norm)
+        if theirs != (cfg.input_size, cfg.pixel_norm):
+            raise ValueError(f"encoder.weights {cfg.weights!r}: the diffusers RAE encodes at {theirs[0]} px with "
+                             f"normalization {theirs[1]}; encoder {cfg.model!r} at encoder.input_size "
+                             f"{cfg.input_size} normalizes with {cfg.pixel_norm}: choose the preset of its encoder")
+        return rae.encoder_state()
+
+    def _timm_state(self, vit: nn.Module, state: dict[str, torch.Tensor], param: str) -> dict[str, torch.Tensor]:
+        """A weights file in timm's layout for `vit`: transformers files converted, pooling heads and the final
+        norm's affine (which the RAE drops) left out, the position table resized to `encoder.input_size` as the
+        reference's implementation resizes it."""
+        state = hf_to_timm(state) if is_hf_layout(state) else dict(state)
+        state = {k: v for k, v in state.items() if not k.startswith((*UNUSED_HEADS, "norm."))}
+        check_keys(vit, state, param)  # a file of another family fails here, naming keys, not in the resizing
+        if "pos_embed" in state and state["pos_embed"].shape != vit.pos_embed.shape:
+            prefix = vit.pos_embed.shape[1] - math.prod(vit.patch_embed.grid_size)
+            state["pos_embed"] = resize_positions(state["pos_embed"], vit.patch_embed.grid_size, prefix,
+                                                  self.cfg.family.antialias)
+        return state
 
     def train(self, mode: bool = True) -> FrozenEncoder:
         return super().train(False)  # frozen: eval mode always, whatever the caller asks
@@ -115,49 +189,9 @@ class FrozenEncoder(nn.Module):
         return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
 
 
-def _resample_positions(pos_embed: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """Patch position table resized to this input size: bicubic with antialiasing, in fp32, as HF DINOv2 does."""
-    if pos_embed.shape[1] == num_patches:
-        return pos_embed
-    old, new = math.isqrt(pos_embed.shape[1]), math.isqrt(num_patches)
-    return resample_abs_pos_embed(pos_embed.float(), new_size=(new, new), old_size=(old, old), num_prefix_tokens=0,
-                                  interpolation="bicubic", antialias=True).to(pos_embed.dtype)
-
-
-_HF_LAYER = {"norm1": "norm1", "norm2": "norm2", "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-             "layer_scale1.lambda1": "ls1.gamma", "layer_scale2.lambda1": "ls2.gamma",
-             "attention.o_proj": "attn.proj", "attention.output.dense": "attn.proj"}
-_HF_QKV = (("attention.q_proj", "attention.k_proj", "attention.v_proj"),  # transformers >= 5
-           ("attention.attention.query", "attention.attention.key", "attention.attention.value"))  # 4.x, the hub files
-
-
-def hf_dinov2_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A Hugging Face `Dinov2WithRegistersModel` state dict (the reference RAE encoder) in timm's layout.
-
-    The CLS position embedding is folded into the CLS token (timm's DINOv2 adds positions to patches only);
-    q/k/v are fused. Unknown keys are kept, so that the caller's strict check names them.
-    """
-    state = dict(state)
-    out = {}
-    pos = state.pop("embeddings.position_embeddings")
-    out["cls_token"] = state.pop("embeddings.cls_token") + pos[:, :1]
-    out["pos_embed"] = pos[:, 1:]
-    out["reg_token"] = state.pop("embeddings.register_tokens")
-    out["patch_embed.proj.weight"] = state.pop("embeddings.patch_embeddings.projection.weight")
-    out["patch_embed.proj.bias"] = state.pop("embeddings.patch_embeddings.projection.bias")
-    state.pop("embeddings.mask_token", None)
-    out["norm.weight"], out["norm.bias"] = state.pop("layernorm.weight"), state.pop("layernorm.bias")
-    layers = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.layer.")})
-    for i in layers:
-        prefix = f"encoder.layer.{i}."
-        for names in _HF_QKV:
-            if f"{prefix}{names[0]}.weight" in state:
-                for suffix in ("weight", "bias"):
-                    parts = [state.pop(f"{prefix}{n}.{suffix}") for n in names]
-                    out[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat(parts)
-        for key in [k for k in state if k.startswith(prefix)]:
-            rest = key[len(prefix):]
-            for src, dst in _HF_LAYER.items():
-                if rest == src or rest.startswith(src + "."):
-                    out[f"blocks.{i}.{dst}{rest[len(src):]}"] = state.pop(key)
-    return {**out, **state}
+def resize_positions(pos_embed: torch.Tensor, grid: tuple[int, int], prefix: int, antialias: bool) -> torch.Tensor:
+    """A square position table (after `prefix` token rows, kept as they are) resized bicubically to `grid`, in fp32."""
+    old = math.isqrt(pos_embed.shape[1] - prefix)
+    return resample_abs_pos_embed(pos_embed.float(), new_size=list(grid), old_size=(old, old),
+                                  num_prefix_tokens=prefix, interpolation="bicubic",
+                                  antialias=antialias).to(pos_embed.dtype)

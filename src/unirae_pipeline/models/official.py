@@ -14,6 +14,7 @@ import torch
 
 from .decoder import DecoderConfig, ViTDecoder
 from .dit import DiTConfig, DiTDH
+from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .layers import Rope2D
 from .serialization import load_strict, read_state_dict
 
@@ -103,17 +104,20 @@ def _decoder_key(key: str) -> str | None:
 
 
 def load_official_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int, depth: int, num_heads: int,
-                          mlp_dim: int, patch_size: int, latent_dim: int, num_patches: int) -> ViTDecoder:
+                          mlp_dim: int, patch_size: int, latent_dim: int, num_patches: int,
+                          image_mean: tuple[float, ...] = IMAGENET_MEAN,
+                          image_std: tuple[float, ...] = IMAGENET_STD) -> ViTDecoder:
     """Our ViT decoder from an official `GeneralDecoder` state dict (e.g. the released ViT-XL `model.pt`).
 
-    The result maps raw encoder latents (B, latent_dim, h, w) to images, with the official de-normalization.
+    The result maps raw encoder latents (B, latent_dim, h, w) to images, with the official de-normalization:
+    `image_mean`/`image_std` of the encoder's image processor (0.5 for the SigLIP2 decoder).
     """
     grid = math.isqrt(num_patches)
     if grid * grid != num_patches:
         raise ValueError(f"num_patches {num_patches} is not a square grid")
     cfg = DecoderConfig(hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                         patch_size=patch_size, noise_tau=0.0, noise_dist="uniform")
-    model = ViTDecoder(cfg, latent_dim, grid)
+    model = ViTDecoder(cfg, latent_dim, grid, (image_mean, image_std))
     state = _strip(state_dict)
     if "decoder_pos_embed" in state:
         _check_table("decoder_pos_embed", state.pop("decoder_pos_embed"), model.pos_embed)

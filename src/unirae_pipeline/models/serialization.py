@@ -69,14 +69,20 @@ def read_state_dict(path: str | Path | None, param: str,
     return state
 
 
-def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:
-    """The one strict loader: load_state_dict(strict=True) with errors that name the params key and the first
-    missing, unknown or wrongly shaped keys."""
+def check_keys(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> dict[str, torch.Tensor]:
+    """`model`'s state dict, after checking that `state` has its keys and no others (naming the first that differ)."""
     expected = model.state_dict()
     missing, unknown = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unknown:
         raise KeyError(f"{param}: missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                        f"unknown keys {unknown[:8]}{'...' if len(unknown) > 8 else ''}")
+    return expected
+
+
+def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:
+    """The one strict loader: load_state_dict(strict=True) with errors that name the params key and the first
+    missing, unknown or wrongly shaped keys."""
+    expected = check_keys(model, state, param)
     wrong = [(k, tuple(v.shape)) for k, v in state.items() if v.shape != expected[k].shape]
     if wrong:
         raise ValueError(f"{param}: shape mismatch for {wrong[:8]}")

@@ -15,9 +15,9 @@ from ...data.latents import LatentStore, view_table
 from ...evaluation.extractors import Extractor
 from ...evaluation.report import image_grid
 from ...evaluation.scoring import paired, reconstruct
-from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
+from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob, decoder_to_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
-from ...models.serialization import Blob, blob_meta, check_fingerprints, to_blob
+from ...models.serialization import Blob, blob_meta, check_fingerprints
 from ...ranks import local_device
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
@@ -62,13 +62,11 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderCon
     optim = recipe.in_steps(steps_per_epoch(batches.num_samples, recipe.batch_size, trainer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = ViTDecoder(cfg, channels, grid)
+        model = ViTDecoder(cfg, channels, grid, encoder.pixel_norm)
     module = RAEModule(model, optim, online, seed)
     key = RunKey(dict(decoder=cfg, train_rae=recipe, trainer=trainer, seed=seed), dict(latents=manifest))
     curve = fit(module, batches, trainer, run, "train_rae", seed, key=key)
-    blob = to_blob(module.ema.module, config=cfg.to_dict(), latent_shape=manifest["latent_shape"],
-                   fingerprint=manifest["fingerprint"])
-    return blob, curve
+    return decoder_to_blob(module.ema.module, manifest["fingerprint"]), curve
 
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
