@@ -10,7 +10,14 @@ from kedro.io import DatasetError
 
 from ..models.decoder import decoder_to_blob
 from ..models.diffusers_rae import DiffusersRAE
-from ..models.official import load_official_decoder, load_official_dit, load_official_stats, read_checkpoint
+from ..models.official import (
+    load_diffusers_decoder,
+    load_diffusers_stats,
+    load_official_decoder,
+    load_official_dit,
+    load_official_stats,
+    read_checkpoint,
+)
 from ..models.serialization import Blob, to_blob
 from .datasets import _PathDataset
 
@@ -62,5 +69,5 @@ class DiffusersRAEDataset(_PathDataset):
     def load(self) -> Blob:
         rae = DiffusersRAE(self._require(), f"diffusers RAE {self._filepath}")
         if self._kind == "stats":
-            return rae.stats(), {"fingerprint": json.dumps(OFFICIAL_FINGERPRINT), "count": json.dumps(0)}
-        return decoder_to_blob(rae.decoder(), OFFICIAL_FINGERPRINT)
+            return load_diffusers_stats(rae), {"fingerprint": json.dumps(OFFICIAL_FINGERPRINT), "count": json.dumps(0)}
+        return decoder_to_blob(load_diffusers_decoder(rae), OFFICIAL_FINGERPRINT)

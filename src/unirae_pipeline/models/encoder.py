@@ -150,7 +150,7 @@ class FrozenEncoder(nn.Module):
             raise ValueError(f"encoder.weights {cfg.weights!r}: the diffusers RAE encodes at {theirs[0]} px with "
                              f"normalization {theirs[1]}; encoder {cfg.model!r} at encoder.input_size "
                              f"{cfg.input_size} normalizes with {cfg.pixel_norm}: choose the preset of its encoder")
-        return rae.encoder_state()
+        return rae.part("encoder.")
 
     def _timm_state(self, vit: nn.Module, state: dict[str, torch.Tensor], param: str) -> dict[str, torch.Tensor]:
         """A weights file in timm's layout for `vit`: transformers files converted, pooling heads and the final
