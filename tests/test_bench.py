@@ -53,3 +53,9 @@ def test_the_prepared_gpu_run_works_small_on_the_cpu(tmp_path):
     dit, data = (json.loads(next(tmp_path.glob(f"{k}-*.json")).read_text()) for k in ("dit", "data"))
     assert dit["train"]["tiny"]["img_per_s"]["train_dit_fit_eager"] > 0
     assert data["latent_path"]["feed_margin_vs_step_rate"]["in_memory"] > 0
+
+
+def test_bench_encoders_tiny(tmp_path):
+    res = _bench("bench_encoders.py", ["--presets", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1"], tmp_path)
+    assert res["baseline"] == "tiny fp32" and res["ratio"]["tiny fp32"] == 1.0
+    assert set(res["img_per_s"]) == {"tiny fp32", "tiny bf16"} and all(v > 0 for v in res["img_per_s"].values())
