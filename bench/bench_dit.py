@@ -31,6 +31,7 @@ SIZES = {  # name: (backbone width/depth/heads, head, latent shape, classes)
              (64, 4, 4), 10),
     "S": (dict(hidden_size=384, depth=12, num_heads=6, **HEAD), (768, 16, 16), 1000),
     "XL": (dict(hidden_size=1152, depth=28, num_heads=16, **HEAD), (768, 16, 16), 1000),
+    "XL512": (dict(hidden_size=1152, depth=28, num_heads=16, **HEAD), (768, 32, 32), 1000),  # ImageNet-512's latents
 }
 
 
@@ -159,7 +160,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     dev = args.device
     bf16 = torch.bfloat16 if dev == "cuda" else None
-    batches = args.batch or [{"tiny": 32, "S": 256, "XL": 128}[s] for s in args.sizes]  # XL 128 fits an H100
+    batches = args.batch or [{"tiny": 32, "S": 256, "XL": 128, "XL512": 32}[s] for s in args.sizes]  # XL 128 fits an H100
     name = torch.cuda.get_device_name() if dev == "cuda" else "cpu"
     results = {"device": name, "date": datetime.date.today().isoformat(), "torch": torch.__version__, "train": {},
                "sample": {}}
