@@ -48,10 +48,9 @@ def _catalog(tmp_path, params: Params, inputs: set[str]) -> DataCatalog:
     return catalog
 
 
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("chain")
-    params = load_params(compose_params(["profile=smoke"], conf_dir=ROOT / "conf"))
+def run_chain(tmp, overrides: list[str]) -> tuple[Params, DataCatalog, dict]:
+    """Every stage, in order, on the composed `overrides`: the params, the catalog and every in-memory output."""
+    params = load_params(compose_params(overrides, conf_dir=ROOT / "conf"))
     slices = [m.create_pipeline() for m in (prepare_data, cache_latents, latent_stats, fid_reference, train_rae,
                                             train_dit, train_guide, sample, evaluate)]
     catalog = _catalog(tmp, params, {name for pipe in slices for name in pipe.inputs()})
@@ -61,6 +60,27 @@ def chain(tmp_path_factory):
     for pipe in slices:  # stage by stage, as `dvc repro` runs them
         SequentialRunner().run(pipe, catalog)
     return params, catalog, {name: catalog.load(name) for name in memory}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    return run_chain(tmp_path_factory.mktemp("chain"), ["profile=smoke"])
+
+
+def test_the_chain_at_twice_the_resolution(tmp_path):
+    """profile=imagenet512's code path at tiny scale: images at twice the embedded default's size, resized down for
+    the encoder (as 512 px to 448), a latent grid twice as wide (8x8: four times the DiT's tokens) and the decoder's
+    patches drawing the full size; every stage runs and its outputs have those shapes."""
+    twice = ["profile=smoke", "data.image_size=32", "encoder.overrides.patch_size=2"]
+    params, catalog, out = run_chain(tmp_path, twice)
+    default = load_params(compose_params(["profile=smoke"], conf_dir=ROOT / "conf"))
+    assert params.encoder.input_size < params.data.image_size == 2 * default.data.image_size
+    assert catalog.load("latents").manifest["latent_shape"] == [64, 8, 8] == [64, *(2 * g for g in
+                                                                                   default.encoder.latent_shape[1:])]
+    images = np.concatenate(list(out["samples"].chunks(64)))
+    assert images.shape[1:] == (32, 32, 3) and images.dtype == np.uint8
+    assert np.isfinite(out["metrics"]["fd"]) and 0 <= out["metrics"]["class_accuracy"] <= 1
+    assert np.isfinite(out["rae_metrics"]["psnr"]) and out["reconstructions"].size[0] > 8 * 32  # 20 steps: no quality
 
 
 def test_latent_cache_holds_train_plain_and_flipped_plus_val(chain):

@@ -10,6 +10,7 @@ committed; nothing here re-derives it from our code.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -229,6 +230,44 @@ def test_the_autoguidance_guide_is_the_reference_dit_dh_s(configs):
                for size in ("XL", "S")]
     assert {k: v for k, v in recipes[0].items() if k != "sample_every"} == {
         k: v for k, v in recipes[1].items() if k != "sample_every"}
+
+
+def test_profile_imagenet512_equals_the_reference_512_configs(imagenet, configs):
+    """profile=imagenet512 against the reference's ImageNet-512 sampling config (the source of its shapes; the 512
+    training YAML still declares 16x16 latents) and DINOv2-B_512 stage-1 config: the 256 profile's recipes at the same
+    global batches, with the 512 encoder, shapes, time shift, guide and guidance."""
+    from unirae_pipeline.config import load_params
+    from unirae_pipeline.diffusion.transport import shift_factor
+
+    p512 = compose_params(["profile=imagenet512"], conf_dir=ROOT / "conf")
+    tree = load_params(p512)
+    sampling = configs["configs/stage2/sampling/ImageNet512/DiTDH-XL_DINOv2-B_decXL_AG.yaml"]
+    stage1 = configs["configs/stage1/pretrained/DINOv2-B_512.yaml"]["stage_1"]["params"]
+    main, guide = sampling["stage_2"]["params"], sampling["guidance"]["guidance_model"]["params"]
+    c, h, w = sampling["misc"]["latent_size"]
+    assert tree.encoder.latent_shape == (c, h, w) == (main["in_channels"], main["input_size"], main["input_size"])
+    assert tree.encoder.input_size == stage1["encoder_input_size"] == 448 and tree.data.image_size == 512
+    assert tree.encoder.model == imagenet["encoder"]["model"] and stage1["encoder_params"]["normalize"]
+    assert tree.decoder.patch_size * h == tree.data.image_size  # the reference's decoder_patch_size default, 16
+    assert shift_factor((c, h, w), p512["diffusion"]["shift_base"]) == math.sqrt(
+        sampling["misc"]["time_dist_shift_dim"] / sampling["misc"]["time_dist_shift_base"])
+    for ours, theirs in ((tree.dit, main), (tree.guide.dit, guide)):
+        assert ([ours.hidden_size, ours.head_hidden_size], [ours.depth, ours.head_depth],
+                [ours.num_heads, ours.head_num_heads]) == (theirs["hidden_size"], theirs["depth"], theirs["num_heads"])
+    sampler = tree.sample.sampler
+    assert (sampler.method, sampler.num_steps) == (sampling["sampler"]["params"]["sampling_method"],
+                                                   sampling["sampler"]["params"]["num_steps"])
+    assert (sampler.guidance, sampler.guidance_scale, sampler.guidance_t_min, sampler.guidance_t_max) == (
+        sampling["guidance"]["method"], sampling["guidance"]["scale"], sampling["guidance"]["t-min"],
+        sampling["guidance"]["t-max"])
+    assert (tree.train_dit.duration, tree.guide.source, tree.guide.duration) == (400, "train", 20)  # DiTDH-XL_ep400,
+    # DiTDH-S_ep20 in the sampling config's checkpoint paths
+    assert "ep400" in sampling["stage_2"]["ckpt"] and "ep20" in sampling["guidance"]["guidance_model"]["ckpt"]
+    for stage in ("train_rae", "train_dit"):  # the same recipes and global batches as at 256 px
+        assert _global_batch(p512, stage) == _global_batch(imagenet, stage)
+        assert {k: v for k, v in p512[stage].items() if k not in ("batch_size", "duration")} == {
+            k: v for k, v in imagenet[stage].items() if k not in ("batch_size", "duration")}
+    assert p512["diffusion"] == imagenet["diffusion"] and p512["fid"]["reference_npz"].endswith("imagenet512.npz")
 
 
 def test_stage1_diffaug_hinge_loss_and_adaptive_weight_equal_the_reference(ref):

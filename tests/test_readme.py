@@ -79,6 +79,12 @@ def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_pa
             target = work / value
             target.parent.mkdir(parents=True, exist_ok=True)
             target.mkdir() if key == "data.root" else target.write_bytes(b"")
+        with pytest.raises(FileNotFoundError, match="data.root: expected a 'train' folder"):
+            check_environment(tree, params)
+        for name in ("n01440764", "n01443537"):  # two classes, as many files (by name) as the largest batch
+            (work / paths["data.root"] / "train" / name).mkdir(parents=True)
+            for i in range(max(tree.get(key) for key in tree.batch_keys())):
+                (work / paths["data.root"] / "train" / name / f"{i}.JPEG").write_bytes(b"")
         check_environment(tree, params)
 
 

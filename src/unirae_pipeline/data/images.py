@@ -131,6 +131,8 @@ def count_images(root: str | Path, split: str, limit: int) -> tuple[int, int]:
     """(class folders, image files up to `limit`) of `root/split`, by name alone and stopping at `limit`: cheap
     enough to check batch sizes before any stage runs (ImageNet stops inside its first class). Unreadable files are
     counted, so the indexing stage still checks the usable count."""
+    if not (Path(root) / split).is_dir():
+        raise FileNotFoundError(f"data.root: expected a '{split}' folder of class folders in {str(root)!r}")
     folders = sorted(p for p in (Path(root) / split).iterdir() if p.is_dir() and not _hidden(p))
     found = 0
     for folder in folders:
