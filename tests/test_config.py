@@ -17,6 +17,7 @@ from hydra.errors import MissingConfigException
 
 from unirae_pipeline.compose import compose_params, dump
 from unirae_pipeline.config import check_environment, load_params
+from unirae_pipeline.dvc_stages import MARKER
 from unirae_pipeline.params import plain
 from unirae_pipeline.pipeline_registry import STAGES
 
@@ -61,7 +62,8 @@ def test_params_are_one_typed_frozen_tree(params):
     with pytest.raises(dataclasses.FrozenInstanceError):
         tree.sample.sampler.num_steps = 3
     assert tree.get("sample.sampler.method") == params["sample"]["sampler"]["method"]
-    with pytest.raises(ValueError, match="'sample.sampler': unknown keys \\['nsteps'\\]"):
+    with pytest.raises(ValueError, match=r"'sample.sampler.nsteps' is not a key of params.yaml \(did you mean "
+                                         r"sample.sampler.num_steps\?\)"):
         load_params({**params, "sample": {**params["sample"], "sampler": {**params["sample"]["sampler"], "nsteps": 1}}})
 
 
@@ -135,9 +137,11 @@ def test_dvc_yaml_is_generated_and_fresh():
 
 def test_dvc_stages_are_the_kedro_pipelines():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    check = dvc.pop("check_params")  # first: the params checked before any stage removes an output
+    assert check["outs"] == [{MARKER: {"cache": False}}] and "runtime" not in check["params"]
     assert list(dvc) == list(STAGES)
     for name, stage in dvc.items():
-        assert stage["cmd"] == f"kedro run --pipelines {name}"
+        assert stage["cmd"] == f"kedro run --pipelines {name}" and MARKER in stage["deps"]
     # `dvc exp run -S dit.depth=N` reruns exactly train_dit -> sample -> evaluate: only train_dit reads `dit`,
     # and the other two depend on its output.
     readers = {name for name, stage in dvc.items() if any(p in ("dit", "dit.depth") for p in stage["params"])}
@@ -257,6 +261,11 @@ def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
     assert result.returncode != 0
     assert "dit.hidden_size / dit.num_heads" in result.stdout + result.stderr
     assert "Running node" not in result.stdout + result.stderr
+    unknown = subprocess.run(["kedro", "run", "--pipelines", "samples"], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"})
+    said = unknown.stdout + unknown.stderr
+    assert unknown.returncode != 0 and "'samples'" in said and "sample" in said.split("Did you mean")[-1]
+    assert "ImportError" not in said
 
 
 def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
@@ -289,10 +298,11 @@ def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     def comment(text: str) -> str:
         return text + "\n# an edit\n"
 
-    assert stale_by(pkg + "models/dit.py", comment) == {"train_dit", "train_guide", "sample"}
-    assert stale_by(pkg + "models/decoder.py", comment) == {"train_rae", "sample"}
-    assert stale_by(pkg + "models/encoder.py", comment) == {"cache_latents", "train_rae"}
-    assert stale_by(pkg + "diffusion/sampling.py", comment) == {"sample"}
+    # check_params (seconds, its marker unchanged) re-checks the params whenever the code that builds them changes
+    assert stale_by(pkg + "models/dit.py", comment) == {"check_params", "train_dit", "train_guide", "sample"}
+    assert stale_by(pkg + "models/decoder.py", comment) == {"check_params", "train_rae", "sample"}
+    assert stale_by(pkg + "models/encoder.py", comment) == {"check_params", "cache_latents", "train_rae"}
+    assert stale_by(pkg + "diffusion/sampling.py", comment) == {"check_params", "sample"}
     catalog = "conf/base/catalog.yml"
     titled = "metadata: {dvc: plots, x: step, y: loss, title: DiT loss}"
     assert stale_by(catalog, lambda t: t.replace("metadata: {dvc: plots, x: step, y: loss}", titled, 1)) == set()

@@ -54,8 +54,8 @@ def repo(tmp_path_factory):
 
 def test_dvc_repro_runs_all_stages_then_nothing(repo):
     first = run(["dvc", "repro"], repo)
-    assert stages_run(first) == ["prepare_data", "cache_latents", "latent_stats", "fid_reference", "train_rae",
-                                 "train_dit", "train_guide", "sample", "evaluate"]
+    assert stages_run(first) == ["check_params", "prepare_data", "cache_latents", "latent_stats", "fid_reference",
+                                 "train_rae", "train_dit", "train_guide", "sample", "evaluate"]
     metrics = yaml.safe_load((repo / "data/08_reporting/metrics.json").read_text())
     assert {"class_accuracy", "fd", "fd_untrained"} <= set(metrics)
     assert (repo / "data/08_reporting/samples.png").is_file()
@@ -68,7 +68,7 @@ def test_exp_run_depth_reruns_only_the_dit_stages(repo):
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "results"], repo)
     out = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2"], repo)
-    assert stages_run(out) == ["train_dit", "sample", "evaluate"]
+    assert stages_run(out) == ["check_params", "train_dit", "sample", "evaluate"]
     assert yaml.safe_load((repo / "params.yaml").read_text())["dit"]["depth"] == 2
     shown = run(["dvc", "exp", "show", "--no-pager", "--csv"], repo)
     assert "class_accuracy" in shown and "dit.depth" in shown
@@ -78,7 +78,7 @@ def test_a_trained_autoguidance_guide_is_its_own_stage(repo):
     """guide=tiny trains a separate guide in train_guide, and only what reads it reruns; the main DiT is kept."""
     out = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2", "-S", "guide=tiny", "-S",
                "guide.duration=5", "-S", "sample.sampler.guidance=autoguidance"], repo)
-    assert stages_run(out) == ["train_guide", "sample", "evaluate"]
+    assert stages_run(out) == ["check_params", "train_guide", "sample", "evaluate"]
     assert read_blob_meta(repo / "data/06_models/dit_guide.safetensors")["source"] == "train"  # what sample guides by
     back = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2"], repo)  # the later tests' state
     assert "train_dit" not in stages_run(back)  # the rest comes back from DVC's run cache
@@ -95,6 +95,23 @@ def test_a_forced_rerun_with_the_same_result_stales_nothing(repo):
     assert stale() == {}
     assert stages_run(run(["dvc", "repro", "-f", "-s", "latent_stats"], repo)) == ["latent_stats"]
     assert stale() == {}
+
+
+def test_a_rejected_value_stops_the_run_before_any_output_is_removed(repo):
+    """A value params.yaml cannot take (`sample.sampler=heun`: the key is sample.sampler.method; a misspelt new key)
+    stops `dvc exp run` in its first stage, in one line naming the key and the fix, before any stage removes its
+    outputs; composing valid values again reruns only that check, whose marker did not change."""
+    outputs = [repo / "data/07_model_output/samples.npz", repo / "data/06_models/dit.safetensors"]
+    before = [p.stat().st_mtime_ns for p in outputs]
+    for bad, said in (("sample.sampler=heun", "did you mean sample.sampler.method=heun?"),
+                      ("+dit.dpeth=6", "'dit.dpeth' is not a key of params.yaml (did you mean dit.depth?)")):
+        result = subprocess.run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2", "-S", bad], cwd=repo,
+                                env=ENV, capture_output=True, text=True)
+        assert result.returncode != 0 and said in result.stdout + result.stderr, result.stderr[-3000:]
+        assert stages_run(result.stdout + result.stderr) == ["check_params"]
+        assert [p.stat().st_mtime_ns for p in outputs] == before  # nothing was removed or rewritten
+    again = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2"], repo)
+    assert stages_run(again) == ["check_params"] and [p.stat().st_mtime_ns for p in outputs] == before
 
 
 def test_kedro_runs_one_pipeline_on_its_own(repo):

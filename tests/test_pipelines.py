@@ -11,7 +11,7 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from unirae_pipeline.compose import compose_params
+from unirae_pipeline.compose import compose_params, dump
 from unirae_pipeline.config import Params, load_params
 from unirae_pipeline.io.image_set import ImageSetDataset
 from unirae_pipeline.io.latent_store import LatentStoreDataset
@@ -81,6 +81,38 @@ def test_the_chain_at_twice_the_resolution(tmp_path):
     assert images.shape[1:] == (32, 32, 3) and images.dtype == np.uint8
     assert np.isfinite(out["metrics"]["fd"]) and 0 <= out["metrics"]["class_accuracy"] <= 1
     assert np.isfinite(out["rae_metrics"]["psnr"]) and out["reconstructions"].size[0] > 8 * 32  # 20 steps: no quality
+
+
+def test_your_own_images_with_the_readme_command(tmp_path):
+    """The README's `data=folder` line, its root a small folder of 40 px images in two classes (train stages cut to
+    seconds as the smoke profile cuts them): every stage runs on 16 px centre crops of those images. The same line
+    with the default batch sizes is refused by `check_params` naming the key."""
+    import shlex
+    import subprocess
+    import sys
+
+    from .conftest import write_folder
+
+    (line,) = [line for line in (ROOT / "README.md").read_text().splitlines() if "-S data=folder" in line]
+    tokens = shlex.split(line)
+    overrides = [tokens[i + 1] for i, t in enumerate(tokens) if t == "-S"]
+    root = write_folder(tmp_path / "images", {"cat": 20, "dog": 20}, size=40)
+    overrides = [o.replace("/path/to/images", str(root)) for o in overrides]
+    fast = ["fid.train.duration=20", "fid.train.warmup=2", "train_rae.duration=20", "train_rae.warmup=2",
+            "train_dit.duration=20", "train_dit.warmup=2", "train_dit.guide_at=5", "sample.num_per_class=4",
+            "sample.grid_per_class=4", "sample.sampler.num_steps=5"]
+    params, catalog, out = run_chain(tmp_path / "run", [*overrides, *fast])
+    assert catalog.load("image_set").class_names == ["cat", "dog"] and params.data.root == str(root)
+    assert catalog.load("latents").manifest["splits"]["train"]["count"] == 2 * 40  # plain + mirrored
+    assert np.concatenate(list(out["samples"].chunks(64))).shape == (2 * 4, 16, 16, 3)
+    work = tmp_path / "check"
+    work.mkdir()
+    defaults = compose_params([o for o in overrides if "batch_size" not in o], conf_dir=ROOT / "conf")
+    (work / "params.yaml").write_text(dump(defaults), encoding="utf-8")
+    refused = subprocess.run([sys.executable, "-m", "unirae_pipeline.config", str(work / "marker.txt")], cwd=work,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and not (work / "marker.txt").exists()
+    assert "exceeds the 40 training images" in refused.stderr and "batch_size" in refused.stderr
 
 
 def test_latent_cache_holds_train_plain_and_flipped_plus_val(chain):

@@ -1,13 +1,24 @@
 """params.yaml as one typed tree: every group (and its sub-groups) a validated, frozen dataclass, built once before
 any heavy work runs and handed to the nodes as is; the files a stage needs are checked when it starts
-(`check_environment`)."""
+(`check_environment`).
+
+    python -m unirae_pipeline.config data/02_intermediate/params_checked.txt
+
+builds the tree from params.yaml and rewrites the marker file with fixed text: DVC's first stage (`check_params`),
+which every other stage depends on, so that a rejected value stops `dvc repro` / `dvc exp run` before any stage
+deletes its outputs, while an accepted change reruns no stage for the marker's sake (its content never changes).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from .data.images import DataConfig, count_images
 from .data.latents import CacheConfig
@@ -109,3 +120,29 @@ def _check_image_folder(params: Params) -> None:
                          "classifier needs >= 2 (use fid.extractor inception or dinov2 for a one-class set)")
     if images < limit:
         params.check_batch_sizes(images, f"image files in {params.data.root}/train")
+
+
+MARKER_TEXT = ("params.yaml was built and checked (python -m unirae_pipeline.config): every DVC stage depends on this "
+               "file, so a rejected value stops a run before any stage deletes its outputs.\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Check params.yaml; on success write the marker (argv[0]); on failure one line naming the key, exit code 2."""
+    marker = Path((argv if argv is not None else sys.argv[1:])[0])
+    try:
+        params = load_params(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8")))
+        if params.data.source == "imagefolder" and Path(params.data.root).is_dir():
+            _check_image_folder(params)  # its size against the batches, by file name (a missing tree is the
+            # error of the stages that read it: a machine runs the stages whose files it has)
+    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
+        sys.stderr.write(f"params.yaml: {err.args[0] if err.args else err}\n")
+        sys.stderr.write("Nothing ran and no output was removed. Restore the last committed values with "
+                         "`git checkout params.yaml` (or `dvc exp apply <exp>`), or fix the value and rerun.\n")
+        return 2
+    if not marker.is_file() or marker.read_text(encoding="utf-8") != MARKER_TEXT:
+        marker.write_text(MARKER_TEXT, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

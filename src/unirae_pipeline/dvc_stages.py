@@ -6,7 +6,9 @@ nodes and its catalog entries' dataset classes import (followed transitively ins
 turns params.yaml into the nodes' typed params (`EVERY_STAGE`), and for the stage that reads the `data` group, the
 data itself (`LINEAGE`); its params are the
 exact `params:` keys it reads, less the `runtime` group (settings that cannot change a result: `runtime.py`), and the
-catalog entries it reads or writes, less their `metadata` (plot titles and DVC routing change no result).
+catalog entries it reads or writes, less their `metadata` (plot titles and DVC routing change no result). A first
+stage, `check_params`, builds and checks every params group before any stage runs (`config.main`); its fixed-text
+marker is a dependency of every other stage, which DVC therefore runs after it, and never reruns for it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ LINEAGE = "data.lineage"
 # run before every node, their imports not followed (config.py imports every stage's configs): the hook that builds
 # the typed params and sets the matmul policy, and the builder itself
 EVERY_STAGE = ("hooks.py", "params.py")
+# the first stage: params.yaml built and checked (config.py), its fixed-text marker a dependency of every other stage
+CHECK = "check_params"
+MARKER = "data/02_intermediate/params_checked.txt"
 
 
 def _module_file(module: str) -> Path | None:
@@ -63,10 +68,10 @@ def _dataset_module(entry: dict) -> Path | None:
     return _module_file(module) if module.split(".")[0] == PACKAGE else None
 
 
-def code_deps(stage: str, entries: list[dict] = ()) -> list[str]:
-    """Every package file that the stage's pipeline and its catalog `entries`' dataset classes import, directly or
-    not, with the parent __init__ files."""
-    todo = [SRC / "pipelines" / stage / "pipeline.py", *filter(None, map(_dataset_module, entries))]
+def code_deps(stage: str, entries: list[dict] = (), start: Path | None = None) -> list[str]:
+    """Every package file that the stage's pipeline (or the `start` file) and its catalog `entries`' dataset classes
+    import, directly or not, with the parent __init__ files."""
+    todo = [start or SRC / "pipelines" / stage / "pipeline.py", *filter(None, map(_dataset_module, entries))]
     seen: set[Path] = set()
     while todo:
         file = todo.pop()
@@ -83,8 +88,15 @@ def code_deps(stage: str, entries: list[dict] = ()) -> list[str]:
     return sorted(str(f.relative_to(root)) for f in seen | {SRC / f for f in EVERY_STAGE})
 
 
-def build_stages(pipelines: dict, catalog: dict) -> dict:
-    stages, views = {}, []
+def check_stage(groups: list[str]) -> dict:
+    """The first stage: every params group but `runtime` (which cannot change a result) built and checked by the
+    code that builds them for the nodes; it writes the fixed-text marker that every other stage depends on."""
+    return {"cmd": f"python -m {PACKAGE}.config {MARKER}", "deps": code_deps(CHECK, start=SRC / "config.py"),
+            "params": [g for g in groups if g != RUNTIME], "outs": [{MARKER: {"cache": False}}]}
+
+
+def build_stages(pipelines: dict, catalog: dict, groups: list[str]) -> dict:
+    stages, views = {CHECK: check_stage(groups)}, []
     for name in sorted(pipelines, key=list(pipelines).index):
         if name == "__default__":
             continue
@@ -101,8 +113,8 @@ def build_stages(pipelines: dict, catalog: dict) -> dict:
         tracked = [f"{entry}.{key}" for entry in entries for key in catalog[entry] if key != "metadata"]
         lineage = [f"${{{LINEAGE}}}"] if {"data", LINEAGE} & set(params) else []
         stage = {"cmd": f"kedro run --pipelines {name}",
-                 "deps": [*code_deps(name, [catalog[e] for e in entries]), *(_path(catalog[i]) for i in data_inputs),
-                          *lineage],
+                 "deps": [MARKER, *code_deps(name, [catalog[e] for e in entries]),
+                          *(_path(catalog[i]) for i in data_inputs), *lineage],
                  "params": [*params, {str(CATALOG): tracked}]}
         outs, metrics, plots = [], [], []
         for out in sorted(pipe.all_outputs()):
@@ -136,8 +148,9 @@ def render(root: Path) -> str:
 
     bootstrap_project(root)
     catalog = yaml.safe_load((root / CATALOG).read_text(encoding="utf-8"))
+    groups = list(yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8")))
     header = "# Generated from the Kedro pipelines and catalog (python -m unirae_pipeline.dvc_stages). Do not edit.\n"
-    return header + yaml.safe_dump(build_stages(dict(pipelines), catalog), sort_keys=False, width=120)
+    return header + yaml.safe_dump(build_stages(dict(pipelines), catalog, groups), sort_keys=False, width=120)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ key; `plain` turns one back into the params.yaml values it was built from."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import types
@@ -25,9 +26,15 @@ def build(cls: type[T], params: Any, name: str) -> T:
                          + (f" (did you mean {meant[0]}?)" if meant else ""))
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown, missing = set(params) - fields, {f for f in fields if f not in params} - _defaulted(cls)
-    if unknown or missing:
-        raise ValueError(f"params {name or 'params.yaml'!r}: unknown keys {sorted(unknown)}, "
-                         f"missing keys {sorted(missing)}")
+    if unknown:  # one line: the full key, and the existing key closest to it
+        key = sorted(unknown)[0]
+        close = difflib.get_close_matches(key, sorted(fields - set(params)) or sorted(fields), n=1)
+        full = f"{name}.{key}" if name else key
+        raise ValueError(f"params {full!r} is not a key of params.yaml"
+                         + (f" (did you mean {name + '.' if name else ''}{close[0]}?)" if close else "")
+                         + (f"; also unknown: {sorted(unknown)[1:]}" if len(unknown) > 1 else ""))
+    if missing:
+        raise ValueError(f"params {name or 'params.yaml'!r}: missing keys {sorted(missing)}")
     values = {key: _field(hints[key], value, f"{name}.{key}" if name else key) for key, value in params.items()}
     try:
         return cls(**values)
