@@ -13,7 +13,6 @@ import yaml
 from unirae_pipeline.evaluation.classifier import ClassifierConfig, ShapeClassifier, augment
 from unirae_pipeline.evaluation.extractors import Extractor
 from unirae_pipeline.evaluation.fd import feature_stats, frechet_distance
-from unirae_pipeline.evaluation.report import image_grid, to_uint8_nhwc
 from unirae_pipeline.models.serialization import to_blob
 
 
@@ -59,10 +58,23 @@ def test_classifier_features_predictions_and_augment():
     assert torch.allclose(augment(flat, ClassifierConfig(8, 16, 2.0, 0.0)), flat, atol=1e-5)  # blur keeps flat images
 
 
-def test_image_grid_layout():
-    images = to_uint8_nhwc(torch.rand(6, 3, 4, 4))
-    grid = image_grid(images, ncol=3, min_width=24)
-    assert grid.size == (24, 16)  # 3 x 4 px wide, upscaled x2; 2 rows
+def test_grids_label_their_rows_on_the_picture_and_in_the_png(tmp_path):
+    """Cells upscaled and parted by gutters, a label left of each row (drawn: dark pixels in the margin), the labels
+    kept through a PNG written by the catalog's dataset; a label count that does not match is an error."""
+    from unirae_pipeline.evaluation.report import GUTTER, grid_labels, labelled_grid
+    from unirae_pipeline.io.datasets import PNGDataset
+
+    images = np.full((6, 4, 4, 3), 128, dtype=np.uint8)
+    grid = labelled_grid(images, ncol=3, rows=["0 circle", "1 cross"], min_width=24)
+    margin = grid.size[0] - 3 * (8 + GUTTER)
+    assert grid.size[1] == 2 * (8 + GUTTER) and margin > 8  # cells 4 px x2, a gutter after each
+    pixels = np.asarray(grid)
+    assert (pixels[:, :margin] < 100).any() and (pixels[:8, margin:margin + 8] == 128).all()
+    assert (pixels[:8, margin + 8:margin + 8 + GUTTER] == 255).all()  # the gutter between two cells
+    PNGDataset(filepath=str(tmp_path / "grid.png")).save(grid)
+    assert grid_labels(PNGDataset(filepath=str(tmp_path / "grid.png")).load()) == ["0 circle", "1 cross"]
+    with pytest.raises(ValueError, match="1 row labels for 2 rows"):
+        labelled_grid(images, ncol=3, rows=["one"])
 
 
 @pytest.fixture(scope="module")

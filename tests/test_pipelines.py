@@ -13,6 +13,7 @@ from kedro.runner import SequentialRunner
 
 from unirae_pipeline.compose import compose_params, dump
 from unirae_pipeline.config import Params, load_params
+from unirae_pipeline.evaluation.report import grid_labels
 from unirae_pipeline.io.image_set import ImageSetDataset
 from unirae_pipeline.io.latent_store import LatentStoreDataset
 from unirae_pipeline.pipelines import (
@@ -146,7 +147,7 @@ def test_samples_are_class_balanced_uint8(chain):
 
 
 def test_metrics_and_reports(chain):
-    _, _, outputs = chain
+    _, catalog, outputs = chain
     metrics = outputs["metrics"]
     assert set(metrics) >= {"class_accuracy", "fd", "fd_untrained", "fd_ratio"}
     assert 0 <= metrics["class_accuracy"] <= 1 and metrics["fd"] >= 0
@@ -154,6 +155,9 @@ def test_metrics_and_reports(chain):
     assert {"precision", "recall"} <= set(metrics) and 0 <= metrics["recall"] <= 1
     assert list(outputs["dit_loss"].columns) == ["step", "loss", "lr"]
     assert outputs["sample_grid"].size[0] >= 512 and outputs["reconstructions"].size[0] >= 512
+    names = catalog.load("latents").manifest["class_names"]  # rows in label order: class folders sorted by name
+    assert grid_labels(outputs["sample_grid"]) == [f"{k} {name}" for k, name in enumerate(names)]
+    assert names == sorted(names) and grid_labels(outputs["reconstructions"]) == ["original", "decoded"] * 2
 
 
 def test_sample_refuses_artefacts_of_another_encoder(chain):

@@ -1,23 +1,43 @@
-"""Pictures for the reports: image grids."""
+"""Pictures for the reports: image grids, with their rows labelled on the picture and in its PNG metadata."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
+
+LABELS_KEY = "unirae.rows"  # PNG text chunk: the row labels, top to bottom, as JSON
+GUTTER = 2  # px between cells, at the grid's scale
 
 
-def image_grid(images: np.ndarray, ncol: int, min_width: int = 512) -> Image.Image:
-    """uint8 (N, H, W, 3) -> one grid image, rows of `ncol`, upscaled (nearest) to at least `min_width` px."""
+def labelled_grid(images: np.ndarray, ncol: int, rows: list[str], min_width: int = 512) -> Image.Image:
+    """uint8 (N, H, W, 3) -> a grid of `ncol` columns, one label per row drawn to its left (also kept in the image's
+    `info[LABELS_KEY]`, which PNGDataset writes as a text chunk), cells upscaled (nearest) to at least `min_width` px
+    in all and parted by white gutters."""
     n, h, w, _ = images.shape
-    nrow = -(-n // ncol)
-    canvas = np.zeros((nrow * h, ncol * w, 3), dtype=np.uint8)
+    if len(rows) != -(-n // ncol):
+        raise ValueError(f"{len(rows)} row labels for {-(-n // ncol)} rows")
+    scale = max(1, -(-min_width // (ncol * w)))
+    cell_h, cell_w = h * scale, w * scale
+    font = ImageFont.load_default(size=max(10, min(16, cell_h // 3)))
+    margin = 8 + max(int(font.getlength(label)) for label in rows)
+    grid = Image.new("RGB", (margin + ncol * (cell_w + GUTTER), len(rows) * (cell_h + GUTTER)), "white")
     for i, img in enumerate(images):
         r, c = divmod(i, ncol)
-        canvas[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    grid = Image.fromarray(canvas)
-    scale = max(1, -(-min_width // canvas.shape[1]))
-    return grid.resize((canvas.shape[1] * scale, canvas.shape[0] * scale), Image.NEAREST) if scale > 1 else grid
+        cell = Image.fromarray(img).resize((cell_w, cell_h), Image.NEAREST)
+        grid.paste(cell, (margin + c * (cell_w + GUTTER), r * (cell_h + GUTTER)))
+    draw = ImageDraw.Draw(grid)
+    for r, label in enumerate(rows):
+        draw.text((4, r * (cell_h + GUTTER) + cell_h // 2), label, fill="black", font=font, anchor="lm")
+    grid.info[LABELS_KEY] = json.dumps(rows)
+    return grid
+
+
+def grid_labels(image: Image.Image) -> list[str]:
+    """The row labels of a grid made by `labelled_grid` (from a loaded PNG too)."""
+    return json.loads(image.info[LABELS_KEY])
 
 
 def quantize(images: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from ...data.latents import denormalize, norm_stats
 from ...data.samples import SampleSet, read_shard, write_shard
 from ...diffusion.sampling import SamplerConfig, integrate, module_velocity, time_grid
 from ...diffusion.transport import TransportConfig, VelocityFn, shift_factor
-from ...evaluation.report import image_grid, to_uint8_nhwc
+from ...evaluation.report import labelled_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_blob
 from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
@@ -173,5 +173,7 @@ def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob,
         nothing = SampleSet([], labels.numpy()[:0], image_shape)
         return nothing, nothing, Image.new("RGB", (1, 1))
     order = torch.argsort(labels, stable=True).view(meta["num_classes"], -1)[:, : cfg.grid_per_class]
-    grid = image_grid(samples.take(order.flatten().numpy()), ncol=order.shape[1])  # one row per class
+    names = meta.get("class_names") or [""] * meta["num_classes"]  # DiTs trained here carry their class names
+    rows = [f"{k} {name}".strip() for k, name in enumerate(names)]  # label order: class folders sorted by name
+    grid = labelled_grid(samples.take(order.flatten().numpy()), ncol=order.shape[1], rows=rows)
     return samples, baseline, grid

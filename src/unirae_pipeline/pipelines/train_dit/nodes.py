@@ -45,7 +45,7 @@ def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, optim: DiT
     curve = fit(module, batches, trainer, run, name, seed, callbacks=callbacks,
                 key=RunKey({**params, "diffusion": transport, "trainer": trainer, "seed": seed}, {"latents": manifest}))
     meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
-                seed=seed)
+                seed=seed, class_names=manifest["class_names"])  # label k is class_names[k]: sample's grid rows
     return module, curve, meta, callbacks[0].state if snapshot else None
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
 from ...data.latents import LatentStore, view_table
 from ...evaluation.extractors import Extractor
-from ...evaluation.report import image_grid
+from ...evaluation.report import labelled_grid
 from ...evaluation.scoring import paired, reconstruct
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob, decoder_to_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
@@ -88,4 +88,5 @@ def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, f
     log.info("decoder on val (%d images): %s", result.count, metrics)
     real, fake = (torch.stack([result.shown[i][j] for i in sorted(result.shown)]) for j in (0, 1))
     rows = torch.cat([real[:8], fake[:8], real[8:], fake[8:]])  # a row of originals above its reconstructions
-    return metrics, image_grid(rows.permute(0, 2, 3, 1).numpy(), ncol=8)
+    grid = labelled_grid(rows.permute(0, 2, 3, 1).numpy(), ncol=8, rows=["original", "decoded"] * 2)
+    return metrics, grid
