@@ -193,16 +193,22 @@ def test_torchrun_shards_sampling_across_ranks(repo):
 
 
 def test_progress_bars_and_log_levels_come_from_the_environment(repo):
-    """Quiet by default (one-line summaries, no bars off a terminal); UNIRAE_PROGRESS=1 draws the bars,
-    UNIRAE_LOG_LEVEL=WARNING drops the summaries, DEBUG adds per-shard lines."""
+    """Quiet by default: the pipeline's own lines (a start and an end per node, one-line summaries, the untrained
+    floor's too), none of Kedro's per-dataset lines, no bars off a terminal and a heartbeat every UNIRAE_HEARTBEAT_S
+    seconds instead; UNIRAE_PROGRESS=1 draws the bars, counting the sampler's network evaluations;
+    UNIRAE_LOG_LEVEL=WARNING leaves no INFO line, DEBUG adds Kedro's lines and per-shard lines."""
     quiet = run(["kedro", "run", "--pipelines", "sample"], repo)
     assert "sampled 40 images" in quiet and "img/s" in quiet and "sampling:" not in quiet
+    assert "sample: started" in quiet and re.search(r"sample: done in [\d.]+ s", quiet)
+    assert "untrained floor" in quiet and "Loading data from" not in quiet and "Running node" not in quiet
+    beating = run(["kedro", "run", "--pipelines", "sample"], repo, UNIRAE_HEARTBEAT_S="0")
+    assert re.search(r"sampling: \d+/\d+ eval, [\d.]+ eval/s", beating)
     bars = run(["kedro", "run", "--pipelines", "sample"], repo, UNIRAE_PROGRESS="1")
-    assert re.search(r"sampling:\s+\d+%\|.*batch", bars)  # drawn (a one-batch run may close before it shows 100%)
+    assert re.search(r"sampling:\s+\d+%\|.*eval", bars)  # drawn (a short run may close before it shows 100%)
     silent = run(["kedro", "run", "--pipelines", "sample"], repo, UNIRAE_LOG_LEVEL="WARNING")
-    assert "sampled 40 images" not in silent
+    assert "sampled 40 images" not in silent and " INFO " not in silent
     verbose = run(["kedro", "run", "--pipelines", "cache_latents"], repo, UNIRAE_LOG_LEVEL="DEBUG")
-    assert "rank 0: train shard 0" in verbose
+    assert "rank 0: train shard 0" in verbose and "Loading data from" in verbose
 
 
 EXP_SHOW = ("dvc exp show --only-changed --drop Created|State|Executor|data/.* "

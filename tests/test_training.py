@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 import pytest
@@ -79,7 +80,11 @@ def test_tensor_batches_are_seeded_and_cover_each_epoch():
         TensorBatches((data,), 11, seed=0)
 
 
-def test_short_dit_fit_lowers_the_loss(params):
+def test_short_dit_fit_lowers_the_loss(params, monkeypatch, caplog):
+    """... and, logged to a file (no bar), reports its optimizer steps in heartbeat lines."""
+    monkeypatch.setenv("UNIRAE_PROGRESS", "0")
+    monkeypatch.setenv("UNIRAE_HEARTBEAT_S", "0")
+    caplog.set_level(logging.INFO, logger="unirae_pipeline")
     torch.manual_seed(0)
     # Two classes, each a fixed latent: a tiny DiT must learn to move noise towards them.
     x = torch.randn(2, 64, 4, 4).repeat(64, 1, 1, 1)
@@ -93,6 +98,8 @@ def test_short_dit_fit_lowers_the_loss(params):
     assert curve["step"].iloc[0] == 1 and curve["step"].iloc[-1] == 120
     assert curve["loss"].iloc[-1] < 0.5 * curve["loss"].iloc[0]
     assert not torch.equal(module.ema.module.final_layer.linear.weight, model.final_layer.linear.weight)
+    beats = [r.getMessage() for r in caplog.records if "/120 step, " in r.getMessage()]
+    assert beats[0].startswith("test: 1/120 step, ") and beats[-1].startswith("test: 120/120 step, ")
 
 
 def test_non_finite_loss_stops_training(params):

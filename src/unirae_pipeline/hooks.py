@@ -4,6 +4,8 @@ nodes read checked before the first of them."""
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from .config import Params, check_environment, load_params
 from .progress import apply_log_level
 
 PREFIX = "params:"
+log = logging.getLogger(__name__)
 
 
 def use_tf32() -> None:
@@ -25,6 +28,9 @@ def use_tf32() -> None:
 
 class ParamsHook:
     params: Params
+
+    def __init__(self) -> None:
+        self.started: dict[str, float] = {}  # node name -> when it started
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -54,4 +60,10 @@ class ParamsHook:
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async, run_id) -> dict[str, Any]:
         """Every `params:` input as the typed tree holds it: nodes never see (or rebuild) a raw mapping."""
+        log.info("%s: started", node.name)  # Kedro's own per-dataset lines are off by default (conf/logging.yml)
+        self.started[node.name] = time.perf_counter()
         return {name: self.params.get(name.removeprefix(PREFIX)) for name in inputs if name.startswith(PREFIX)}
+
+    @hook_impl
+    def after_node_run(self, node, catalog, inputs, outputs, is_async, run_id) -> None:
+        log.info("%s: done in %.1f s", node.name, time.perf_counter() - self.started.pop(node.name))

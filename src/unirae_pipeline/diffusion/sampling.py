@@ -44,6 +44,12 @@ class SamplerConfig:
         if not 0 <= self.guidance_t_min <= self.guidance_t_max <= 1:
             raise ValueError("sample.sampler.guidance_t_min/guidance_t_max must satisfy 0 <= t_min <= t_max <= 1")
 
+    @property
+    def evaluations(self) -> int:
+        """Network evaluations per batch (each guided by one more forward of the guide or the null class): one per
+        step, two for Heun's corrector."""
+        return (self.num_steps - 1) * (2 if self.method == "heun" else 1)
+
     def velocity(self, model: VelocityFn, null_label: int, guide: VelocityFn | None = None) -> VelocityFn:
         """The model's velocity with the configured guidance."""
         if self.guidance == "cfg":

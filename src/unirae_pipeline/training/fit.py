@@ -12,7 +12,7 @@ import zipfile
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import pandas as pd
@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..progress import show_progress
+from ..progress import Progress, show_progress
 from ..ranks import claimed
 from ..runtime import RuntimeConfig
 from ..scratch import RunKey
@@ -142,6 +142,23 @@ def _intact(path: Path, name: str) -> bool:
     return False
 
 
+class Heartbeat(L.Callback):
+    """Optimizer steps done, their rate and the time left, in the log at most every heartbeat period
+    (`progress.Progress`), when no progress bar is drawn: a training logged to a file is never silent."""
+
+    def __init__(self, name: str, steps: int) -> None:
+        self.name, self.steps, self.counter, self.seen = name, steps, None, 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seen = trainer.global_step  # a resumed run counts from where it resumed
+        self.counter = Progress(self.steps, self.name, unit="step", initial=self.seen)
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step > self.seen and trainer.is_global_zero:
+            self.counter.update(trainer.global_step - self.seen)
+        self.seen = trainer.global_step
+
+
 def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: TrainerConfig, runtime: RuntimeConfig,
         name: str, seed: int, callbacks: tuple[L.Callback, ...] = (), key: RunKey | None = None) -> pd.DataFrame:
     """Train to `module.optim.steps` optimizer steps. With `runtime.checkpoint_every_n_steps` and a `key` (everything
@@ -157,6 +174,8 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
     every = runtime.checkpoint_every_n_steps
     ckpt_dir = key.folder(runtime.scratch_dir("ckpts"), prefix=f"{name}-") if key and every else None
     extra: list[L.Callback] = [ResumeData(batches, cfg.accumulate_grad_batches)]
+    if not show_progress():  # no bar: a log line every heartbeat period instead
+        extra.append(Heartbeat(name, module.optim.steps))
     if ckpt_dir is not None:
         extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every,
                                      save_last=True, save_top_k=0))

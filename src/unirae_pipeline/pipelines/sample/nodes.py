@@ -28,7 +28,7 @@ from ...evaluation.report import labelled_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_blob
 from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
-from ...progress import progress
+from ...progress import Progress
 from ...ranks import global_rank, sharded_job, world_size
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
@@ -86,13 +86,21 @@ def generate(velocity: VelocityFn, latent_shape: tuple[int, int, int], decoder: 
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.precision == "bf16" else nullcontext()
     out = []
     batches = labels.split(cfg.batch_size)
-    for i, y in progress(enumerate(batches), "sampling", total=len(batches), unit="batch"):
+    steps = Progress(len(batches) * sampler.evaluations, "sampling", unit="eval")  # network evaluations (ODE steps)
+
+    def counted(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        v = velocity(x, t, y)
+        steps.update()
+        return v
+
+    for i, y in enumerate(batches):
         generator = torch.Generator().manual_seed(seed + first_batch + i)
         noise = torch.randn((len(y), *latent_shape), generator=generator).to(device)
         with autocast:
-            z = integrate(velocity, noise, y.to(device), grid, sampler, generator)
+            z = integrate(counted, noise, y.to(device), grid, sampler, generator)
             images = decoder(denormalize(z.float(), mean, var))
         out.append(to_uint8_nhwc(images.float()))
+    steps.close()
     return np.concatenate(out)
 
 
@@ -164,9 +172,12 @@ def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob,
                               meta["seed"])
         unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
         floor = velocity_of(untrained, None, unguided, run)
+        start = time.perf_counter()
         baseline = generate_shards(key.folder(scratch, suffix="-untrained"), labels, cfg, image_shape,
                                    lambda y, first: generate(floor, shape, dec, stats, y, cfg, unguided, times, seed,
                                                              device, first))
+        log.info("sampled the untrained floor (the same labels and noise, unguided) in %.1f s",
+                 time.perf_counter() - start)
     else:
         baseline = SampleSet([], labels.numpy()[:0], image_shape)
     if samples is None:  # another rank: its shards are on disk, and rank zero writes every output
