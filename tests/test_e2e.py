@@ -211,9 +211,11 @@ def test_progress_bars_and_log_levels_come_from_the_environment(repo):
     assert "rank 0: train shard 0" in verbose and "Loading data from" in verbose
 
 
-EXP_SHOW = ("dvc exp show --only-changed --drop Created|State|Executor|data/.* "
-            "--keep ^(fd|class_accuracy|inception_score|precision|recall|psnr|ssim|recon_fd)$ --sort-by fd "
+EXP_SHOW = ("dvc exp show --only-changed --drop Created|State|Executor|data/.*|src/.*|num_.*|.*accuracy.*|"
+            ".*_untrained|fd_ratio|precision|recall|psnr|ssim|recon_fd --keep "
+            "^(fd|class_accuracy|inception_score|data/05_model_input/reference_stats.npz)$ --sort-by fd "
             "--sort-order asc")  # the README's curated table, quotes removed
+REFERENCE = "data/05_model_input/reference_stats.npz"
 
 
 def test_queued_sweep_curated_table_and_plots_of_every_experiment(repo, tmp_path):
@@ -230,12 +232,16 @@ def test_queued_sweep_curated_table_and_plots_of_every_experiment(repo, tmp_path
         assert time.time() < deadline, status
         time.sleep(5)
     assert status.count("Success") >= 2 and "Failed" not in status, status
+    shown = run(["dvc", "exp", "show", *EXP_SHOW.split()[3:], "--no-pager"], repo, COLUMNS="400")
+    assert max(map(len, shown.splitlines())) <= 120, shown  # readable in a 120-column terminal
     table = run(["dvc", "exp", "show", *EXP_SHOW.split()[3:], "--csv"], repo)
     header = table.splitlines()[0].split(",")
-    assert header[3:] == ["psnr", "recon_fd", "ssim", "class_accuracy", "fd", "fd_ratio", "precision", "recall",
-                          "dit.depth"]  # train_rae's metrics, evaluate's, then the swept params only
+    fd = header.index("fd")
+    assert header[3:] == ["class_accuracy", "fd", "dit.depth", REFERENCE]  # the scores, the swept param only, the
+    # FD reference
     rows = [line.split(",") for line in table.splitlines()[1:] if line.split(",")[0]]
-    assert len(rows) >= 2 and float(rows[0][7]) <= float(rows[1][7])  # best FD first
+    assert len(rows) >= 2 and float(rows[0][fd]) <= float(rows[1][fd])  # best FD first
+    assert len({row[header.index(REFERENCE)] for row in rows}) == 1  # one feature space: the FDs compare
     names = run(["dvc", "exp", "ls", "--name-only"], repo).split()
     assert len(names) >= 2
     run(["dvc", "plots", "diff", *names, "-o", str(tmp_path / "plots")], repo)
@@ -247,7 +253,7 @@ def test_queued_sweep_curated_table_and_plots_of_every_experiment(repo, tmp_path
     best = rows[0][0]
     run(["dvc", "exp", "apply", best], repo)
     depth = yaml.safe_load((repo / "params.yaml").read_text())["dit"]["depth"]
-    assert str(depth) == rows[0][-1]  # the best experiment's params are now the workspace's
+    assert str(depth) == rows[0][header.index("dit.depth")]  # the best experiment's params are now the workspace's
 
 
 def test_dvc_remote_shares_the_artefacts(repo, tmp_path):

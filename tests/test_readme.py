@@ -123,6 +123,9 @@ EXERCISED = {
     "bash bench/gpu_run.sh": "test_bench.test_the_prepared_gpu_run_works_small_on_the_cpu",
     "PYTHONPATH=src python bench/bench_dit.py": "test_bench.test_bench_dit_tiny",
     "PYTHONPATH=src python bench/bench_data.py": "test_bench.test_bench_data_tiny",
+    "python -m unirae_pipeline.reconstruct /path/to/images logs/recon --diffusers":
+        "test_reconstruct.test_a_folder_through_a_diffusers_rae_equals_its_own_reconstructions",
+    "python -m unirae_pipeline.reconstruct": "test_reconstruct.test_a_folder_through_the_rae_trained_here",
     "dvc remote add": "test_e2e.test_dvc_remote_shares_the_artefacts",
     "dvc push": "test_e2e.test_dvc_remote_shares_the_artefacts",
 }

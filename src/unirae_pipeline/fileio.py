@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from safetensors.torch import save_file
 
 
@@ -93,3 +95,12 @@ def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
         for key, value in arrays.items():
             with zf.open(npz_member(f"{key}.npy"), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+
+
+def png_info(image: Image.Image) -> PngInfo:
+    """The image's string metadata (a grid's row labels) as PNG text chunks, in a fixed order: `save(pnginfo=...)`."""
+    text = PngInfo()
+    for key, value in sorted(image.info.items()):
+        if isinstance(value, str):
+            text.add_text(key, value)
+    return text

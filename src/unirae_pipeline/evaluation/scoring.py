@@ -3,7 +3,7 @@ features of real images, the metrics of generated samples, and the reconstructio
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,13 +75,16 @@ class Reconstructions:
 
 @torch.no_grad()
 def reconstruct(decoder: nn.Module, extractor: Extractor, pairs: Iterable[Batch], device: torch.device,
-                show: set[int]) -> Reconstructions:
+                show: set[int], keep: Callable[[torch.Tensor], None] | None = None) -> Reconstructions:
     """Decode each (latents, uint8 originals, labels) batch without noise, to uint8 as the reference saves its
-    reconstructions, and score those against the originals (the reference's `src/eval`)."""
+    reconstructions (handed to `keep`, batch by batch, when given), and score those against the originals (the
+    reference's `src/eval`)."""
     out = Reconstructions()
     for z, real, labels in pairs:
         real = real.to(device, non_blocking=True)
         recon = quantize(decoder(z.to(device).float()))
+        if keep is not None:
+            keep(recon)
         for k, v in psnr_ssim(recon, real).items():
             out.sums[k] += v * len(z)
         features, logits = extractor(recon)

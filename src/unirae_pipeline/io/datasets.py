@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from safetensors import safe_open
 
-from ..fileio import atomic_file, write_npz, write_safetensors
+from ..fileio import atomic_file, png_info, write_npz, write_safetensors
 from ..models.serialization import Blob
 from ..ranks import global_rank, is_rank_zero
 
@@ -108,12 +107,8 @@ class PNGDataset(_PathDataset):
     """One image (sample and reconstruction grids), with its string metadata as PNG text chunks."""
 
     def _write(self, data: Image.Image) -> None:
-        text = PngInfo()  # the image's string metadata (a grid's row labels), in a fixed order
-        for key, value in sorted(data.info.items()):
-            if isinstance(value, str):
-                text.add_text(key, value)
         with atomic_file(self._filepath) as tmp:
-            data.save(tmp, format="PNG", pnginfo=text)
+            data.save(tmp, format="PNG", pnginfo=png_info(data))
 
     def load(self) -> Image.Image:
         with Image.open(self._require()) as img:
