@@ -81,12 +81,40 @@ def test_families_and_their_preprocessing():
     assert family_of("vit_base_patch16_224").name == "timm"
     presets = {"dinov2_b": ("vit_base_patch14_reg4_dinov2", 224, (768, 16, 16)),
                "dinov2_b_512": ("vit_base_patch14_reg4_dinov2", 448, (768, 32, 32)),
+               "dinov3_b": ("vit_base_patch16_dinov3_qkvb.lvd1689m", 256, (768, 16, 16)),
                "siglip2_b": ("vit_base_patch16_siglip_256.v2_webli", 256, (768, 16, 16)),
                "mae_b": ("vit_base_patch16_224.mae", 256, (768, 16, 16))}
     for preset, (model, size, shape) in presets.items():
         enc = compose_params([f"encoder={preset}"], conf_dir=ROOT / "conf")["encoder"]
         cfg = EncoderConfig(**enc)
         assert (cfg.model, cfg.input_size, cfg.latent_shape) == (model, size, shape), preset
+
+
+def test_dinov3_equals_its_transformers_implementation(tmp_path):
+    """DINOv3 (not in the reference release): transformers' DINOv3ViTModel as the RAE recipe runs an encoder (CLS and
+    4 registers dropped, affine-free final norm), in both weight layouts, against our timm encoder; rotary positions
+    at two input sizes (no table to resize)."""
+    from transformers import DINOv3ViTConfig, DINOv3ViTModel
+
+    torch.manual_seed(0)
+    hf = DINOv3ViTModel(DINOv3ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=256, patch_size=PATCH, image_size=16, num_register_tokens=4))
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.copy_(torch.randn_like(p) * 0.2)
+    hf.eval().save_pretrained(tmp_path / "hub")
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "memory.safetensors"))
+    hf.norm.weight, hf.norm.bias = None, None  # the RAE's affine-free final norm
+    for size in (16, 24):
+        images = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(size))
+        with torch.no_grad():
+            ref = hf((images - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+                     / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)).last_hidden_state[:, 5:]
+        for weights in (tmp_path / "hub" / "model.safetensors", tmp_path / "memory.safetensors"):
+            cfg = EncoderConfig("vit_base_patch16_dinov3_qkvb.lvd1689m", str(weights), size,
+                                {"patch_size": PATCH, "embed_dim": 64, "depth": 2, "num_heads": 4})
+            ours = FrozenEncoder(cfg, seed=0)(images).flatten(2).transpose(1, 2)
+            assert (ours - ref).abs().max() / ref.abs().max() < 1e-5, (size, weights.name)
 
 
 def test_a_file_of_another_family_is_refused_naming_the_key(tmp_path):

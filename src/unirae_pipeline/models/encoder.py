@@ -1,5 +1,5 @@
 """Frozen representation encoder: a timm ViT of one of the reference release's families (DINOv2 with registers,
-SigLIP2, MAE) or a tiny seeded one.
+SigLIP2, MAE), DINOv3, or a tiny seeded one.
 
 The reference RAE keeps the encoder's final LayerNorm but removes its affine parameters, drops the CLS and
 register tokens, and reshapes the patch tokens to a (B, C, h, w) latent. What its transformers implementations do
@@ -41,7 +41,8 @@ class Family:
     timm_kwargs: dict = field(default_factory=dict)
 
 
-FAMILIES = {"dinov2": Family("dinov2"), "mae": Family("mae", antialias=False, layer_norm_eps=1e-12),
+FAMILIES = {"dinov2": Family("dinov2"), "dinov3": Family("dinov3"),  # DINOv3: rotary positions, nothing to resize
+            "mae": Family("mae", antialias=False, layer_norm_eps=1e-12),
             "siglip": Family("siglip", antialias=False, timm_kwargs={"act_layer": "gelu_tanh"}), "timm": Family("timm")}
 
 
@@ -49,7 +50,7 @@ def family_of(model: str) -> Family:
     """The family of a timm model name: by architecture (`*_dinov2`, `*_siglip_*`) or, for MAE, whose architecture
     is the plain ViT, by timm's pretrained tag (`vit_base_patch16_224.mae`); any other ViT is read as timm does."""
     arch, _, tag = model.partition(".")
-    for name in ("dinov2", "siglip"):
+    for name in ("dinov2", "dinov3", "siglip"):
         if name in arch.split("_"):
             return FAMILIES[name]
     return FAMILIES["mae" if tag == "mae" else "timm"]
