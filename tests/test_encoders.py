@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import yaml
 from diffusers import AutoencoderRAE  # a dev dependency
 from safetensors.torch import save_file
 
@@ -172,3 +173,73 @@ def test_a_diffusers_rae_through_the_catalog(tmp_path):
         DiffusersRAEDataset(filepath=str(tmp_path / "rae"), kind="stats").save((stats, meta))
     with pytest.raises(DatasetError, match="is not a diffusers AutoencoderRAE folder"):
         DiffusersRAEDataset(filepath=str(tmp_path), kind="decoder").load()
+
+
+@pytest.mark.parametrize("kind", sorted(FAMILIES))
+@pytest.mark.parametrize("source", ["hub", "timm"])
+def test_export_to_diffusers_round_trips(kind, source, tmp_path):
+    """`export_diffusers`: a diffusers RAE read by this pipeline (its encoder file as users have it, or that file in
+    timm's layout; its decoder and statistics converted) and exported again loads in diffusers' own class with the
+    same latents and images, to 1e-5."""
+    from unirae_pipeline.export_diffusers import main as export
+    from unirae_pipeline.fileio import write_safetensors
+    from unirae_pipeline.models.decoder import decoder_to_blob
+    from unirae_pipeline.models.diffusers_rae import DiffusersRAE
+    from unirae_pipeline.models.hf_encoders import hf_to_timm
+    from unirae_pipeline.models.official import load_diffusers_decoder, load_diffusers_stats
+
+    gen = torch.Generator().manual_seed(3)
+    shape = (WIDTH, 16, 16)
+    rae = random_rae(kind, 64, decoder_hidden_size=64, decoder_num_hidden_layers=1, decoder_num_attention_heads=4,
+                     decoder_intermediate_size=128, patch_size=4, latents_mean=torch.randn(shape, generator=gen),
+                     latents_std=torch.rand(shape, generator=gen) + 0.5)
+    rae.save_pretrained(tmp_path / "a")
+    rae.encoder.save_pretrained(tmp_path / "enc")
+    weights = tmp_path / "enc" / "model.safetensors"
+    if source == "timm":
+        from safetensors.torch import load_file
+
+        save_file({k: v.contiguous() for k, v in hf_to_timm(load_file(str(weights))).items()},
+                  str(tmp_path / "timm.safetensors"))
+        weights = tmp_path / "timm.safetensors"
+    read = DiffusersRAE(tmp_path / "a", "test")
+    write_safetensors(tmp_path / "decoder.safetensors", *decoder_to_blob(load_diffusers_decoder(read), "x"))
+    write_safetensors(tmp_path / "stats.safetensors", load_diffusers_stats(read), {})
+    model, overrides = FAMILIES[kind]
+    encoder = {"model": model, "weights": str(weights), "input_size": 64,
+               "overrides": {"patch_size": PATCH, "embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS, **overrides}}
+    params = {"encoder": encoder, "diffusion": {"latent_norm": "mean_var"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    assert export([str(tmp_path / "b"), "--params", str(tmp_path / "params.yaml"), "--decoder",
+                   str(tmp_path / "decoder.safetensors"), "--stats", str(tmp_path / "stats.safetensors")]) == 0
+    back = AutoencoderRAE.from_pretrained(tmp_path / "b").eval()
+    images = torch.rand(2, 3, 64, 64, generator=gen)
+    with torch.no_grad():
+        z, z_back = rae.encode(images).latent, back.encode(images).latent
+        x, x_back = rae.decode(z).sample, back.decode(z).sample
+    assert (z_back - z).abs().max() / z.abs().max() < 1e-5
+    assert (x_back - x).abs().max() / x.abs().max() < 1e-5
+
+
+def test_export_refuses_what_diffusers_cannot_hold(tmp_path, capsys):
+    """Named errors: weights without their original table (`hub`), a family diffusers lacks (DINOv3), a grid on
+    which diffusers' decoder positions depart from the reference's."""
+    from unirae_pipeline.export_diffusers import main as export
+    from unirae_pipeline.fileio import write_safetensors
+    from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_to_blob
+
+    write_safetensors(tmp_path / "stats.safetensors", {"mean": torch.zeros(1), "var": torch.ones(1)}, {})
+    for name, (model, size, grid) in {"hub": ("vit_base_patch16_224.mae", 64, 16),
+                                       "dinov3": ("vit_base_patch16_dinov3_qkvb.lvd1689m", 64, 16),
+                                       "grid": ("vit_base_patch16_224.mae", 32, 8)}.items():
+        weights = "hub" if name == "hub" else str(tmp_path / "stats.safetensors")
+        encoder = {"model": model, "weights": weights, "input_size": size,
+                   "overrides": {"patch_size": PATCH, "embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS}}
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({"encoder": encoder}), encoding="utf-8")
+        decoder = ViTDecoder(DecoderConfig(64, 1, 4, 128, 4, 0.0, "uniform"), WIDTH, grid)
+        write_safetensors(tmp_path / "decoder.safetensors", *decoder_to_blob(decoder, "x"))
+        assert export([str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml"), "--decoder",
+                       str(tmp_path / "decoder.safetensors"), "--stats", str(tmp_path / "stats.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "needs the weights as a local file" in err and "has no dinov3 encoder" in err
+    assert "the latent grid is 8x8" in err and not (tmp_path / "out").exists()

@@ -126,6 +126,8 @@ EXERCISED = {
     "python -m unirae_pipeline.reconstruct /path/to/images logs/recon --diffusers":
         "test_reconstruct.test_a_folder_through_a_diffusers_rae_equals_its_own_reconstructions",
     "python -m unirae_pipeline.reconstruct": "test_reconstruct.test_a_folder_through_the_rae_trained_here",
+    "pip install -e \".[diffusers]\" && python -m unirae_pipeline.export_diffusers":
+        "test_encoders.test_export_to_diffusers_round_trips",
     "dvc remote add": "test_e2e.test_dvc_remote_shares_the_artefacts",
     "dvc push": "test_e2e.test_dvc_remote_shares_the_artefacts",
 }

@@ -88,4 +88,4 @@ def test_bad_inputs_are_named(tmp_path, features, capsys):
     assert main([str(tmp_path / "missing"), str(tmp_path / "out"), *args, "--decoder", str(features)]) == 2
     assert main([str(images), str(tmp_path / "out"), *args, "--decoder", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
-    assert "is not a folder" in err and "--decoder" in err and "run the train_rae stage first" in err
+    assert "is not a folder" in err and "--decoder (train_rae's output)" in err and "not found" in err

@@ -35,7 +35,7 @@ from .models.decoder import ViTDecoder, decoder_from_blob
 from .models.diffusers_rae import DiffusersRAE
 from .models.encoder import EncoderConfig, FrozenEncoder
 from .models.official import load_diffusers_decoder
-from .models.serialization import read_state_dict
+from .models.serialization import read_blob
 from .params import build
 from .ranks import local_device
 
@@ -72,16 +72,7 @@ def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, seed
         rae = DiffusersRAE(diffusers, "--diffusers")
         return FrozenEncoder(replace(cfg, weights=str(diffusers)), seed), load_diffusers_decoder(rae)
     cfg.check_environment()
-    return FrozenEncoder(cfg, seed), decoder_from_blob(_blob(decoder_file, "--decoder", "train_rae"))
-
-
-def _blob(path: Path, flag: str, stage: str) -> tuple[dict, dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} {path} does not exist: run the {stage} stage first, or point {flag} at one")
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return read_state_dict(path, flag), f.metadata()
+    return FrozenEncoder(cfg, seed), decoder_from_blob(read_blob(decoder_file, "--decoder (train_rae's output)"))
 
 
 def run(image_set: ImageSet, out: Path, encoder: FrozenEncoder, decoder: ViTDecoder, extractor: Extractor,
@@ -141,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         image_set = image_files(args.images)  # the cheap checks first
         encoder, decoder = load_rae(args.params, args.decoder, args.diffusers, args.seed)
-        extractor = Extractor(_blob(args.features, "--features", "fid_reference"))
+        extractor = Extractor(read_blob(args.features, "--features (fid_reference's output)"))
         args.out.mkdir(parents=True, exist_ok=True)
         run(image_set, args.out, encoder, decoder, extractor, args.batch_size, args.workers)
     except (FileNotFoundError, KeyError, ValueError) as err:

@@ -106,6 +106,23 @@ def _decoder_key(key: str) -> str | None:
     return key
 
 
+def official_decoder_state(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """An official decoder state dict (its positions table removed) in our `ViTDecoder`'s names: keys renamed, each
+    block's query/key/value fused."""
+    converted = {}
+    for key, value in state.items():
+        new = _decoder_key(key)
+        if new is not None:
+            converted[new] = value
+    for i in range(depth):
+        parts = [f"decoder_layers.{i}.attention.attention.{p}" for p in ("query", "key", "value")]
+        for suffix in ("weight", "bias"):
+            names = [f"{p}.{suffix}" for p in parts]
+            if all(n in state for n in names):
+                converted[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat([state[n] for n in names])
+    return converted
+
+
 def load_official_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int, depth: int, num_heads: int,
                           mlp_dim: int, patch_size: int, latent_dim: int, num_patches: int,
                           image_mean: tuple[float, ...] = IMAGENET_MEAN,
@@ -124,17 +141,7 @@ def load_official_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int,
     state = _strip(state_dict)
     if "decoder_pos_embed" in state:
         _check_table("decoder_pos_embed", state.pop("decoder_pos_embed"), model.pos_embed)
-    converted = {}
-    for key, value in state.items():
-        new = _decoder_key(key)
-        if new is not None:
-            converted[new] = value
-    for i in range(depth):
-        parts = [f"decoder_layers.{i}.attention.attention.{p}" for p in ("query", "key", "value")]
-        for suffix in ("weight", "bias"):
-            names = [f"{p}.{suffix}" for p in parts]
-            if all(n in state for n in names):
-                converted[f"blocks.{i}.attn.qkv.{suffix}"] = torch.cat([state[n] for n in names])
+    converted = official_decoder_state(state, depth)
     load_strict(model, converted, "official decoder")
     return model.eval()
 
@@ -160,7 +167,8 @@ _DIFFUSERS_ATTENTION = {"attention.to_q.": "attention.attention.query.", "attent
 DIFFUSERS_EPS = 1e-5  # what diffusers adds to the std when it (de)normalizes latents
 
 
-def _reference_name(key: str) -> str:
+def reference_name(key: str) -> str:
+    """A diffusers decoder key in the reference's (HF ViTMAE's) names."""
     for src, dst in _DIFFUSERS_ATTENTION.items():
         key = key.replace(src, dst)
     return key
@@ -171,7 +179,7 @@ def load_diffusers_decoder(rae: DiffusersRAE) -> ViTDecoder:
     encoder normalizes. Its sin-cos positions are the reference's: diffusers scales them by 16 / grid, which changes
     nothing on the released 16x16 grids."""
     c = rae.config
-    state = {_reference_name(k): v for k, v in rae.part("decoder.").items()}
+    state = {reference_name(k): v for k, v in rae.part("decoder.").items()}
     mean, std = rae.pixel_norm
     return load_official_decoder(state, hidden_size=c["decoder_hidden_size"], depth=c["decoder_num_hidden_layers"],
                                  num_heads=c["decoder_num_attention_heads"], mlp_dim=c["decoder_intermediate_size"],

@@ -79,6 +79,15 @@ def check_keys(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> 
     return expected
 
 
+def read_blob(path: str | Path, param: str) -> Blob:
+    """A model file this pipeline wrote (.safetensors): its tensors and metadata."""
+    from safetensors import safe_open
+
+    tensors = read_state_dict(path, param)  # names `param` when the file is missing
+    with safe_open(str(path), framework="pt") as f:
+        return tensors, f.metadata() or {}
+
+
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:
     """The one strict loader: load_state_dict(strict=True) with errors that name the params key and the first
     missing, unknown or wrongly shaped keys."""
