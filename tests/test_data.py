@@ -161,7 +161,9 @@ def test_dvc_sees_images_added_or_overwritten_in_the_tree(tmp_path):
     repo = copy_repository(tmp_path / "repo")
     tree = write_folder(tmp_path / "tree", {"a": 2, "b": 2})
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "KEDRO_DISABLE_TELEMETRY": "true"}
-    params = compose_params(["data=imagenet", f"data.root={tree}", "data.image_size=16"], conf_dir=repo / "conf")
+    batches = [f"{key}=4" for key in ("train_rae.batch_size", "train_dit.batch_size", "fid.train.batch_size")]
+    params = compose_params(["data=imagenet", f"data.root={tree}", "data.image_size=16", *batches],
+                            conf_dir=repo / "conf")  # batches the tree's 4 training images hold (check_params)
     assert params["data"]["lineage"] == str(tree)
     (repo / "params.yaml").write_text(dump(params), encoding="utf-8")
     for cmd in (["git", "init", "-q"], ["dvc", "repro", "prepare_data"]):
