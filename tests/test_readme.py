@@ -125,6 +125,8 @@ EXERCISED = {
     "PYTHONPATH=src python bench/bench_data.py": "test_bench.test_bench_data_tiny",
     "python -m unirae_pipeline.reconstruct /path/to/images logs/recon --diffusers":
         "test_reconstruct.test_a_folder_through_a_diffusers_rae_equals_its_own_reconstructions",
+    "python -m unirae_pipeline.reconstruct /path/to/images logs/recon --official":
+        "test_reconstruct.test_a_folder_through_a_released_reference_decoder",
     "python -m unirae_pipeline.reconstruct": "test_reconstruct.test_a_folder_through_the_rae_trained_here",
     "pip install -e \".[diffusers]\" && python -m unirae_pipeline.export_diffusers":
         "test_encoders.test_export_to_diffusers_round_trips",

@@ -89,3 +89,35 @@ def test_bad_inputs_are_named(tmp_path, features, capsys):
     assert main([str(images), str(tmp_path / "out"), *args, "--decoder", str(tmp_path / "none.safetensors")]) == 2
     err = capsys.readouterr().err
     assert "is not a folder" in err and "--decoder (train_rae's output)" in err and "not found" in err
+
+
+def test_a_folder_through_a_released_reference_decoder(tmp_path, features):
+    """`--official model.pt --official-params`: the reference's own decoder file (the official-code fixture's random
+    GeneralDecoder, saved as the releases are) decodes params' encoder's latents, de-normalized as that encoder
+    normalizes; the PNGs are its reconstructions exactly."""
+    from unirae_pipeline.data.images import center_crop
+    from unirae_pipeline.evaluation.report import quantize
+    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
+    from unirae_pipeline.models.official import load_official_decoder
+
+    from .test_official import read_fixture
+
+    _, meta, _, decoder_state = read_fixture()
+    torch.save(decoder_state, tmp_path / "model.pt")
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())["encoder"]
+    encoder = {**committed, "overrides": {**committed["overrides"], "embed_dim": meta["decoder"]["latent_dim"]}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"encoder": encoder}), encoding="utf-8")
+    images = write_folder(tmp_path / "images", {"a": 2}, size=24)
+    out = tmp_path / "out"
+    assert main([str(images), str(out), "--params", str(tmp_path / "params.yaml"), "--official",
+                 str(tmp_path / "model.pt"), "--official-params", json.dumps(meta["decoder"]), "--features",
+                 str(features)]) == 0
+    enc = FrozenEncoder(EncoderConfig(**encoder), seed=0)
+    dec = load_official_decoder(decoder_state, **meta["decoder"])
+    path = images / "train" / "a" / "0.png"
+    with Image.open(path) as img:
+        crop = torch.from_numpy(np.array(center_crop(img.convert("RGB"), 16))).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        expected = quantize(dec(enc(crop)))[0].permute(1, 2, 0).numpy()
+    with Image.open(out / "images" / "train" / "a" / "0.png") as img:
+        assert np.array_equal(np.asarray(img), expected)

@@ -2,6 +2,7 @@
 
     python -m unirae_pipeline.reconstruct /path/to/images logs/recon                      # the decoder trained here
     python -m unirae_pipeline.reconstruct /path/to/images logs/recon --diffusers /rae/folder   # a diffusers RAE
+    python -m unirae_pipeline.reconstruct /path/to/images logs/recon --official model.pt --official-params '{...}'
 
 Every image under the folder (sub-folders included, unreadable files skipped with a count) is centre-cropped to the
 decoder's size as the pipeline crops, encoded by params.yaml's `encoder` (or the diffusers folder's), decoded, and
@@ -34,7 +35,7 @@ from .fileio import png_info
 from .models.decoder import ViTDecoder, decoder_from_blob
 from .models.diffusers_rae import DiffusersRAE
 from .models.encoder import EncoderConfig, FrozenEncoder
-from .models.official import load_diffusers_decoder
+from .models.official import load_diffusers_decoder, load_official_decoder, read_checkpoint
 from .models.serialization import read_blob
 from .params import build
 from .ranks import local_device
@@ -61,9 +62,10 @@ def image_files(root: Path) -> ImageSet:
     return ImageSet(root, folders or [""], {"all": ImageSplit(files, np.asarray(labels, dtype=np.int64))})
 
 
-def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, seed: int) -> tuple[FrozenEncoder,
-                                                                                                 ViTDecoder]:
-    """The encoder of `params_file` (weights from the diffusers folder when one is given) and the decoder."""
+def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, official: Path | None,
+             official_params: dict, seed: int) -> tuple[FrozenEncoder, ViTDecoder]:
+    """The encoder of `params_file` (weights from the diffusers folder when one is given) and the decoder: the one
+    trained here, a diffusers RAE's or a released reference decoder (`model.pt` with its config's sizes)."""
     raw = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     if not isinstance(raw, dict) or "encoder" not in raw:
         raise KeyError(f"--params {params_file}: no `encoder` group")
@@ -72,6 +74,11 @@ def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, seed
         rae = DiffusersRAE(diffusers, "--diffusers")
         return FrozenEncoder(replace(cfg, weights=str(diffusers)), seed), load_diffusers_decoder(rae)
     cfg.check_environment()
+    if official is not None:  # de-normalized as this encoder normalizes, as the reference's RAE.decode does
+        mean, std = cfg.pixel_norm
+        decoder = load_official_decoder(read_checkpoint(official), **{"image_mean": mean, "image_std": std,
+                                                                      **official_params})
+        return FrozenEncoder(cfg, seed), decoder
     return FrozenEncoder(cfg, seed), decoder_from_blob(read_blob(decoder_file, "--decoder (train_rae's output)"))
 
 
@@ -121,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="its `encoder` group is used")
     parser.add_argument("--decoder", type=Path, default=Path("data/06_models/decoder.safetensors"))
     parser.add_argument("--diffusers", type=Path, help="a diffusers AutoencoderRAE folder: its encoder and decoder")
+    parser.add_argument("--official", type=Path, help="a released reference decoder (model.pt)")
+    parser.add_argument("--official-params", type=json.loads, default={},
+                        help="its sizes as JSON, e.g. the ViT-XL one: '{\"hidden_size\": 1152, \"depth\": 28, "
+                             "\"num_heads\": 16, \"mlp_dim\": 4096, \"patch_size\": 16, \"latent_dim\": 768, "
+                             "\"num_patches\": 256}'")
     parser.add_argument("--features", type=Path, default=Path("data/06_models/feature_extractor.safetensors"),
                         help="fid_reference's feature network (the FD's feature space)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -131,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     try:
         image_set = image_files(args.images)  # the cheap checks first
-        encoder, decoder = load_rae(args.params, args.decoder, args.diffusers, args.seed)
+        encoder, decoder = load_rae(args.params, args.decoder, args.diffusers, args.official, args.official_params,
+                                    args.seed)
         extractor = Extractor(read_blob(args.features, "--features (fid_reference's output)"))
         args.out.mkdir(parents=True, exist_ok=True)
         run(image_set, args.out, encoder, decoder, extractor, args.batch_size, args.workers)
