@@ -417,3 +417,19 @@ def test_stage1_training_steps_equal_the_reference(ref, tmp_path, monkeypatch):
         logits, expected, before = (d.eval()(tensors["disc.x"]) for d in (module.disc, reference, start))
     close(logits, expected, "discriminator logits", 0, 1e-2)
     assert float((expected - before).abs().max()) > 10  # the heads have learned
+
+
+def test_the_released_rae_table_is_the_reference_pretrained_configs(configs):
+    """Each of the reference's `configs/stage1/pretrained/*.yaml`: the README's row names its decoder and statistics
+    files, and our preset encodes at its input size, with its image processor's normalization where we know it."""
+    readme = (ROOT / "README.md").read_text()
+    presets = {"DINOv2-B": "dinov2_b", "DINOv2-B_512": "dinov2_b_512", "SigLIP2": "siglip2_b", "MAE": "mae_b"}
+    for name, preset in presets.items():
+        ref = configs[f"configs/stage1/pretrained/{name}.yaml"]["stage_1"]["params"]
+        row = next(line for line in readme.splitlines() if line.startswith("| ") and f"`{preset}`" in line
+                   and "model.pt" in line)
+        for key in ("pretrained_decoder_path", "normalization_stat_path"):
+            assert ref[key].removeprefix("models/") in row, (name, key)
+        ours = compose_params([f"encoder={preset}"], conf_dir=ROOT / "conf")["encoder"]
+        assert ours["input_size"] == ref["encoder_input_size"], name
+        assert ref["decoder_config_path"] == "configs/decoder/ViTXL" and ref["noise_tau"] == 0.0
