@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from unirae_pipeline.diffusion.sampling import guided_velocity, module_velocity, sample_ode, time_grid
+from unirae_pipeline.diffusion.sampling import (
+    autoguided_velocity,
+    guided_velocity,
+    module_velocity,
+    sample_ode,
+    time_grid,
+)
 from unirae_pipeline.diffusion.transport import TransportConfig, flow_matching_loss, sample_time, shift_factor
 from unirae_pipeline.models.dit import DiTConfig, build_dit
 from unirae_pipeline.training.optim import EMA
@@ -122,12 +128,19 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
 
 
 @torch.no_grad()
-def sample_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, compiled: bool, num_steps: int) -> float:
-    """Images per second of a `num_steps`-point Euler ODE with CFG (two forwards per step), latents only."""
+def sample_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, compiled: bool, num_steps: int,
+                guide: str | None = None) -> float:
+    """Images per second of a `num_steps`-point Euler ODE with CFG (two forwards per step), or with AutoGuidance by a
+    `guide`-sized DiT-DH on the same latents (the model's forward and the guide's), latents only."""
     arch, shape, classes = SIZES[size]
     model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).eval()
     autocast = torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
-    velocity = guided_velocity(module_velocity(model, device, compiled), classes, 1.5, 0.0, 1.0)  # as `sample`
+    net = module_velocity(model, device, compiled)
+    if guide is None:
+        velocity = guided_velocity(net, classes, 1.5, 0.0, 1.0)  # as `sample`
+    else:
+        small = build_dit(DiTConfig(**SIZES[guide][0], **COMMON), shape, classes, seed=1).to(device).eval()
+        velocity = autoguided_velocity(net, module_velocity(small, device, compiled), 1.5, 0.0, 1.0)
     grid = time_grid(num_steps, shift_factor(shape, 4096)).float()
     noise = torch.randn(batch, *shape, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
@@ -153,6 +166,9 @@ def main() -> None:
     parser.add_argument("--compile-modes", nargs="+", default=["default"],
                         help="torch.compile modes of the training step, e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--pipeline", action="store_true", help="also time train_dit's own Lightning loop")
+    parser.add_argument("--guide", choices=[k for k in SIZES if not k.endswith("512")],
+                        help="also sample with AutoGuidance by a DiT-DH of this size (the 1.13 settings: S)")
+    parser.add_argument("--sample-only", action="store_true", help="time sampling only")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -176,7 +192,7 @@ def main() -> None:
         variants[f"{tag}_{'bf16_fused' if dev == 'cuda' else 'fp32_foreach'}"] = (bf16, mode, dev == "cuda")
     for size, batch in zip(args.sizes, batches):
         rates = {}
-        for label, (dtype, mode, fused) in variants.items():
+        for label, (dtype, mode, fused) in {} if args.sample_only else variants.items():
             try:
                 rates[label] = train_rate(size, batch, dev, dtype, mode, fused, args.steps, args.warmup)
             except torch.OutOfMemoryError:
@@ -188,7 +204,7 @@ def main() -> None:
             results["train"][size] = {"batch": batch, "img_per_s": rates, "ratio_vs_eager_fp32":
                                       {k: (v / base if v and base else None) for k, v in rates.items()}}
             out.write_text(json.dumps(results, indent=2))  # a killed run keeps what it measured
-        if args.pipeline:
+        if args.pipeline and not args.sample_only:
             label = f"train_dit_fit_{'compiled' if not args.no_compile else 'eager'}"
             try:
                 rates[label] = pipeline_rate(size, batch, dev, not args.no_compile, args.steps, args.warmup)
@@ -199,9 +215,13 @@ def main() -> None:
             results["train"][size]["ratio_vs_eager_fp32"][label] = rates[label] / base if rates[label] else None
             out.write_text(json.dumps(results, indent=2))
         precision = "bf16" if bf16 else "fp32"
-        srates = {f"eager_{precision}": sample_rate(size, args.sample_batch, dev, bf16, False, args.sample_steps)}
-        if not args.no_compile:
-            srates[f"compiled_{precision}"] = sample_rate(size, args.sample_batch, dev, bf16, True, args.sample_steps)
+        srates = {}
+        for compiled in (False, True) if not args.no_compile else (False,):
+            tag = f"{'compiled' if compiled else 'eager'}_{precision}"
+            srates[tag] = sample_rate(size, args.sample_batch, dev, bf16, compiled, args.sample_steps)
+            if args.guide:
+                srates[f"{tag}_autoguidance_{args.guide}"] = sample_rate(size, args.sample_batch, dev, bf16, compiled,
+                                                                        args.sample_steps, args.guide)
         log.info("sample %s (%d-point Euler + CFG): %s img/s", size, args.sample_steps, srates)
         results["sample"][size] = {"batch": args.sample_batch, "num_steps": args.sample_steps, "img_per_s": srates}
         out.write_text(json.dumps(results, indent=2))

@@ -28,6 +28,10 @@ def test_bench_dit_tiny(tmp_path):
     assert res["device"] == "cpu" and train["ratio_vs_eager_fp32"]["eager_fp32_foreach"] == 1.0
     assert train["img_per_s"]["eager_fp32_foreach"] > 0 and res["sample"]["tiny"]["img_per_s"]
     assert train["img_per_s"]["train_dit_fit_eager"] > 0  # the stage's own Lightning loop, timed after warm-up
+    guided = _bench("bench_dit.py", ["--sizes", "tiny", "--sample-only", "--guide", "tiny", "--sample-steps", "3",
+                                     "--sample-batch", "8", "--no-compile"], tmp_path / "guided")
+    assert not guided["train"] and set(guided["sample"]["tiny"]["img_per_s"]) == {"eager_fp32",
+                                                                                  "eager_fp32_autoguidance_tiny"}
 
 
 def test_bench_data_tiny(tmp_path):
