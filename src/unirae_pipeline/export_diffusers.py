@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import timm
 import torch
 import yaml
 
@@ -80,8 +79,8 @@ def export(cfg: EncoderConfig, decoder_blob: tuple[dict, dict], stats: dict[str,
     if family not in ENCODER_TYPES:
         raise ValueError(f"encoder.model {cfg.model!r}: diffusers' AutoencoderRAE has no {family} encoder "
                          f"(it has {sorted(ENCODER_TYPES.values())})")
-    with torch.device("meta"):
-        vit = timm.create_model(cfg.model, pretrained=False, **cfg.timm_kwargs())
+    source = source_encoder(cfg)  # before anything is built: `hub` and `none` cannot be exported
+    vit = cfg.meta_model()
     width, grid = vit.embed_dim, vit.patch_embed.grid_size[0]
     if vit.blocks[0].attn.num_heads * 64 != width:
         raise ValueError(f"encoder: diffusers builds heads of 64 channels; this one has {vit.blocks[0].attn.num_heads} "
@@ -107,11 +106,9 @@ def export(cfg: EncoderConfig, decoder_blob: tuple[dict, dict], stats: dict[str,
     decoder_template = {k.removeprefix("decoder."): v for k, v in template.items() if k.startswith("decoder.")}
 
     def unfold_cls(tags: dict) -> None:  # DINOv2: timm folds the CLS position into the CLS token
-        for key in tags:
-            if key.endswith("embeddings.position_embeddings") and "register" not in key:
-                tags[key][:, 0] = 0
+        tags["embeddings.position_embeddings"][:, 0] = 0
 
-    state = {f"encoder.{k}": v for k, v in invert(hf_to_timm, encoder, source_encoder(cfg), "encoder.weights",
+    state = {f"encoder.{k}": v for k, v in invert(hf_to_timm, encoder, source, "encoder.weights",
                                                   unfold_cls if family == "dinov2" else lambda tags: None).items()}
     state.update({f"decoder.{k}": v for k, v in invert(
         lambda tags: official_decoder_state({reference_name(k): v for k, v in tags.items()}, d.depth),

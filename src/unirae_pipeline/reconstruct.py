@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -26,7 +28,7 @@ import torch
 import yaml
 from PIL import Image
 
-from .data.images import IMAGE_EXTENSIONS, ImageDataset, ImageSet, ImageSplit, check_image
+from .data.images import ImageDataset, ImageSet, ImageSplit, check_image, folder_files
 from .evaluation.extractors import Extractor
 from .evaluation.fd import feature_stats
 from .evaluation.report import labelled_grid
@@ -44,22 +46,22 @@ log = logging.getLogger(__name__)
 SHOWN = 8
 
 
-def image_files(root: Path) -> ImageSet:
-    """Every usable image under `root` (hidden entries left out), labelled by its top-level sub-folder."""
+def image_files(root: Path, workers: int | None = None) -> ImageSet:
+    """Every usable image under `root` (`folder_files`: hidden entries left out; each decoded once, in threads),
+    labelled by its top-level sub-folder."""
     if not root.is_dir():
         raise FileNotFoundError(f"images: {str(root)!r} is not a folder")
-    found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                   and not any(part.startswith(".") for part in p.relative_to(root).parts))
-    usable = [p for p in found if check_image(p) is None]
+    found = folder_files(root)[0]
+    with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
+        usable = [p.relative_to(root) for p, problem in zip(found, pool.map(check_image, found)) if problem is None]
     if len(usable) < 2:
         raise ValueError(f"images: {root} holds {len(usable)} usable image(s); the FD needs at least 2")
     if len(usable) < len(found):
-        log.warning("%s: skipped %d unreadable files", root, len(found) - len(usable))
-    folders = sorted({p.relative_to(root).parts[0] for p in usable if len(p.relative_to(root).parts) > 1})
-    labels = [folders.index(p.relative_to(root).parts[0]) if len(p.relative_to(root).parts) > 1 else 0
-              for p in usable]
-    files = [str(p.relative_to(root)) for p in usable]
-    return ImageSet(root, folders or [""], {"all": ImageSplit(files, np.asarray(labels, dtype=np.int64))})
+        log.warning("%s: skipped %d files that are not readable images", root, len(found) - len(usable))
+    folders = sorted({p.parts[0] for p in usable if len(p.parts) > 1})
+    labels = [folders.index(p.parts[0]) if len(p.parts) > 1 else 0 for p in usable]
+    return ImageSet(root, folders or [""], {"all": ImageSplit([str(p) for p in usable],
+                                                              np.asarray(labels, dtype=np.int64))})
 
 
 def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, official: Path | None,

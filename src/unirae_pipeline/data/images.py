@@ -113,8 +113,8 @@ def _hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def _class_files(folder: Path) -> tuple[list[Path], int, int]:
-    """Every file under a class folder, sub-folders included (as torchvision's ImageFolder), hidden files and
+def folder_files(folder: Path) -> tuple[list[Path], int, int]:
+    """Every file under a (class) folder, sub-folders included (as torchvision's ImageFolder), hidden files and
     folders (`.ipynb_checkpoints`, `.DS_Store`) left out; with the counts of files found in sub-folders and of
     hidden entries left out."""
     found, nested, hidden = [], 0, 0
@@ -135,12 +135,10 @@ def count_images(root: str | Path, split: str, limit: int) -> tuple[int, int]:
         raise FileNotFoundError(f"data.root: expected a '{split}' folder of class folders in {str(root)!r}")
     folders = sorted(p for p in (Path(root) / split).iterdir() if p.is_dir() and not _hidden(p))
     found = 0
-    for folder in folders:
-        for _, dirs, files in os.walk(folder, followlinks=True):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            found += sum(not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS for f in files)
-            if found >= limit:
-                return len(folders), found
+    for folder in folders:  # one class folder at a time: ImageNet's first one holds more than any batch
+        found += sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder_files(folder)[0])
+        if found >= limit:
+            break
     return len(folders), found
 
 
@@ -174,7 +172,7 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int |
         files, labels, stamped, skipped, nested, hidden = [], [], [], Counter(), 0, 0
         with ThreadPoolExecutor(max(1, workers or os.cpu_count() or 1)) as pool:  # PIL decodes without the GIL
             for label, name in enumerate(classes):
-                candidates, in_subfolders, left_out = _class_files(split_dir / name)
+                candidates, in_subfolders, left_out = folder_files(split_dir / name)
                 nested, hidden, found = nested + in_subfolders, hidden + left_out, []
                 for path, problem in zip(candidates, pool.map(check_image, candidates)):
                     if problem is None:

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
-from safetensors import safe_open
 
 from ..fileio import atomic_file, png_info, write_npz, write_safetensors
-from ..models.serialization import Blob
+from ..models.serialization import Blob, read_blob
 from ..ranks import global_rank, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -66,8 +65,7 @@ class SafetensorsDataset(_PathDataset):
     def load(self) -> Blob | None:
         if self.optional and not self._filepath.exists():
             return None
-        with safe_open(str(self._require()), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        return read_blob(self._require(), str(self._filepath))
 
 
 class NpzDataset(_PathDataset):

@@ -92,15 +92,19 @@ class EncoderConfig:
         cfg = timm.models.get_pretrained_cfg(self.model)
         return tuple(cfg.mean), tuple(cfg.std)
 
-    @cached_property
-    def latent_shape(self) -> tuple[int, int, int]:
-        """(C, h, w) of this encoder's latents, from a weightless build of its architecture (on the meta device)."""
+    def meta_model(self) -> nn.Module:
+        """This encoder's architecture without weights (on the meta device): bad overrides fail here, named."""
         try:
             with torch.device("meta"):
-                vit = timm.create_model(self.model, pretrained=False, **self.timm_kwargs())
+                return timm.create_model(self.model, pretrained=False, **self.timm_kwargs())
         except Exception as err:  # noqa: BLE001 - timm raises TypeError, AssertionError, ValueError ...
             raise ValueError(f"encoder: timm cannot build {self.model!r} at encoder.input_size {self.input_size} with "
                              f"encoder.overrides {self.overrides}: {err}") from None
+
+    @cached_property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of this encoder's latents, from `meta_model`."""
+        vit = self.meta_model()
         return vit.embed_dim, *vit.patch_embed.grid_size
 
     def check_environment(self) -> None:

@@ -80,12 +80,13 @@ def check_keys(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> 
 
 
 def read_blob(path: str | Path, param: str) -> Blob:
-    """A model file this pipeline wrote (.safetensors): its tensors and metadata."""
+    """A model file this pipeline wrote (.safetensors): its tensors and metadata, in one read."""
     from safetensors import safe_open
 
-    tensors = read_state_dict(path, param)  # names `param` when the file is missing
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{param}: model file {str(path)!r} not found")
     with safe_open(str(path), framework="pt") as f:
-        return tensors, f.metadata() or {}
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:
