@@ -187,6 +187,7 @@ def test_dvc_stages_are_the_kedro_pipelines():
     ("encoder.overrides.num_heads", 3, "encoder.overrides {'patch_size': 4, 'embed_dim': 64, 'depth': 2, "
                                        "'num_heads': 3}: dim should be divisible by num_heads"),
     ("trainer.devices", 0, "trainer.devices must be a count >= 1"),
+    ("train_rae.resize_ratio", 0.9, "train_rae.resize_ratio must be >= 1"),  # a resize smaller than the crop
     # across groups
     ("data.image_size", 32, "must equal data.image_size 32: set data.image_size=16"),
     ("fid.train.batch_size", 7000, "fid.train.batch_size 7000 exceeds the 6000 training images"),

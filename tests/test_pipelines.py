@@ -229,7 +229,7 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
 
     params, catalog, outputs = chain
     weights = write_random_weights(tmp_path)
-    recipe = replace(params.train_rae, source="images", resize=20, duration=10, warmup=2, batch_size=16,
+    recipe = replace(params.train_rae, source="images", resize_ratio=1.25, duration=10, warmup=2, batch_size=16,
                      lpips_weight=1.0, gan_weight=0.75, disc_upd_start=4, disc_start=6,
                      lpips=replace(params.train_rae.lpips, vgg_weights=weights["vgg"], heads_weights=LPIPS_HEADS),
                      disc=replace(params.train_rae.disc, weights=weights["dino"], input_size=32, key_depths=(1, 2),
@@ -240,7 +240,7 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
     assert len(curve) == 10 and {"l1", "lpips", "gan", "gan_weight", "disc", "disc_accuracy"} <= set(curve.columns)
     assert curve.loc[curve.step > 6, "gan"].notna().all() and curve.loc[curve.step <= 4, "disc"].isna().all()
     metrics, _ = evaluate_decoder(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
-                                  run)
+                                  params.encoder, params.seed, False, run)
     assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
     # the online encoder must be the one that made the cache
     with pytest.raises(ValueError, match="fingerprints differ"):

@@ -22,7 +22,7 @@ from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
 from unirae_pipeline.models.perceptual import LPIPS, LPIPSConfig
 from unirae_pipeline.params import build
-from unirae_pipeline.training.data import KeyedBatches, TensorBatches
+from unirae_pipeline.training.data import KeyedBatches, TensorBatches, batch_indices
 from unirae_pipeline.training.fit import TrainerConfig, fit
 from unirae_pipeline.training.stage1 import (
     RAEModule,
@@ -58,8 +58,8 @@ def weights(tmp_path_factory) -> dict[str, str]:
 def recipe(weights: dict[str, str], **over) -> dict:
     base = dict(unit="steps", duration=12, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0,
                 warmup=2, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0,
-                source="latents", resize=20, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
-                disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True,
+                source="latents", resize_ratio=1.25, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
+                disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True, train_tables=False, tf32=False,
                 lpips={"vgg_weights": weights["vgg"], "heads_weights": LPIPS_HEADS},
                 disc={"model": "vit_small_patch8_224", "weights": weights["dino"], "input_size": 32,
                       "key_depths": [1, 2], "kernel_size": 3, "overrides": TINY_DINO})
@@ -254,7 +254,7 @@ def test_random_crops_are_seeded_by_draw_and_stream_from_disk(tmp_path):
     resumed = KeyedBatches(crops, 4, seed=0)
     resumed.start = 2
     assert torch.equal(next(iter(resumed.loader()))[0], one[2])
-    with pytest.raises(ValueError, match="train_rae.resize"):
+    with pytest.raises(ValueError, match="train_rae.resize_ratio"):
         RandomCrops(image_set, "train", 16, 8, seed=0)
     assert np.unique(crops[(3, 1)][0].numpy()).size > 1
 
@@ -303,3 +303,35 @@ def test_ddp_stage1_keeps_the_ranks_equal(weights, tmp_path):
     for key in a:
         if not key.endswith(("weight_u", "weight_v", "disc")):  # power-iteration vectors: each rank's own forwards
             assert torch.equal(a[key], b[key]), key
+
+
+def test_the_adaptive_weight_under_accumulation_is_the_whole_batch_one(weights, tmp_path, monkeypatch):
+    """With the adversarial term on, two accumulated micro-batches of 4 take the adaptive weight of the whole batch
+    of 8, as the reference computes it on its unsplit per-GPU batch, and the generator step equals the unsplit one;
+    each micro-batch's own weight differs. Without latent noise and DiffAug, whose draws depend on the split."""
+    monkeypatch.chdir(tmp_path)  # Lightning's logs
+    z, images = torch.randn(16, 8, 4, 4), torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    cfg = build(RAETrainConfig, recipe(weights, disc_upd_start=0, disc_start=0, duration=1, warmup=0,
+                                       diffaug=False), "train_rae")
+    runs = []
+    for batch, accumulate in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.0, "uniform"), 8, 4), cfg)
+        start = copy.deepcopy(module.model.state_dict())
+        curve = fit(module, TensorBatches((z, images), batch, seed=0), TrainerConfig("cpu", 1, 1, "auto", "32-true",
+                                                                                     accumulate),
+                    runtime(log_every_n_steps=1), "stage1", 0)
+        runs.append((module, curve))
+    (whole, curve), (split, accumulated) = runs
+    weight = float(curve["gan_weight"].iloc[0])
+    assert float(accumulated["gan_weight"].iloc[0]) == pytest.approx(weight, rel=1e-5)
+    probe = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.0, "uniform"), 8, 4), cfg)
+    probe.model.load_state_dict(start)
+    with torch.no_grad():  # by what they compute: AdamW steps round-off gradients (the key bias) by up to the LR
+        ours, theirs, before = (m.eval()(z) for m in (split.model, whole.model, copy.deepcopy(probe.model)))
+    assert (theirs - before).abs().max() > 1e-3  # the step moved the decoder's output, the same way to 1%
+    assert float((ours - theirs).norm()) < 1e-2 * float((theirs - before).norm())
+    order = next(idx for idx, _ in batch_indices(16, 8, 0, 0))  # the batch both runs trained on
+    micro = [float(probe.generator_loss(z[rows], images[rows].float() / 255)["gan_weight"]) for rows in
+             (order[:4], order[4:])]
+    assert all(abs(m / weight - 1) > 1e-3 for m in micro), (micro, weight)

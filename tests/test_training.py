@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 
 import pytest
@@ -225,3 +226,69 @@ def test_bf16_mixed_training_tracks_fp32(params):
     assert abs(bf16 - fp32).max() < 0.01 * fp32.max()  # same data, noise and times: only rounding differs (~0.1 %)
     module = modules["bf16-mixed"]
     assert all(p.dtype == torch.float32 for p in [*module.model.parameters(), *module.ema.module.parameters()])
+
+
+RANKS_SCRIPT = '''
+import os, sys
+import lightning as L
+import torch
+from torch import nn
+from unirae_pipeline.runtime import RuntimeConfig
+from unirae_pipeline.scratch import RunKey
+from unirae_pipeline.training.data import TensorBatches
+from unirae_pipeline.training.fit import TrainerConfig, fit
+from unirae_pipeline.training.modules import TrainModule
+from unirae_pipeline.training.optim import OptimConfig
+
+draws = []
+
+
+def objective(model, batch):
+    (x,) = batch
+    t = torch.rand(len(x))  # as the DiT's training times: from the global generator
+    draws.append(t)
+    return (model(x).squeeze(-1) * t).pow(2).mean()
+
+
+class Stop(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == int(os.environ.get("STOP_AT", "0")):
+            os._exit(0)  # every rank at once, after the checkpoint of step 2: as a kill
+
+
+torch.manual_seed(0)
+module = TrainModule(nn.Linear(2, 1), OptimConfig("steps", 4, 4, 1e-2, 1e-3, (0.9, 0.95), 0.0, 0, "constant", None,
+                                                  None, 0.9, 0.0), objective)
+start = module.global_step
+fit(module, TensorBatches((torch.randn(64, 2),), 4, seed=0), TrainerConfig("cpu", 2, 1, "ddp", "32-true", 1),
+    RuntimeConfig(0, 1, 2, False, "cpu", ".cache", "logs"), "ranks", seed=3, callbacks=(Stop(),),
+    key=RunKey({"run": 1}))
+torch.save(torch.stack(draws), sys.argv[1] + os.environ["RANK"] + ".pt")
+'''
+
+
+@pytest.mark.slow
+def test_each_rank_draws_its_own_numbers_and_resumes_them(tmp_path):
+    """Two CPU ranks (torchrun, gloo) draw different training times, seeded as the reference seeds its ranks; the
+    same run twice draws the same; a run killed after its step-2 checkpoint resumes each rank's own stream."""
+    import subprocess
+    import sys
+
+    (tmp_path / "ranks.py").write_text(RANKS_SCRIPT, encoding="utf-8")
+
+    def run(out: str, folder: str, **env: str) -> list[torch.Tensor] | None:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(tmp_path / "ranks.py"), out], cwd=tmp_path / folder, capture_output=True,
+                              text=True, env={**os.environ, **env})
+        assert done.returncode == 0, done.stderr[-3000:]
+        files = [tmp_path / folder / f"{out}{r}.pt" for r in (0, 1)]
+        return [torch.load(f) for f in files] if all(f.is_file() for f in files) else None
+
+    first, again = run("a", "one"), run("a", "two")
+    assert len(first[0]) == 4 and not torch.equal(first[0], first[1])  # the ranks' own streams
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # reproducible for a world size
+    assert run("b", "three", STOP_AT="3") is None  # stopped after step 3, its checkpoint at step 2 kept
+    resumed = run("c", "three")
+    for rank in (0, 1):
+        assert torch.equal(resumed[rank], first[rank][2:])  # steps 3 and 4, each rank's own numbers

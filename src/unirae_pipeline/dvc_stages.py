@@ -101,8 +101,9 @@ def build_stages(pipelines: dict, catalog: dict, groups: list[str]) -> dict:
         if name == "__default__":
             continue
         pipe = pipelines[name]
-        params = sorted(key for i in pipe.inputs() if i.startswith("params:")
-                        and (key := i.removeprefix("params:")).split(".")[0] != RUNTIME)
+        keys = {i.removeprefix("params:") for i in pipe.inputs() if i.startswith("params:")}
+        params = sorted(key for key in keys if key.split(".")[0] != RUNTIME  # a key inside a group read whole: once
+                        and not any(key.startswith(f"{other}.") for other in keys))
         if "parameters" in pipe.inputs():
             raise ValueError(f"stage {name}: a node takes all 'parameters'; name the params keys it reads")
         data_inputs = sorted(i for i in pipe.inputs() if not i.startswith("params:"))

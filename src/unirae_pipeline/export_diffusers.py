@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from .data.latents import STATS_EPS, norm_stats
-from .models.decoder import decoder_from_blob
+from .models.decoder import decoder_from_blob, decoder_positions
 from .models.diffusers_rae import DiffusersRAE
 from .models.encoder import EncoderConfig
 from .models.hf_encoders import hf_to_timm, is_hf_layout
@@ -91,6 +91,9 @@ def export(cfg: EncoderConfig, decoder_blob: tuple[dict, dict], stats: dict[str,
                          f"{GRID}/{grid} where the reference and this decoder do not, so it would decode differently")
     if decoder.pixel_norm != cfg.pixel_norm or decoder.latent_dim != width or decoder.grid != grid:
         raise ValueError("the decoder was not made for this encoder (normalization, width or grid differ)")
+    if not torch.equal(decoder.pos_embed, decoder_positions(decoder.cfg.hidden_size, grid)):
+        raise ValueError("the decoder's position table was trained (train_rae.train_tables): diffusers computes its "
+                         "own fixed table, so it would decode differently")
     mean, var = norm_stats(stats, latent_norm)
     std = (var.double() + STATS_EPS).sqrt() - DIFFUSERS_EPS  # diffusers divides by std + 1e-5
     d = decoder.cfg

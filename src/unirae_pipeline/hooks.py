@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def use_tf32() -> None:
-    """fp32 matmuls and convolutions on tensor cores (TF32), as every script of the reference does: without it an
-    fp32 stage on an A100/H100 runs at about 1/8 of the TF32 rate. bf16 autocast is unaffected; CPUs ignore it."""
+    """fp32 matmuls and convolutions on tensor cores (TF32) by default, as the reference's stage-2 trainer, samplers
+    and statistics script run them: without it an fp32 stage on an A100/H100 runs at about 1/8 of the TF32 rate.
+    train_rae follows `train_rae.tf32` instead (the reference's stage-1 trainer leaves TF32 off). bf16 autocast is
+    unaffected; CPUs ignore it."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 

@@ -272,7 +272,8 @@ class RandomCrops(torch.utils.data.Dataset):
 
     def __init__(self, image_set: ImageSet, split: str, size: int, resize: int, seed: int) -> None:
         if resize < size:
-            raise ValueError(f"train_rae.resize {resize} must be >= the crop size data.image_size {size}")
+            raise ValueError(f"the shorter side's resize {resize} (train_rae.resize_ratio x data.image_size) must be "
+                             f">= the crop size data.image_size {size}")
         self.root, self.split, self.size, self.resize, self.seed = image_set.root, image_set.splits[split], size, \
             resize, seed
 

@@ -12,7 +12,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD
-from .layers import check_heads, sincos_pos_embed_2d
+from .layers import check_heads, fixed_table, sincos_pos_embed_2d
 from .serialization import Blob, blob_meta, load_weights, to_blob
 
 PixelNorm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) of the encoder's input normalization
@@ -45,8 +45,9 @@ class DecoderConfig:
 
 
 class ViTDecoder(nn.Module):
-    """Linear in, trainable CLS, fixed sin-cos positions, pre-LN ViT, final LN, linear to p*p*3, unpatchify, and the
-    encoder's input normalization undone (`pixel_norm`), as the reference decodes."""
+    """Linear in, trainable CLS, sin-cos positions, pre-LN ViT, final LN, linear to p*p*3, unpatchify, and the
+    encoder's input normalization undone (`pixel_norm`), as the reference decodes. The position table is a frozen
+    parameter that `train_rae.train_tables` lets train (the reference's GPU trainer does), so files always carry it."""
 
     def __init__(self, cfg: DecoderConfig, latent_dim: int, grid: int, pixel_norm: PixelNorm = IMAGENET_NORM) -> None:
         super().__init__()
@@ -55,8 +56,7 @@ class ViTDecoder(nn.Module):
         d = cfg.hidden_size
         self.decoder_embed = nn.Linear(latent_dim, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        pos = torch.cat([torch.zeros(1, d), sincos_pos_embed_2d(d, grid)])  # CLS row is zero, never trained
-        self.register_buffer("pos_embed", pos[None], persistent=False)
+        self.pos_embed = fixed_table(decoder_positions(d, grid))
         norm = partial(nn.LayerNorm, eps=1e-12)
         self.blocks = nn.Sequential(*(
             Block(d, cfg.num_heads, mlp_ratio=cfg.mlp_dim / d, qkv_bias=True, norm_layer=norm, mlp_layer=Mlp)
@@ -92,6 +92,11 @@ class ViTDecoder(nn.Module):
         p, g = self.cfg.patch_size, self.grid
         x = x.reshape(-1, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(-1, 3, g * p, g * p)
         return x * self.std + self.mean
+
+
+def decoder_positions(dim: int, grid: int) -> torch.Tensor:
+    """The initial position table (1, 1 + grid^2, dim): a zero CLS row above the 2-D sin-cos rows."""
+    return torch.cat([torch.zeros(1, dim), sincos_pos_embed_2d(dim, grid)])[None]
 
 
 def decoder_to_blob(model: ViTDecoder, fingerprint: str) -> Blob:

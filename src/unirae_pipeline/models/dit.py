@@ -19,6 +19,7 @@ from .layers import (
     Rope2D,
     SwiGLU,
     check_heads,
+    fixed_table,
     gate,
     modulate,
     sincos_pos_embed_2d,
@@ -71,8 +72,7 @@ class FourierTimeEmbed(nn.Module):
 
     def __init__(self, dim: int, num_freqs: int) -> None:
         super().__init__()
-        # A frozen parameter (not a buffer) so the frequencies travel with every checkpoint; named as the reference.
-        self.W = nn.Parameter(torch.randn(num_freqs), requires_grad=False)
+        self.W = fixed_table(torch.randn(num_freqs))  # named as the reference
         self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
@@ -157,7 +157,7 @@ class DiTDH(nn.Module):
         self.t_embedder = FourierTimeEmbed(d, cfg.fourier_features)
         self.y_embedder = LabelEmbedder(num_classes, d)
         self.s_embedder = PatchEmbed(input_size, p, in_channels, d, bias=True)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None])  # fixed, but saved like the reference
+        self.pos_embed = fixed_table(sincos_pos_embed_2d(d, grid)[None])
         rope, head_rope = Rope2D(d // cfg.num_heads, grid), Rope2D(dh // cfg.head_num_heads, grid)
         self.blocks = nn.ModuleList(
             [DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.depth)]
@@ -222,7 +222,7 @@ class LightningDiT(DiTDH):
         self.x_embedder = PatchEmbed(input_size, p, in_channels, d, bias=True)
         self.t_embedder = FourierTimeEmbed(d, cfg.fourier_features)
         self.y_embedder = LabelEmbedder(num_classes, d)
-        self.register_buffer("pos_embed", sincos_pos_embed_2d(d, grid)[None])
+        self.pos_embed = fixed_table(sincos_pos_embed_2d(d, grid)[None])
         rope = Rope2D(d // cfg.num_heads, grid)
         self.blocks = nn.ModuleList(DiTBlock(d, cfg.num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.depth))
         self.final_layer = FinalLayer(d, p * p * in_channels)

@@ -112,3 +112,7 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def fixed_table(values: torch.Tensor) -> nn.Parameter:
+    """A table the model initializes and does not train by default (sin-cos positions, Fourier frequencies): a frozen
+    parameter, as the reference's, so that it travels with every checkpoint and `train_tables` can let it train."""
+    return nn.Parameter(values, requires_grad=False)

@@ -83,14 +83,15 @@ def load_official_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, p
         for part, ours in (("freqs_cos", rope.cos), ("freqs_sin", rope.sin)):
             if f"{name}.{part}" in state:
                 _check_table(f"{name}.{part}", state.pop(f"{name}.{part}"), ours)
-    _check_table("pos_embed", state.get("pos_embed", model.pos_embed), model.pos_embed)
+    state.setdefault("pos_embed", model.pos_embed.detach().clone())  # as trained (the reference's GPU trainer) or not
     load_strict(model, state, "official DiT-DH")
     return model.eval()
 
 
 def _decoder_key(key: str) -> str | None:
     """Official (HF ViTMAE-style) decoder key -> ours; None for the q/k/v parts fused separately."""
-    fixed = {"trainable_cls_token": "cls_token", "decoder_norm.weight": "norm.weight", "decoder_norm.bias": "norm.bias"}
+    fixed = {"trainable_cls_token": "cls_token", "decoder_norm.weight": "norm.weight", "decoder_norm.bias": "norm.bias",
+             "decoder_pos_embed": "pos_embed"}
     if key in fixed:
         return fixed[key]
     if not key.startswith("decoder_layers."):
@@ -107,8 +108,8 @@ def _decoder_key(key: str) -> str | None:
 
 
 def official_decoder_state(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
-    """An official decoder state dict (its positions table removed) in our `ViTDecoder`'s names: keys renamed, each
-    block's query/key/value fused."""
+    """An official decoder state dict in our `ViTDecoder`'s names: keys renamed, each block's query/key/value
+    fused."""
     converted = {}
     for key, value in state.items():
         new = _decoder_key(key)
@@ -138,10 +139,8 @@ def load_official_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int,
     cfg = DecoderConfig(hidden_size=hidden_size, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim,
                         patch_size=patch_size, noise_tau=0.0, noise_dist="uniform")
     model = ViTDecoder(cfg, latent_dim, grid, (image_mean, image_std))
-    state = _strip(state_dict)
-    if "decoder_pos_embed" in state:
-        _check_table("decoder_pos_embed", state.pop("decoder_pos_embed"), model.pos_embed)
-    converted = official_decoder_state(state, depth)
+    converted = official_decoder_state(_strip(state_dict), depth)
+    converted.setdefault("pos_embed", model.pos_embed.detach().clone())  # trained by the reference's GPU trainer
     load_strict(model, converted, "official decoder")
     return model.eval()
 

@@ -9,7 +9,7 @@ import shutil
 import time
 import warnings
 import zipfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -59,8 +59,8 @@ class LossHistory(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
-        if step == 0 or (self.rows and self.rows[-1]["step"] == step):
-            return  # before the first optimizer step, or a later micro-batch of an accumulated one
+        if step == 0 or not outputs or (self.rows and self.rows[-1]["step"] == step):
+            return  # before the first optimizer step, or a micro-batch of an accumulated one
         if step == 1 or step % self.every == 0 or step == trainer.max_steps:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             self.rows.append({"step": step, "loss": float(outputs["loss"]), "lr": lr,
@@ -110,6 +110,19 @@ class ResumeData(L.Callback):
         self.batches.start = checkpoint["global_step"] * self.micro_batches
 
 
+@contextmanager
+def tf32(enabled: bool):
+    """fp32 matmuls and convolutions on TF32 tensor cores (on) or in full fp32 (off) inside the block, as a stage's
+    recipe says: the reference turns TF32 on in its stage-2 trainer, samplers and statistics script, not in stage 1.
+    bf16 autocast is unaffected; CPUs ignore it."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> int:
     """Optimizer steps in one pass over the data: the global batch is batch x accumulation x devices x nodes."""
     devices = cfg.devices if isinstance(cfg.devices, int) else 1 if cfg.accelerator == "cpu" else None
@@ -140,6 +153,18 @@ def _intact(path: Path, name: str) -> bool:
     log.warning("%s: the resume checkpoint %s is damaged (a kill while it was written?); set aside as %s, training "
                 "starts from step 0", name, path, aside.name)
     return False
+
+
+class RankSeed(L.Callback):
+    """Each rank draws its own random numbers (noise, times, label dropout, latent noise, augmentations), seeded as
+    the reference seeds its ranks: `seed * world + rank`. Set once the ranks exist, before the first batch; the
+    model was built before, from `seed` alone, so every rank starts from the same weights. One process: `seed`."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        L.seed_everything(self.seed * trainer.world_size + trainer.global_rank, workers=True, verbose=False)
 
 
 class Heartbeat(L.Callback):
@@ -173,7 +198,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
     history = LossHistory(runtime.log_every_n_steps)
     every = runtime.checkpoint_every_n_steps
     ckpt_dir = key.folder(runtime.scratch_dir("ckpts"), prefix=f"{name}-") if key and every else None
-    extra: list[L.Callback] = [ResumeData(batches, cfg.accumulate_grad_batches)]
+    extra: list[L.Callback] = [RankSeed(seed), ResumeData(batches, cfg.accumulate_grad_batches)]
     if not show_progress():  # no bar: a log line every heartbeat period instead
         extra.append(Heartbeat(name, module.optim.steps))
     if ckpt_dir is not None:

@@ -14,10 +14,14 @@ Objective = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
 
 
 class TrainModule(L.LightningModule):
-    """AdamW + per-step schedule, EMA after every optimizer step, `loss` logged per step."""
+    """AdamW + per-step schedule, EMA after every optimizer step, `loss` logged per step. A recipe with
+    `train_tables` (DiT-DH's, the decoder's) trains every parameter, the frozen tables too, as the reference's
+    `model.requires_grad_(True)` does; otherwise they stay as initialized."""
 
     def __init__(self, model: nn.Module, optim: OptimConfig, objective: Objective | None) -> None:
         super().__init__()
+        if getattr(optim, "train_tables", False):  # only the recipes of models with fixed tables have the key
+            model.requires_grad_(True)
         self.model, self.optim, self.objective = model, optim, objective
         self.ema = EMA(model, optim.ema_decay)
         self._first_bad: torch.Tensor | None = None  # on the device: the first step with a non-finite loss, else -1
@@ -67,16 +71,28 @@ class TrainModule(L.LightningModule):
         self._check()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Every rank's generator states (CPU, and the GPU's when training on one), gathered here because rank zero
+        alone writes the file: label dropout, times and noise continue exactly, each rank its own stream."""
         self._check()
-        checkpoint["torch_rng_state"] = torch.get_rng_state()  # label dropout, times and noise continue exactly
+        states = [torch.get_rng_state()] + ([torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda"
+                                            else [])
+        gathered = [self.all_gather(s.to(self.device)).cpu() for s in states]
+        checkpoint["rng_states"] = [g.view(self.trainer.world_size, -1) for g in gathered]  # (ranks, state) each
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._resumed_rng = checkpoint["torch_rng_state"]
+        states = checkpoint["rng_states"]
+        if states[0].shape[0] != self.trainer.world_size:
+            raise ValueError(f"this resume checkpoint was written by {states[0].shape[0]} ranks, this run has "
+                             f"{self.trainer.world_size}: their random streams cannot continue; delete it to train "
+                             "from step 0")
+        self._resumed_rng = [s[self.trainer.global_rank].clone() for s in states]  # set_state misreads a view
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # Restored here, not on load: creating the data iterator draws from the global RNG in between.
         if getattr(self, "_resumed_rng", None) is not None:
-            torch.set_rng_state(self._resumed_rng)
+            torch.set_rng_state(self._resumed_rng[0])
+            if len(self._resumed_rng) > 1:
+                torch.cuda.set_rng_state(self._resumed_rng[1], self.device)
             self._resumed_rng = None
 
     def optimizer_step(self, *args, **kwargs) -> None:

@@ -75,7 +75,8 @@ class OptimConfig:
             return self
         if steps_per_epoch < 1:
             raise ValueError("an epoch holds no optimizer step: the data set is smaller than one global batch")
-        times = {k: None if getattr(self, k) is None else round(getattr(self, k) * steps_per_epoch)
+        # truncated, as the reference converts epochs to steps (`int(epochs * steps_per_epoch)`)
+        times = {k: None if getattr(self, k) is None else int(getattr(self, k) * steps_per_epoch)
                  for k in self.TIMES}
         times.update({k: max(1, times[k]) for k in self.POSITIVE})
         return replace(self, unit="steps", **times)
@@ -83,9 +84,12 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class DiTTrainConfig(OptimConfig):
-    """`train_dit`: the recipe, and when (in `unit`) the EMA weights are kept as the AutoGuidance guide."""
+    """`train_dit`: the recipe, when (in `unit`) the EMA weights are kept as the AutoGuidance guide, and whether the
+    DiT's sin-cos position table and Fourier frequencies train (`train_tables`: the reference's GPU trainer calls
+    `requires_grad_(True)` on the whole model, so they do, with the weight decay and EMA of every weight)."""
 
     guide_at: float
+    train_tables: bool
 
     TIMES = (*OptimConfig.TIMES, "guide_at")
     POSITIVE = (*OptimConfig.POSITIVE, "guide_at")

@@ -24,12 +24,13 @@ class RAETrainConfig(OptimConfig):
 
     `source: latents` trains on the cached centre-crop latents and their images (fast, the embedded default);
     `source: images` encodes random crops online with the frozen encoder (the reference: shorter side resized to
-    `resize`, random crop, no flip). LPIPS and the discriminator need pretrained weights (`lpips`, `disc`); with
-    their weights at 0 they are not built, which is how the embedded default runs offline.
+    `int(resize_ratio x data.image_size)`, 384 at 256 px and 768 at 512, then a random crop, no flip). LPIPS and
+    the discriminator need pretrained weights (`lpips`, `disc`); with their weights at 0 they are not built, which
+    is how the embedded default runs offline.
     """
 
     source: Literal["latents", "images"]
-    resize: int
+    resize_ratio: float
     lpips_weight: float
     lpips_start: float
     gan_weight: float
@@ -37,6 +38,8 @@ class RAETrainConfig(OptimConfig):
     disc_upd_start: float  # the discriminator trains from here (the reference: 2 epochs before disc_start)
     max_d_weight: float
     diffaug: bool
+    train_tables: bool  # the decoder's position table trains, as in the reference's GPU trainer
+    tf32: bool          # TF32 matmuls on the GPU; the reference's train_stage1.py leaves them off
     lpips: LPIPSConfig
     disc: DiscConfig
 
@@ -46,6 +49,9 @@ class RAETrainConfig(OptimConfig):
         super().__post_init__()
         if self.source not in ("latents", "images"):
             raise ValueError(f"train_rae.source must be 'latents' or 'images', got {self.source!r}")
+        if not self.resize_ratio >= 1:
+            raise ValueError(f"train_rae.resize_ratio must be >= 1 (the shorter side is resized to resize_ratio x "
+                             f"data.image_size before the random data.image_size crop), got {self.resize_ratio}")
         if min(self.lpips_weight, self.gan_weight, self.lpips_start, self.disc_start, self.disc_upd_start,
                self.max_d_weight) < 0:
             raise ValueError(f"train_rae: loss weights, starts and max_d_weight must be >= 0: "
@@ -122,8 +128,9 @@ class RAEModule(TrainModule):
     the discriminator step on the noise-free decoding by the *updated* decoder, then the schedule. One AdamW holds
     both as two groups (the heads' schedule starts at `disc_upd_start`), each step moving only the group that has
     gradients; the discriminator step does not count as an optimizer step. Gradient accumulation over `accumulate`
-    micro-batches (set by `fit`) keeps them for the discriminator step. Batches are (latent, image) or, with an
-    online `encoder`, (image,), images uint8."""
+    micro-batches (set by `fit`) keeps them for the discriminator step; once the adversarial term is on, it also
+    computes the adaptive weight of the whole batch before the micro-batches' backward passes. Batches are
+    (latent, image) or, with an online `encoder`, (image,), images uint8."""
 
     def __init__(self, decoder: nn.Module, cfg: RAETrainConfig, encoder: nn.Module | None = None,
                  seed: int = 0) -> None:
@@ -151,24 +158,52 @@ class RAEModule(TrainModule):
         z, images = batch
         return z, images.float() / 255
 
-    def generator_loss(self, z: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _terms(self, z: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The generator's loss terms: `rec` (L1 + weighted LPIPS) and, once it reaches the decoder, `gan`."""
         cfg, step = self.optim, self.global_step
         recon = self.net(z)  # train mode: noise-augmented latent
         real, fake = x * 2 - 1, recon * 2 - 1
         terms = {"l1": F.l1_loss(recon, x)}
-        loss = terms["l1"]
+        terms["rec"] = terms["l1"]
         if self.lpips is not None and step >= cfg.lpips_start:
             terms["lpips"] = self.lpips(fake, real).mean()
-            loss = loss + cfg.lpips_weight * terms["lpips"]
-        if self.disc is not None and step >= cfg.disc_start:
+            terms["rec"] = terms["rec"] + cfg.lpips_weight * terms["lpips"]
+        if self.uses_gan:
             self.disc.eval()  # no power iteration of the spectral norms in the generator's pass
             with frozen(self.disc):
                 terms["gan"] = -self.disc(self.augment(fake)).mean()
-            terms["gan_weight"] = adaptive_weight(loss, terms["gan"], self.model.decoder_pred.weight,
-                                                  cfg.max_d_weight)
-            loss = loss + cfg.gan_weight * terms["gan_weight"] * terms["gan"]
+        return terms
+
+    @property
+    def uses_gan(self) -> bool:
+        return self.disc is not None and self.global_step >= self.optim.disc_start
+
+    def generator_loss(self, z: torch.Tensor, x: torch.Tensor,
+                       weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The generator's loss; the adversarial term weighted by `weight`, else by the adaptive weight of this
+        batch."""
+        terms = self._terms(z, x)
+        loss = terms.pop("rec")
+        if "gan" in terms:
+            if weight is None:
+                weight = adaptive_weight(loss, terms["gan"], self.model.decoder_pred.weight, self.optim.max_d_weight)
+            terms["gan_weight"] = weight
+            loss = loss + self.optim.gan_weight * weight * terms["gan"]
         terms["rae"] = loss
         return {"loss": loss, **terms}
+
+    def batch_adaptive_weight(self, micro: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The adaptive weight of the whole per-device batch split into micro-batches, as the reference computes it on
+        its unsplit batch: the norms of the mean last-layer gradients over the micro-batches. The random draws are
+        replayed by the training pass that follows (the generators' states restored)."""
+        layer, g_rec, g_gan = self.model.decoder_pred.weight, 0, 0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            for z, x in micro:
+                terms = self._terms(z, x)
+                g_rec = g_rec + torch.autograd.grad(terms["rec"], layer, retain_graph=True)[0]
+                g_gan = g_gan + torch.autograd.grad(terms["gan"], layer)[0]
+        return (g_rec.norm() / (g_gan.norm() + 1e-6)).clamp(0, self.optim.max_d_weight).detach()
 
     def discriminator_loss(self, z: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Hinge loss on DiffAug'd 8-bit fakes (the decoder in eval mode: no latent noise) and reals; gradients
@@ -189,12 +224,20 @@ class RAEModule(TrainModule):
             self.manual_backward(loss / self.accumulate)
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
-        z, x = self._inputs(batch)
-        out = self.generator_loss(z, x)
-        self._watch(out["loss"])
-        self._micro.append((z, x))
+        self._micro.append(self._inputs(batch))
         last = len(self._micro) == self.accumulate
-        self._backward(out["loss"], sync=last)
+        if self.accumulate > 1 and self.uses_gan:  # the adaptive weight needs the whole batch first
+            if not last:
+                return {}
+            weight = self.batch_adaptive_weight(self._micro)
+            for i, (z, x) in enumerate(self._micro):
+                out = self.generator_loss(z, x, weight)
+                self._watch(out["loss"])
+                self._backward(out["loss"], sync=i == len(self._micro) - 1)
+        else:
+            out = self.generator_loss(*self._micro[-1])
+            self._watch(out["loss"])
+            self._backward(out["loss"], sync=last)
         terms = {k: v.detach() for k, v in out.items()}
         if not last:
             return terms

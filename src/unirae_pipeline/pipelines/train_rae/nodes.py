@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
-from ...data.latents import LatentStore, view_table
+from ...data.latents import LatentStore
 from ...evaluation.extractors import Extractor
 from ...evaluation.report import labelled_grid
-from ...evaluation.scoring import paired, reconstruct
+from ...evaluation.scoring import reconstruct
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob, decoder_to_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints
@@ -22,21 +22,19 @@ from ...ranks import local_device
 from ...runtime import RuntimeConfig
 from ...scratch import RunKey
 from ...training.data import KeyedBatches, TensorBatches
-from ...training.fit import TrainerConfig, fit, steps_per_epoch
+from ...training.fit import TrainerConfig, fit, steps_per_epoch, tf32
 from ...training.stage1 import RAEModule, RAETrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[torch.Tensor, ...]:
-    """Raw latents, the uint8 images they were encoded from (mirrored where the latent was), and the views table
-    (`data.latents.view_table`) that makes an epoch one pass over the images."""
+def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain (unmirrored) raw latents and the uint8 images they were encoded from: the reference's stage 1 never
+    flips (the mirrored latents of the cache are stage 2's)."""
     cache = latents.load(split)
+    plain = cache["flip"] == 0
     images, _ = load_split_uint8(image_set, split, latents.manifest["image_size"])
-    images = images[cache["rows"]]
-    flip = cache["flip"].bool()
-    images[flip] = images[flip].flip(-1)
-    return cache["latents"], images, view_table(cache["rows"], cache["flip"])
+    return cache["latents"][plain], images[cache["rows"][plain]]
 
 
 def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig, cfg: DecoderConfig,
@@ -54,36 +52,43 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderCon
     if recipe.source == "images":  # random crops through the frozen encoder, streamed from disk
         online = FrozenEncoder(encoder, seed)
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
-        crops = RandomCrops(image_set, "train", manifest["image_size"], recipe.resize, seed)
+        size = manifest["image_size"]
+        crops = RandomCrops(image_set, "train", size, int(recipe.resize_ratio * size), seed)
         batches = KeyedBatches(crops, recipe.batch_size, seed, run.num_workers, key="train_rae.batch_size")
     else:  # the cached centre-crop latents and their images, held in memory
-        z, images, views = _targets(latents, image_set, "train")
-        batches = TensorBatches((z, images), recipe.batch_size, seed, views, key="train_rae.batch_size")
+        z, images = _targets(latents, image_set, "train")
+        batches = TensorBatches((z, images), recipe.batch_size, seed, key="train_rae.batch_size")
     optim = recipe.in_steps(steps_per_epoch(batches.num_samples, recipe.batch_size, trainer))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViTDecoder(cfg, channels, grid, encoder.pixel_norm)
     module = RAEModule(model, optim, online, seed)
     key = RunKey(dict(decoder=cfg, train_rae=recipe, trainer=trainer, seed=seed), dict(latents=manifest))
-    curve = fit(module, batches, trainer, run, "train_rae", seed, key=key)
+    with tf32(recipe.tf32):
+        curve = fit(module, batches, trainer, run, "train_rae", seed, key=key)
     return decoder_to_blob(module.ema.module, manifest["fingerprint"]), curve
 
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
-                     reference_stats: dict[str, np.ndarray], runtime: RuntimeConfig) -> tuple[dict, Image.Image]:
-    """Reconstruct val (no noise) to uint8 as the reference saves them, and score those: PSNR and SSIM on [0, 1], FD
-    to the val images' statistics (rFID with Inception, on ImageNet's 50k centre-cropped val images), the classifier's
-    accuracy on the reconstructions, and a grid. Streams val shard by shard, the images decoded in
-    `runtime.num_workers` processes: memory does not grow with N; the decoder and the feature network run on the GPU
-    when there is one."""
-    check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
+                     reference_stats: dict[str, np.ndarray], encoder: EncoderConfig, seed: int, use_tf32: bool,
+                     runtime: RuntimeConfig) -> tuple[dict, Image.Image]:
+    """Encode val with the frozen encoder in fp32 and reconstruct it (no noise) to uint8, as the reference's stage-1
+    evaluation does, and score those: PSNR and SSIM on [0, 1], FD to the val images' statistics (rFID with
+    Inception, on ImageNet's 50k centre-cropped val images), the classifier's accuracy on the reconstructions, and a
+    grid. Streams val batch by batch, the images decoded in `runtime.num_workers` processes: memory does not grow
+    with N; the encoder, decoder and feature network run on the GPU when there is one."""
+    fingerprint = check_fingerprints(decoder=blob_meta(decoder)["fingerprint"],
+                                     latents=latents.manifest["fingerprint"])
     device, extractor = local_device(), Extractor(feature_extractor)
+    online = FrozenEncoder(encoder, seed).to(device)
+    check_fingerprints(encoder=online.fingerprint(), decoder=fingerprint)
     images = torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
                                          batch_size=256, num_workers=runtime.num_workers)
     total = latents.manifest["splits"]["val"]["count"]
     pick = set(torch.linspace(0, total - 1, 16).long().tolist())  # spread over val, which is ordered by class
-    result = reconstruct(decoder_from_blob(decoder).to(device), extractor,
-                         paired(latents.iter_shards("val"), images, 256), device, pick)
+    with tf32(use_tf32), torch.no_grad():  # as in training (the reference's stage-1 evaluation: TF32 off)
+        pairs = ((online(real.to(device).float() / 255), real, labels) for real, labels, _ in images)
+        result = reconstruct(decoder_from_blob(decoder).to(device), extractor, pairs, device, pick)
     metrics = result.metrics(extractor.kind, {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]})
     log.info("decoder on val (%d images): %s", result.count, metrics)
     real, fake = (torch.stack([result.shown[i][j] for i in sorted(result.shown)]) for j in (0, 1))
