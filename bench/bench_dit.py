@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
 
 from unirae_pipeline.diffusion.sampling import (
     autoguided_velocity,
@@ -30,15 +31,26 @@ from unirae_pipeline.training.optim import EMA
 
 log = logging.getLogger("bench")
 
-HEAD = dict(head_hidden_size=2048, head_depth=2, head_num_heads=16)
-COMMON = dict(mlp_ratio=4.0, patch_size=1, class_dropout_prob=0.1, label_init_std=0.02, fourier_features=256)
-SIZES = {  # name: (backbone width/depth/heads, head, latent shape, classes)
-    "tiny": (dict(hidden_size=128, depth=4, num_heads=4, head_hidden_size=128, head_depth=1, head_num_heads=4),
-             (64, 4, 4), 10),
-    "S": (dict(hidden_size=384, depth=12, num_heads=6, **HEAD), (768, 16, 16), 1000),
-    "XL": (dict(hidden_size=1152, depth=28, num_heads=16, **HEAD), (768, 16, 16), 1000),
-    "XL512": (dict(hidden_size=1152, depth=28, num_heads=16, **HEAD), (768, 32, 32), 1000),  # ImageNet-512's latents
+CONF = Path(__file__).resolve().parents[1] / "conf" / "dit"
+SIZES = {  # name: (the conf/dit preset, latent shape, classes)
+    "tiny": ("tiny", (64, 4, 4), 10),
+    "S": ("S", (768, 16, 16), 1000),
+    "XL": ("XL", (768, 16, 16), 1000),
+    "XL512": ("XL", (768, 32, 32), 1000),  # ImageNet-512's latents
 }
+
+
+def dit_preset(name: str) -> DiTConfig:
+    """A `conf/dit` preset as Hydra composes it (the presets it lists under `defaults` first, then its own keys), read
+    with PyYAML alone: the GPU image has no Hydra."""
+    def keys(preset: str) -> dict:
+        spec = yaml.safe_load((CONF / f"{preset}.yaml").read_text(encoding="utf-8"))
+        merged = {}
+        for base in spec.pop("defaults", []):
+            merged.update({} if base == "_self_" else keys(base))
+        return {**merged, **spec}
+
+    return DiTConfig(**keys(name))
 
 
 def sync(device: str) -> None:
@@ -49,8 +61,8 @@ def sync(device: str) -> None:
 def train_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, mode: str | None, fused: bool,
                steps: int, warmup: int) -> float:
     """Images per second of forward + backward + AdamW + EMA; `mode`: torch.compile's mode, None for eager."""
-    arch, shape, classes = SIZES[size]
-    model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).train()
+    preset, shape, classes = SIZES[size]
+    model = build_dit(dit_preset(preset), shape, classes, seed=0).to(device).train()
     ema = EMA(model, 0.9995)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.95), weight_decay=0.0,
                             **({"fused": True} if fused else {"foreach": True}))
@@ -96,8 +108,8 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
     from unirae_pipeline.training.objectives import dit_objective
     from unirae_pipeline.training.optim import OptimConfig
 
-    arch, shape, classes = SIZES[size]
-    model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0)
+    preset, shape, classes = SIZES[size]
+    model = build_dit(dit_preset(preset), shape, classes, seed=0)
     optim = OptimConfig("steps", warmup + steps, batch, 2e-4, 2e-5, (0.9, 0.95), 0.0, 0, "constant", None, None,
                         0.9995, 1.0)
     transport = TransportConfig("logit_normal", 4096, 0.0, 1.0, "var")
@@ -132,14 +144,14 @@ def sample_rate(size: str, batch: int, device: str, dtype: torch.dtype | None, c
                 guide: str | None = None) -> float:
     """Images per second of a `num_steps`-point Euler ODE with CFG (two forwards per step), or with AutoGuidance by a
     `guide`-sized DiT-DH on the same latents (the model's forward and the guide's), latents only."""
-    arch, shape, classes = SIZES[size]
-    model = build_dit(DiTConfig(**arch, **COMMON), shape, classes, seed=0).to(device).eval()
+    preset, shape, classes = SIZES[size]
+    model = build_dit(dit_preset(preset), shape, classes, seed=0).to(device).eval()
     autocast = torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
     net = module_velocity(model, device, compiled)
     if guide is None:
         velocity = guided_velocity(net, classes, 1.5, 0.0, 1.0)  # as `sample`
     else:
-        small = build_dit(DiTConfig(**SIZES[guide][0], **COMMON), shape, classes, seed=1).to(device).eval()
+        small = build_dit(dit_preset(SIZES[guide][0]), shape, classes, seed=1).to(device).eval()
         velocity = autoguided_velocity(net, module_velocity(small, device, compiled), 1.5, 0.0, 1.0)
     grid = time_grid(num_steps, shift_factor(shape, 4096)).float()
     noise = torch.randn(batch, *shape, device=device)

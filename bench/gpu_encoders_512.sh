@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 14's GPU figures in one device call (about 5 minutes on an H200; the image needs torch and timm >= 1.0.31,
+# The encoder and 512-px GPU figures in one device call (about 5 minutes on an H200; the image needs torch and timm >= 1.0.31,
 # carried as a wheel when older): encoding throughput of every encoder preset (bench_encoders.py), then DiT-DH-XL on
 # ImageNet-512's 768x32x32 latents (training step eager and compiled, 50-point Euler + CFG sampling).
 #   bash bench/gpu_encoders_512.sh        # from the repository root

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 5's GPU figures in one device call (about 7 minutes on an H100/H200; the image needs torch, lightning, timm,
+# The main GPU figures in one device call (about 7 minutes on an H100/H200; the image needs torch, lightning, timm,
 # safetensors): DiT-DH-XL training (eager fp32/TF32 baseline, eager bf16, compiled bf16, train_dit's own Lightning
 # loop), 50-point Euler + CFG sampling eager and compiled, then the latent data path and caching, the feed margin
 # taken against the compiled XL step just measured. JSON results go to $OUT (the device tool's folder) or

@@ -16,8 +16,6 @@ import torch
 
 from .ranks import local_device
 
-GROUP = "runtime"
-
 
 @dataclass(frozen=True)
 class RuntimeConfig:
