@@ -271,8 +271,8 @@ def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
 
 def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     """A real `dvc status` after one edit: a stage is stale when it runs the edited code, reads or writes the edited
-    catalog entry or reads the edited param, and for nothing else: a plot title in a catalog entry's metadata and
-    every `runtime` setting stale no stage."""
+    catalog entry or reads the edited param, and for nothing else: a plot title in a catalog entry's metadata, every
+    `runtime` setting and every module of the `runtime` package stale no stage."""
     repo = copy_repository(tmp_path / "repo")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
@@ -304,6 +304,8 @@ def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     assert stale_by(pkg + "models/decoder.py", comment) == {"check_params", "train_rae", "sample"}
     assert stale_by(pkg + "models/encoder.py", comment) == {"check_params", "cache_latents", "train_rae"}
     assert stale_by(pkg + "diffusion/sampling.py", comment) == {"check_params", "sample"}
+    for runtime_module in sorted((repo / pkg / "runtime").glob("*.py")):  # how a run runs: no result can change
+        assert stale_by(str(runtime_module.relative_to(repo)), comment) == set(), runtime_module.name
     catalog = "conf/base/catalog.yml"
     titled = "metadata: {dvc: plots, x: step, y: loss, title: DiT loss}"
     assert stale_by(catalog, lambda t: t.replace("metadata: {dvc: plots, x: step, y: loss}", titled, 1)) == set()

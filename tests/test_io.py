@@ -126,7 +126,7 @@ def test_rank_zero_stops_waiting_for_a_rank_that_died(tmp_path):
     none appears for `stall_s` (a dead rank under SLURM would otherwise hang rank zero for ever)."""
     import threading
 
-    from unirae_pipeline.ranks import wait_for_files
+    from unirae_pipeline.runtime.ranks import wait_for_files
 
     paths = [tmp_path / "shard_00000.npy", tmp_path / "shard_00001.npy"]
     paths[0].touch()
@@ -153,7 +153,7 @@ def _hold(folder, rank: int):
 def test_the_same_run_twice_on_one_scratch_is_refused(tmp_path):
     """Two processes of the same stage and params on one scratch folder: the second is refused at once (before, the
     first to finish deleted the folder the other was writing to); a killed run leaves no stale claim."""
-    from unirae_pipeline.ranks import claimed, is_running, sharded_job
+    from unirae_pipeline.runtime.ranks import claimed, is_running, sharded_job
 
     folder, made = tmp_path / "run", []
     paths = [folder / f"shard_{k}.npy" for k in range(2)]
@@ -174,10 +174,10 @@ def test_a_second_process_is_refused_and_a_killed_one_leaves_no_claim(tmp_path):
     is killed (SIGKILL: no clean-up runs), the kernel has dropped its lock and the run can start."""
     import signal
 
-    from unirae_pipeline.ranks import claimed
+    from unirae_pipeline.runtime.ranks import claimed
 
     folder = tmp_path / "run"
-    code = ("import sys; from pathlib import Path; from unirae_pipeline.ranks import claimed\n"
+    code = ("import sys; from pathlib import Path; from unirae_pipeline.runtime.ranks import claimed\n"
             "with claimed(Path(sys.argv[1])):\n    print('held', flush=True); sys.stdin.read()")
     child = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              text=True)
@@ -198,7 +198,7 @@ def test_rank_zero_names_ranks_that_never_started(tmp_path, monkeypatch):
     with an error naming the missing rank instead of waiting hours; a rank that is running is waited for."""
     import threading
 
-    from unirae_pipeline import ranks
+    from unirae_pipeline.runtime import ranks
 
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setattr(ranks, "STARTUP_S", 0.05)  # how long the other ranks get to start (minutes in real runs)

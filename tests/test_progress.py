@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unirae_pipeline.diffusion.sampling import SamplerConfig, integrate
-from unirae_pipeline.progress import Progress, heartbeat_s, progress
+from unirae_pipeline.runtime.progress import Progress, heartbeat_s, progress
 
 
 def test_without_bars_a_heartbeat_logs_done_rate_and_time_left(monkeypatch, caplog):

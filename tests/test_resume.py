@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent('''
     from unirae_pipeline.diffusion.transport import TransportConfig
     from unirae_pipeline.models.dit import DiTConfig, build_dit
     from unirae_pipeline.training.data import TensorBatches
-    from unirae_pipeline.scratch import RunKey
+    from unirae_pipeline.runtime.scratch import RunKey
     from unirae_pipeline.runtime import RuntimeConfig
     from unirae_pipeline.training.fit import EMASnapshot, TrainerConfig, fit
     from unirae_pipeline.training.modules import TrainModule
@@ -164,7 +164,7 @@ RAE_SCRIPT = textwrap.dedent('''
     from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
     from unirae_pipeline.params import build
     from unirae_pipeline.runtime import RuntimeConfig
-    from unirae_pipeline.scratch import RunKey
+    from unirae_pipeline.runtime.scratch import RunKey
     from unirae_pipeline.training.data import KeyedBatches
     from unirae_pipeline.training.fit import TrainerConfig, fit
     from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig

@@ -13,7 +13,7 @@ from torch import nn
 from unirae_pipeline.diffusion.transport import TransportConfig
 from unirae_pipeline.models.dit import DiTConfig, build_dit
 from unirae_pipeline.params import build
-from unirae_pipeline.scratch import RunKey
+from unirae_pipeline.runtime.scratch import RunKey
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit
 from unirae_pipeline.training.modules import TrainModule
@@ -234,7 +234,7 @@ import lightning as L
 import torch
 from torch import nn
 from unirae_pipeline.runtime import RuntimeConfig
-from unirae_pipeline.scratch import RunKey
+from unirae_pipeline.runtime.scratch import RunKey
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit
 from unirae_pipeline.training.modules import TrainModule

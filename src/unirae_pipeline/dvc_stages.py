@@ -2,10 +2,11 @@
 
 `python -m unirae_pipeline.dvc_stages` writes dvc.yaml; `--check` exits 1 when the committed file is stale.
 Each stage runs `kedro run --pipelines <name>`; its deps are the catalog files it reads plus the source files its
-nodes and its catalog entries' dataset classes import (followed transitively inside this package) and the hook that
+nodes and its catalog entries' dataset classes import (followed transitively inside this package, but not into
+`runtime/`, whose code cannot change an output byte) and the hook that
 turns params.yaml into the nodes' typed params (`EVERY_STAGE`), and for the stage that reads the `data` group, the
 data itself (`LINEAGE`); its params are the
-exact `params:` keys it reads, less the `runtime` group (settings that cannot change a result: `runtime.py`), and the
+exact `params:` keys it reads, less the `runtime` group (settings that cannot change a result: `runtime/`), and the
 catalog entries it reads or writes, less their `metadata` (plot titles and DVC routing change no result). A first
 stage, `check_params`, builds and checks every params group before any stage runs (`config.main`); its fixed-text
 marker is a dependency of every other stage, which DVC therefore runs after it, and never reruns for it.
@@ -23,7 +24,8 @@ import yaml
 PACKAGE = "unirae_pipeline"
 SRC = Path(__file__).resolve().parent
 CATALOG = Path("conf/base/catalog.yml")
-RUNTIME = "runtime"  # the params group DVC never tracks (see runtime.py)
+RUNTIME = "runtime"  # the params group DVC never tracks, and the package whose code it never follows
+RUNTIME_CODE = SRC / RUNTIME
 # the data's content for DVC: the ImageFolder tree (hashed like any dependency: files added, removed or overwritten
 # in place rerun the stage that reads it) or the built-in set's generator; resolved from params.yaml by DVC
 LINEAGE = "data.lineage"
@@ -68,9 +70,14 @@ def _dataset_module(entry: dict) -> Path | None:
     return _module_file(module) if module.split(".")[0] == PACKAGE else None
 
 
+def _followed(file: Path) -> bool:
+    """Result code: everything but the `runtime` package, which cannot change an output byte (see its docstring)."""
+    return RUNTIME_CODE not in file.parents and file != RUNTIME_CODE / "__init__.py"
+
+
 def code_deps(stage: str, entries: list[dict] = (), start: Path | None = None) -> list[str]:
     """Every package file that the stage's pipeline (or the `start` file) and its catalog `entries`' dataset classes
-    import, directly or not, with the parent __init__ files."""
+    import, directly or not, with the parent __init__ files; the `runtime` package is not followed."""
     todo = [start or SRC / "pipelines" / stage / "pipeline.py", *filter(None, map(_dataset_module, entries))]
     seen: set[Path] = set()
     while todo:
@@ -82,7 +89,7 @@ def code_deps(stage: str, entries: list[dict] = (), start: Path | None = None) -
             parts = module.split(".")
             for i in range(2, len(parts) + 1):  # parents run their __init__ first
                 target = _module_file(".".join(parts[:i]))
-                if target is not None and target not in seen:
+                if target is not None and target not in seen and _followed(target):
                     todo.append(target)
     root = SRC.parents[1]
     return sorted(str(f.relative_to(root)) for f in seen | {SRC / f for f in EVERY_STAGE})

@@ -13,7 +13,7 @@ import torch
 from kedro.framework.hooks import hook_impl
 
 from .config import Params, check_environment, load_params
-from .progress import apply_log_level
+from .runtime.progress import apply_log_level
 
 PREFIX = "params:"
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from .models.encoder import EncoderConfig, FrozenEncoder
 from .models.official import load_diffusers_decoder, load_official_decoder, read_checkpoint
 from .models.serialization import read_blob
 from .params import build
-from .ranks import local_device
+from .runtime.ranks import local_device
 
 log = logging.getLogger(__name__)
 SHOWN = 8

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from ..models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models.serialization import Blob, blob_meta, load_strict, read_state_dict
-from ..ranks import local_device
+from ..runtime.ranks import local_device
 from .classifier import classifier_from_blob
 
 INCEPTION_FEATURES = ("2048", "logits_unbiased")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..fileio import atomic_file, png_info, write_npz, write_safetensors
 from ..models.serialization import Blob, read_blob
-from ..ranks import global_rank, is_rank_zero
+from ..runtime.ranks import global_rank, is_rank_zero
 
 log = logging.getLogger(__name__)
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 import shutil
 import time
 import warnings
-import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
@@ -20,10 +17,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..progress import Progress, show_progress
-from ..ranks import claimed
 from ..runtime import RuntimeConfig
-from ..scratch import RunKey
+from ..runtime.checkpoints import intact
+from ..runtime.progress import Progress, show_progress
+from ..runtime.ranks import claimed
+from ..runtime.scratch import RunKey
 from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
 
@@ -131,30 +129,6 @@ def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> in
     return num_samples // (batch_size * cfg.accumulate_grad_batches * devices * cfg.num_nodes)
 
 
-def _intact(path: Path, name: str) -> bool:
-    """Whether a resume checkpoint reads back whole (torch's zip format, every member's CRC checked: a kill while
-    it was written leaves it truncated) and holds tensors and plain values only (unpickled weights-only, whatever
-    the installed Lightning and torch would do by default). A damaged one is set aside beside it, named in the log,
-    and not used; one holding other objects is refused."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            intact = archive.testzip() is None
-    except (zipfile.BadZipFile, OSError, EOFError):
-        intact = False
-    if intact:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # the pickle only: tensors stay on disk
-        except pickle.UnpicklingError as err:
-            raise ValueError(f"{path}: this resume checkpoint holds objects other than tensors and plain values, so it "
-                             f"is not loaded ({str(err).splitlines()[0]}); delete it to train from step 0") from None
-        return True
-    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-    path.rename(aside)
-    log.warning("%s: the resume checkpoint %s is damaged (a kill while it was written?); set aside as %s, training "
-                "starts from step 0", name, path, aside.name)
-    return False
-
-
 class RankSeed(L.Callback):
     """Each rank draws its own random numbers (noise, times, label dropout, latent noise, augmentations), seeded as
     the reference seeds its ranks: `seed * world + rank`. Set once the ranks exist, before the first batch; the
@@ -204,7 +178,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
     if ckpt_dir is not None:
         extra.append(ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=every,
                                      save_last=True, save_top_k=0))
-    resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file() and _intact(ckpt_dir / "last.ckpt", name)
+    resume = ckpt_dir is not None and (ckpt_dir / "last.ckpt").is_file() and intact(ckpt_dir / "last.ckpt", name)
     if resume:
         log.info("%s: resuming from %s", name, ckpt_dir / "last.ckpt")
     manual = not module.automatic_optimization  # steps, accumulates and clips itself (stage 1's two steps)

@@ -18,9 +18,9 @@ import torch
 from ...data.images import ImageDataset, ImageSet
 from ...data.latents import DTYPES, CacheConfig, LatentCache, encode_block, encode_uint8, save_shard
 from ...models.encoder import EncoderConfig, FrozenEncoder
-from ...ranks import global_rank, local_device, sharded_job
 from ...runtime import RuntimeConfig
-from ...scratch import RunKey
+from ...runtime.ranks import global_rank, local_device, sharded_job
+from ...runtime.scratch import RunKey
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from ...data.samples import SampleSet
 from ...evaluation.extractors import Extractor
 from ...evaluation.scoring import extract, sample_scores
 from ...models.serialization import Blob
-from ...progress import progress
+from ...runtime.progress import progress
 
 log = logging.getLogger(__name__)
 

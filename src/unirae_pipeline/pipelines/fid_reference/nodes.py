@@ -27,7 +27,7 @@ from ...evaluation.fd import feature_stats, load_reference
 from ...evaluation.scoring import extract
 from ...models.serialization import Blob, to_blob
 from ...runtime import RuntimeConfig
-from ...scratch import RunKey
+from ...runtime.scratch import RunKey
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule

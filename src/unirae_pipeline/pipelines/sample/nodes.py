@@ -28,10 +28,10 @@ from ...evaluation.report import labelled_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_blob
 from ...models.dit import DiTConfig, build_dit, dit_from_blob
 from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
-from ...progress import Progress
-from ...ranks import global_rank, sharded_job, world_size
 from ...runtime import RuntimeConfig
-from ...scratch import RunKey
+from ...runtime.progress import Progress
+from ...runtime.ranks import global_rank, sharded_job, world_size
+from ...runtime.scratch import RunKey
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from ...diffusion.transport import TransportConfig, shift_factor
 from ...models.dit import DiTConfig, build_dit
 from ...models.serialization import Blob, check_fingerprints, to_blob
 from ...runtime import RuntimeConfig
-from ...scratch import RunKey
+from ...runtime.scratch import RunKey
 from ...training.data import KeyedBatches
 from ...training.fit import EMASnapshot, TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule

@@ -18,9 +18,9 @@ from ...evaluation.scoring import reconstruct
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob, decoder_to_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints
-from ...ranks import local_device
 from ...runtime import RuntimeConfig
-from ...scratch import RunKey
+from ...runtime.ranks import local_device
+from ...runtime.scratch import RunKey
 from ...training.data import KeyedBatches, TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch, tf32
 from ...training.stage1 import RAEModule, RAETrainConfig

@@ -4,8 +4,8 @@ Each run gets a folder under `runtime.scratch`, named by the hash of what its re
 stage's outputs are written. A killed run leaves its folder for the rerun to resume; a run whose params changed
 leaves it behind for good. Each folder records the params its key was made from (`params.json`), so that
 
-    python -m unirae_pipeline.scratch            # list every folder: in use, or referred to by nothing
-    python -m unirae_pipeline.scratch --prune    # remove the ones that neither the workspace nor an experiment uses
+    python -m unirae_pipeline.runtime.scratch            # list every folder: in use, or referred to by nothing
+    python -m unirae_pipeline.runtime.scratch --prune    # remove those neither the workspace nor an experiment uses
 
 keeps what the workspace's `params.yaml` or any DVC experiment (`dvc exp show`) could still resume.
 """
@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from .params import plain, run_key
+from ..params import plain, run_key
 from .ranks import in_use
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         unused += not used
         log.info("%8.1f MB  %-15s %s", entry.size / 2**20, state, entry.path.relative_to(root))
     log.info("%d unused folder(s) under %s%s", unused, root, "" if args.prune or not unused else
-             " (python -m unirae_pipeline.scratch --prune removes them)")
+             " (python -m unirae_pipeline.runtime.scratch --prune removes them)")
     return 0
 
 

@@ -1,4 +1,11 @@
-"""Runtime settings: how a stage runs, never what it computes.
+"""How a stage runs, never what it computes: the `runtime` settings and the code that only runs the work.
+
+The rule: nothing in this package can change an output byte. Its modules show progress and heartbeats (`progress`),
+place and coordinate ranks (`ranks`), name, claim and prune scratch folders (`scratch`) and check resume checkpoints
+before they are used (`checkpoints`); a resumed run equals an unbroken one (tested), so none of them decides a result.
+DVC follows none of them: `dvc_stages` stops at this package when it collects a stage's code, so editing it reruns
+nothing and needs no hand-judged `dvc commit`. Code that could change a result (a seed, a numeric policy, what a batch
+holds) does not belong here.
 
 The `runtime` params group holds every setting that cannot change a result: data-loading processes, log and
 checkpoint intervals, torch.compile, the sampling device, and where scratch space (resumable shards, checkpoints)
