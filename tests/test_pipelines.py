@@ -240,7 +240,7 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
     assert len(curve) == 10 and {"l1", "lpips", "gan", "gan_weight", "disc", "disc_accuracy"} <= set(curve.columns)
     assert curve.loc[curve.step > 6, "gan"].notna().all() and curve.loc[curve.step <= 4, "disc"].isna().all()
     metrics, _ = evaluate_decoder(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
-                                  params.encoder, params.seed, False, run)
+                                  False, run)
     assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
     # the online encoder must be the one that made the cache
     with pytest.raises(ValueError, match="fingerprints differ"):

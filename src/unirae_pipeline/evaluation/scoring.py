@@ -3,7 +3,7 @@ features of real images, the metrics of generated samples, and the reconstructio
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -93,3 +93,16 @@ def reconstruct(decoder: nn.Module, extractor: Extractor, pairs: Iterable[Batch]
                           if out.count + i in show})
         out.count += len(z)
     return out
+
+
+def paired(latent_shards: Iterable[dict[str, torch.Tensor]], images: Iterable[tuple[torch.Tensor, ...]],
+           batch_size: int) -> Iterator[Batch]:
+    """(latents, images, labels) batches from cached shards and an image loader of the same split in index order
+    (`batch_size` images per batch on both sides); fails when the two orders differ."""
+    images = iter(images)
+    for shard in latent_shards:
+        for z, rows, labels in zip(*(shard[k].split(batch_size) for k in ("latents", "rows", "labels"))):
+            real, _, image_rows = next(images)
+            if not torch.equal(image_rows, rows):
+                raise ValueError("the val latents are not in image-index order; re-run cache_latents")
+            yield z, real, labels

@@ -14,7 +14,7 @@ from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
 from ...data.latents import LatentStore
 from ...evaluation.extractors import Extractor
 from ...evaluation.report import labelled_grid
-from ...evaluation.scoring import reconstruct
+from ...evaluation.scoring import paired, reconstruct
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob, decoder_to_blob
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import Blob, blob_meta, check_fingerprints
@@ -70,25 +70,22 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderCon
 
 
 def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
-                     reference_stats: dict[str, np.ndarray], encoder: EncoderConfig, seed: int, use_tf32: bool,
+                     reference_stats: dict[str, np.ndarray], use_tf32: bool,
                      runtime: RuntimeConfig) -> tuple[dict, Image.Image]:
-    """Encode val with the frozen encoder in fp32 and reconstruct it (no noise) to uint8, as the reference's stage-1
-    evaluation does, and score those: PSNR and SSIM on [0, 1], FD to the val images' statistics (rFID with
-    Inception, on ImageNet's 50k centre-cropped val images), the classifier's accuracy on the reconstructions, and a
-    grid. Streams val batch by batch, the images decoded in `runtime.num_workers` processes: memory does not grow
-    with N; the encoder, decoder and feature network run on the GPU when there is one."""
-    fingerprint = check_fingerprints(decoder=blob_meta(decoder)["fingerprint"],
-                                     latents=latents.manifest["fingerprint"])
+    """Reconstruct val (no noise) from its cached latents to uint8 as the reference saves them, and score those: PSNR
+    and SSIM on [0, 1], FD to the val images' statistics (rFID with Inception, on ImageNet's 50k centre-cropped val
+    images), the classifier's accuracy on the reconstructions, and a grid. Streams val shard by shard, the images
+    decoded in `runtime.num_workers` processes: memory does not grow with N; the decoder and the feature network run
+    on the GPU when there is one."""
+    check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
     device, extractor = local_device(), Extractor(feature_extractor)
-    online = FrozenEncoder(encoder, seed).to(device)
-    check_fingerprints(encoder=online.fingerprint(), decoder=fingerprint)
     images = torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
                                          batch_size=256, num_workers=runtime.num_workers)
     total = latents.manifest["splits"]["val"]["count"]
     pick = set(torch.linspace(0, total - 1, 16).long().tolist())  # spread over val, which is ordered by class
     with tf32(use_tf32), torch.no_grad():  # as in training (the reference's stage-1 evaluation: TF32 off)
-        pairs = ((online(real.to(device).float() / 255), real, labels) for real, labels, _ in images)
-        result = reconstruct(decoder_from_blob(decoder).to(device), extractor, pairs, device, pick)
+        result = reconstruct(decoder_from_blob(decoder).to(device), extractor,
+                             paired(latents.iter_shards("val"), images, 256), device, pick)
     metrics = result.metrics(extractor.kind, {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]})
     log.info("decoder on val (%d images): %s", result.count, metrics)
     real, fake = (torch.stack([result.shown[i][j] for i in sorted(result.shown)]) for j in (0, 1))

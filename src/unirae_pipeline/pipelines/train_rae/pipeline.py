@@ -9,6 +9,6 @@ def create_pipeline(**kwargs) -> Pipeline:
                              "params:trainer", "params:seed",
                              "params:runtime"], ["decoder", "rae_loss"], name="train_decoder"),
         Node(evaluate_decoder, ["decoder", "latents", "image_set", "feature_extractor", "reference_stats",
-                                "params:encoder", "params:seed", "params:train_rae.tf32", "params:runtime"],
+                                "params:train_rae.tf32", "params:runtime"],
              ["rae_metrics", "reconstructions"], name="evaluate_decoder"),
     ])
