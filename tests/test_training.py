@@ -283,7 +283,7 @@ def test_each_rank_draws_its_own_numbers_and_resumes_them(tmp_path):
                               text=True, env={**os.environ, **env})
         assert done.returncode == 0, done.stderr[-3000:]
         files = [tmp_path / folder / f"{out}{r}.pt" for r in (0, 1)]
-        return [torch.load(f) for f in files] if all(f.is_file() for f in files) else None
+        return [torch.load(f, weights_only=True) for f in files] if all(f.is_file() for f in files) else None
 
     first, again = run("a", "one"), run("a", "two")
     assert len(first[0]) == 4 and not torch.equal(first[0], first[1])  # the ranks' own streams
