@@ -22,8 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from unirae_pipeline.data.images import ImageDataset, ImageSet, ImageSplit
-from unirae_pipeline.data.latents import LatentRows, LatentStore, Shard, encode_block, encode_uint8, save_shard
+from unirae_pipeline.data.encoding import Shard, encode_block, encode_uint8, save_shard
+from unirae_pipeline.data.images import ImageSet, ImageSplit
+from unirae_pipeline.data.latent_rows import LatentRows
+from unirae_pipeline.data.latents import LatentStore
+from unirae_pipeline.data.loading import ImageDataset
 from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
 from unirae_pipeline.training.data import KeyedBatches, TensorBatches
 

@@ -16,6 +16,12 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def documentation() -> str:
+    """The README and every page of docs/, one text: what a user reads, and what the README tests check."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return "\n".join(page.read_text(encoding="utf-8") for page in pages)
+
+
 def copy_repository(dest: Path) -> Path:
     """The tracked (and untracked, not ignored) files as they are in the working tree, as a clone would hold them."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -44,8 +50,8 @@ def outside_the_repository(tmp_path, monkeypatch):
 
 def typed(name: str, value: dict):
     """The params group `name` as the nodes take it: `value` built into its node of the typed tree."""
-    from unirae_pipeline.config import Params
-    from unirae_pipeline.params import build
+    from unirae_pipeline.config.build import build
+    from unirae_pipeline.config.params import Params
 
     return build(typing.get_type_hints(Params)[name], value, name)
 

@@ -15,11 +15,11 @@ import torch
 import yaml
 from hydra.errors import MissingConfigException
 
-from unirae_pipeline.compose import compose_params, dump
-from unirae_pipeline.config import check_environment, load_params
-from unirae_pipeline.dvc_stages import MARKER
-from unirae_pipeline.params import plain
+from unirae_pipeline.config.build import plain
+from unirae_pipeline.config.params import check_environment, load_params
 from unirae_pipeline.pipeline_registry import STAGES
+from unirae_pipeline.tools.compose import compose_params, dump
+from unirae_pipeline.tools.dvc_stages import MARKER
 
 from .conftest import ROOT, copy_repository, write_folder
 
@@ -75,7 +75,7 @@ def test_every_node_takes_its_params_as_the_tree_holds_them(params):
     from kedro.pipeline import Pipeline
     from kedro.validation.type_extractor import TypeExtractor
 
-    from unirae_pipeline.hooks import ParamsHook
+    from unirae_pipeline.config.hooks import ParamsHook
 
     tree = load_params(params)
     pipelines = {s: importlib.import_module(f"unirae_pipeline.pipelines.{s}").create_pipeline() for s in STAGES}
@@ -97,10 +97,10 @@ def test_every_node_takes_its_params_as_the_tree_holds_them(params):
 def test_a_run_fails_when_params_yaml_changes_under_it(params, tmp_path):
     """`dvc exp run -S` in the same workspace rewrites params.yaml while a stage runs: the run fails at its end, so
     DVC never records outputs of the old values under the new ones."""
-    from unirae_pipeline.hooks import ParamsHook
+    from unirae_pipeline.runtime.hooks import RunHook
 
     (tmp_path / "params.yaml").write_text(dump(params), encoding="utf-8")
-    hook = ParamsHook()
+    hook = RunHook()
     hook.after_context_created(type("Context", (), {"config_loader": {"parameters": params},
                                                     "project_path": tmp_path})())
     hook.after_pipeline_run({}, {}, None, None)  # unchanged: fine
@@ -130,7 +130,7 @@ def test_kedro_reads_params_yaml_and_sets_tf32(params):
 
 
 def test_dvc_yaml_is_generated_and_fresh():
-    result = subprocess.run([sys.executable, "-m", "unirae_pipeline.dvc_stages", "--check"], cwd=ROOT,
+    result = subprocess.run([sys.executable, "-m", "unirae_pipeline.tools.dvc_stages", "--check"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -272,7 +272,7 @@ def test_a_bad_param_stops_kedro_before_any_node(tmp_path):
 def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     """A real `dvc status` after one edit: a stage is stale when it runs the edited code, reads or writes the edited
     catalog entry or reads the edited param, and for nothing else: a plot title in a catalog entry's metadata, every
-    `runtime` setting and every module of the `runtime` package stale no stage."""
+    `runtime` setting, every module of the `runtime` package and every command-line tool stale no stage."""
     repo = copy_repository(tmp_path / "repo")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
@@ -303,14 +303,19 @@ def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     assert stale_by(pkg + "models/dit.py", comment) == {"check_params", "train_dit", "train_guide", "sample"}
     assert stale_by(pkg + "models/decoder.py", comment) == {"check_params", "train_rae", "sample"}
     assert stale_by(pkg + "models/encoder.py", comment) == {"check_params", "cache_latents", "train_rae"}
-    assert stale_by(pkg + "diffusion/sampling.py", comment) == {"check_params", "sample"}
-    runtime_modules = sorted((repo / pkg / "runtime").glob("*.py"))  # how a run runs: no result can change
-    assert len(runtime_modules) >= 5
-    originals = {f: f.read_text() for f in runtime_modules[1:]}
-    try:  # every runtime module edited at once: one `dvc status`
+    # grab-bag modules split along stage lines: the code one stage runs stales that stage alone
+    assert stale_by(pkg + "diffusion/sampling.py", comment) == {"sample"}
+    assert stale_by(pkg + "data/moments.py", comment) == {"latent_stats"}
+    assert stale_by(pkg + "data/latent_rows.py", comment) == {"train_dit", "train_guide"}  # both train a DiT
+    assert stale_by(pkg + "data/crops.py", comment) == {"train_rae"}
+    # how a run runs (runtime/: no result can change) and the command-line tools (tools/: no stage runs them)
+    untracked = sorted([*(repo / pkg / "runtime").glob("*.py"), *(repo / pkg / "tools").glob("*.py")])
+    assert len(untracked) >= 12
+    originals = {f: f.read_text() for f in untracked[1:]}
+    try:  # every such module edited at once: one `dvc status`
         for f, text in originals.items():
             f.write_text(comment(text))
-        assert stale_by(str(runtime_modules[0].relative_to(repo)), comment) == set()
+        assert stale_by(str(untracked[0].relative_to(repo)), comment) == set()
     finally:
         for f, text in originals.items():
             f.write_text(text)

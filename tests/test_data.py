@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from unirae_pipeline.data.images import GeneratedImages, ImageDataset, center_crop, scan_image_folder
-from unirae_pipeline.data.latents import (
-    CacheConfig,
-    LatentStore,
-    RunningMoments,
-    denormalize,
-    encode_block,
-    normalize,
-    save_shard,
-)
+from unirae_pipeline.data.encoding import CacheConfig, encode_block, save_shard
+from unirae_pipeline.data.images import GeneratedImages, scan_image_folder
+from unirae_pipeline.data.latents import LatentStore
+from unirae_pipeline.data.loading import ImageDataset, center_crop
+from unirae_pipeline.data.moments import RunningMoments
+from unirae_pipeline.data.normalization import denormalize, normalize
 from unirae_pipeline.data.shapes import SHAPES, ShapesConfig, generate
 
 from .conftest import scratch, typed, write_folder
@@ -154,7 +150,7 @@ def test_dvc_sees_images_added_or_overwritten_in_the_tree(tmp_path):
 
     from PIL import Image
 
-    from unirae_pipeline.compose import compose_params, dump
+    from unirae_pipeline.tools.compose import compose_params, dump
 
     from .conftest import copy_repository
 
@@ -241,7 +237,7 @@ def test_an_epoch_visits_every_image_once_plain_or_mirrored_at_random(tmp_path, 
     """The reference's epoch (RandomHorizontalFlip over the image set): N images per epoch, not the 2N cached latents,
     each read plain or mirrored as drawn per image and epoch; with latents.hflip off, always plain. The in-memory
     stream (train_rae) and the memory-mapped one (train_dit) read the same rows."""
-    from unirae_pipeline.data.latents import LatentRows
+    from unirae_pipeline.data.latent_rows import LatentRows
     from unirae_pipeline.training.data import KeyedBatches, TensorBatches
     from unirae_pipeline.training.fit import TrainerConfig, steps_per_epoch
 
@@ -371,7 +367,8 @@ def _rss_anon_mb() -> float:
 def test_latent_rows_stream_from_memory_mapped_shards(tmp_path):
     """train_dit's data path: the same batches as the in-memory cache, with any number of workers and
     after a resume; reading a cache of 256 MB (16 shards) adds far less than its size to the process's memory."""
-    from unirae_pipeline.data.latents import LatentRows, Shard
+    from unirae_pipeline.data.encoding import Shard
+    from unirae_pipeline.data.latent_rows import LatentRows
     from unirae_pipeline.training.data import KeyedBatches
 
     gen = torch.Generator().manual_seed(0)

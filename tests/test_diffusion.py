@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from unirae_pipeline.diffusion.sampling import SamplerConfig, guided_velocity, integrate, sample_ode, time_grid
+from unirae_pipeline.diffusion.sampler_config import SamplerConfig
+from unirae_pipeline.diffusion.sampling import guided_velocity, integrate, sample_ode, time_grid
 from unirae_pipeline.diffusion.transport import (
     T_MAX,
     TransportConfig,
@@ -147,8 +148,8 @@ def test_autoguidance_extrapolates_from_the_guide():
 
 
 def test_bf16_autocast_sampling_matches_fp32(params):
+    from unirae_pipeline.config.build import build
     from unirae_pipeline.models.dit import DiTConfig, build_dit
-    from unirae_pipeline.params import build
 
     model = build_dit(build(DiTConfig, params["dit"], "dit"), (64, 4, 4), 10, seed=0).eval()
     with torch.no_grad():

@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import yaml
 
-from .conftest import ROOT, copy_repository
+from .conftest import copy_repository, documentation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ def repo(tmp_path_factory):
     dest = copy_repository(tmp_path_factory.mktemp("e2e") / "repo")
     for generated in ("dvc.lock",):
         (dest / generated).unlink(missing_ok=True)
-    run(["python", "-m", "unirae_pipeline.compose", "profile=smoke"], dest)
+    run(["python", "-m", "unirae_pipeline.tools.compose", "profile=smoke"], dest)
     run(["git", "init", "-q"], dest)
     run(["git", "config", "user.name", "ci"], dest)
     run(["git", "config", "user.email", "ci@example.invalid"], dest)
@@ -288,7 +288,7 @@ def test_official_weights_profile_runs_the_readme_sample_lines(repo, tmp_path):
     torch.save({"ema": guide, "model": {}}, tmp_path / "guide.pt")
     torch.save(decoder_state, tmp_path / "decoder.pt")
     torch.save({"mean": None, "var": torch.rand(32, 4, 4) + 0.5}, tmp_path / "stat.pt")
-    readme = (ROOT / "README.md").read_text()
+    readme = documentation()
     catalog = yaml.safe_load(re.search(r"```yaml\n(dit:.*?)```", readme, re.S).group(1))
     assert set(catalog) == {"dit", "decoder", "latent_stats", "dit_guide"}
     files = {"dit": "dit.pt", "dit_guide": "guide.pt", "decoder": "decoder.pt", "latent_stats": "stat.pt"}

@@ -72,7 +72,7 @@ def test_each_family_equals_its_transformers_implementation(kind, input_size, tm
 def test_families_and_their_preprocessing():
     """The family (how positions are resized, the norms' eps) and the input normalization follow the model name;
     the built-in presets name the reference's encoders."""
-    from unirae_pipeline.compose import compose_params
+    from unirae_pipeline.tools.compose import compose_params
 
     from .conftest import ROOT
 
@@ -131,7 +131,7 @@ def test_a_diffusers_rae_reads_as_encoder_decoder_and_statistics(kind, tmp_path)
     apart, give diffusers' latents (its (z - mean) / (std + 1e-5) * scaling_factor, from our sqrt(var + eps)) and its
     images. On a 16x16 grid, the released models': diffusers scales its decoder's sin-cos positions by 16 / grid, where
     the reference (and this pipeline) does not, so other grids decode as the reference does, not as diffusers."""
-    from unirae_pipeline.data.latents import denormalize, normalize
+    from unirae_pipeline.data.normalization import denormalize, normalize
     from unirae_pipeline.models.diffusers_rae import DiffusersRAE
     from unirae_pipeline.models.official import load_diffusers_decoder, load_diffusers_stats
 
@@ -181,12 +181,12 @@ def test_export_to_diffusers_round_trips(kind, source, tmp_path):
     """`export_diffusers`: a diffusers RAE read by this pipeline (its encoder file as users have it, or that file in
     timm's layout; its decoder and statistics converted) and exported again loads in diffusers' own class with the
     same latents and images, to 1e-5."""
-    from unirae_pipeline.export_diffusers import main as export
     from unirae_pipeline.fileio import write_safetensors
     from unirae_pipeline.models.decoder import decoder_to_blob
     from unirae_pipeline.models.diffusers_rae import DiffusersRAE
     from unirae_pipeline.models.hf_encoders import hf_to_timm
     from unirae_pipeline.models.official import load_diffusers_decoder, load_diffusers_stats
+    from unirae_pipeline.tools.export_diffusers import main as export
 
     gen = torch.Generator().manual_seed(3)
     shape = (WIDTH, 16, 16)
@@ -224,9 +224,9 @@ def test_export_to_diffusers_round_trips(kind, source, tmp_path):
 def test_export_refuses_what_diffusers_cannot_hold(tmp_path, capsys):
     """Named errors: weights without their original table (`hub`), a family diffusers lacks (DINOv3), a grid on
     which diffusers' decoder positions depart from the reference's."""
-    from unirae_pipeline.export_diffusers import main as export
     from unirae_pipeline.fileio import write_safetensors
     from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_to_blob
+    from unirae_pipeline.tools.export_diffusers import main as export
 
     write_safetensors(tmp_path / "stats.safetensors", {"mean": torch.zeros(1), "var": torch.ones(1)}, {})
     for name, (model, size, grid) in {"hub": ("vit_base_patch16_224.mae", 64, 16),

@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 import numpy as np, pandas as pd, torch
 from PIL import Image
-from unirae_pipeline.data.latents import Shard, save_shard
+from unirae_pipeline.data.encoding import Shard, save_shard
 from unirae_pipeline.data.samples import SampleSet
 from unirae_pipeline.io.datasets import CSVDataset, JSONDataset, NpzDataset, PNGDataset, SafetensorsDataset
 from unirae_pipeline.io.image_set import ImageSetDataset

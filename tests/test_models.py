@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unirae_pipeline.config.build import build
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
 from unirae_pipeline.models.dit import DiTConfig, DiTDH, build_dit, dit_from_blob
 from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
 from unirae_pipeline.models.layers import Rope2D, count_params, sincos_pos_embed_2d, swiglu_hidden
 from unirae_pipeline.models.serialization import to_blob
-from unirae_pipeline.params import build
 
 from .conftest import ROOT
 
@@ -21,7 +21,7 @@ def dit_cfg(params: dict, **over) -> DiTConfig:
 
 @pytest.mark.parametrize("size,expected", [("S", 196.5e6), ("B", 294.3e6), ("L", 621.7e6), ("XL", 838.7e6)])
 def test_dit_dh_parameter_counts_match_reference(size, expected):
-    from unirae_pipeline.compose import compose_params
+    from unirae_pipeline.tools.compose import compose_params
 
     cfg = build(DiTConfig, compose_params([f"dit={size}"], conf_dir=ROOT / "conf")["dit"], "dit")
     with torch.device("meta"):
@@ -182,7 +182,7 @@ def test_lightning_dit_option(params):
 
 
 def test_lightning_dit_xl_parameter_count():
-    from unirae_pipeline.compose import compose_params
+    from unirae_pipeline.tools.compose import compose_params
 
     cfg = build(DiTConfig, {**compose_params(["dit=XL"], conf_dir=ROOT / "conf")["dit"], "head_depth": 0}, "dit")
     with torch.device("meta"):

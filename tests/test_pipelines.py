@@ -11,8 +11,7 @@ import torch
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from unirae_pipeline.compose import compose_params, dump
-from unirae_pipeline.config import Params, load_params
+from unirae_pipeline.config.params import Params, load_params
 from unirae_pipeline.evaluation.report import grid_labels
 from unirae_pipeline.io.image_set import ImageSetDataset
 from unirae_pipeline.io.latent_store import LatentStoreDataset
@@ -27,6 +26,7 @@ from unirae_pipeline.pipelines import (
     train_guide,
     train_rae,
 )
+from unirae_pipeline.tools.compose import compose_params, dump
 
 from .conftest import ROOT, scratch, typed
 
@@ -223,9 +223,9 @@ def test_train_guide_trains_a_separate_smaller_dit_that_autoguidance_uses(chain)
 def test_train_rae_reference_recipe_from_images(chain, tmp_path):
     """The stage-1 recipe end to end through the node: online encoder on random crops, LPIPS from the start, the
     discriminator training from step 4 and reaching the decoder from step 6 (random-init weights files)."""
-    from unirae_pipeline.pipelines.train_rae.nodes import evaluate_decoder, train_decoder
+    from unirae_pipeline.pipelines.train_rae.nodes import evaluate_rae, train_rae
 
-    from .test_stage1 import LPIPS_HEADS, TINY_DINO, write_random_weights
+    from .test_train_rae import LPIPS_HEADS, TINY_DINO, write_random_weights
 
     params, catalog, outputs = chain
     weights = write_random_weights(tmp_path)
@@ -236,18 +236,18 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
                                   kernel_size=3, overrides=TINY_DINO))
     latents, image_set = catalog.load("latents"), catalog.load("image_set")
     trainer, run = params.trainer, replace(params.runtime, log_every_n_steps=1)
-    blob, curve = train_decoder(latents, image_set, params.encoder, params.decoder, recipe, trainer, params.seed, run)
+    blob, curve = train_rae(latents, image_set, params.encoder, params.decoder, recipe, trainer, params.seed, run)
     assert len(curve) == 10 and {"l1", "lpips", "gan", "gan_weight", "disc", "disc_accuracy"} <= set(curve.columns)
     assert curve.loc[curve.step > 6, "gan"].notna().all() and curve.loc[curve.step <= 4, "disc"].isna().all()
-    metrics, _ = evaluate_decoder(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
+    metrics, _ = evaluate_rae(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
                                   False, run)
     assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
     # the online encoder must be the one that made the cache
     with pytest.raises(ValueError, match="fingerprints differ"):
-        train_decoder(latents, image_set, replace(params.encoder, overrides={**params.encoder.overrides, "depth": 1}),
+        train_rae(latents, image_set, replace(params.encoder, overrides={**params.encoder.overrides, "depth": 1}),
                       params.decoder, recipe, trainer, params.seed, run)
     with pytest.raises(ValueError, match="16-mixed with train_rae.gan_weight"):
-        train_decoder(latents, image_set, params.encoder, params.decoder, recipe,
+        train_rae(latents, image_set, params.encoder, params.decoder, recipe,
                       replace(trainer, precision="16-mixed"), params.seed, run)
 
 

@@ -8,7 +8,8 @@ import logging
 import pytest
 import torch
 
-from unirae_pipeline.diffusion.sampling import SamplerConfig, integrate
+from unirae_pipeline.diffusion.sampler_config import SamplerConfig
+from unirae_pipeline.diffusion.sampling import integrate
 from unirae_pipeline.runtime.progress import Progress, heartbeat_s, progress
 
 

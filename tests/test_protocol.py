@@ -16,21 +16,22 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from unirae_pipeline.compose import compose_params
-from unirae_pipeline.config import load_params
-from unirae_pipeline.data.latents import denormalize, norm_stats, normalize
-from unirae_pipeline.diffusion.sampling import SamplerConfig, integrate, time_grid
+from unirae_pipeline.config.build import build
+from unirae_pipeline.config.params import load_params
+from unirae_pipeline.data.normalization import denormalize, norm_stats, normalize
+from unirae_pipeline.diffusion.sampler_config import SamplerConfig
+from unirae_pipeline.diffusion.sampling import integrate, time_grid, with_guidance
 from unirae_pipeline.diffusion.transport import TransportConfig, draw_noise_and_time, shift_factor
 from unirae_pipeline.evaluation.fd import psnr_ssim
 from unirae_pipeline.evaluation.report import to_uint8_nhwc
 from unirae_pipeline.models.official import load_official_decoder, load_official_dit, load_official_stats
-from unirae_pipeline.params import build
+from unirae_pipeline.tools.compose import compose_params
 from unirae_pipeline.training.fit import TrainerConfig, steps_per_epoch
 from unirae_pipeline.training.objectives import dit_objective
 from unirae_pipeline.training.optim import DiTTrainConfig, build_optimizer
-from unirae_pipeline.training.stage1 import RAETrainConfig
+from unirae_pipeline.training.rae import RAETrainConfig
 
-from .conftest import ROOT, runtime
+from .conftest import ROOT, documentation, runtime
 from .test_official import read_fixture
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -125,7 +126,7 @@ def test_euler_and_heun_with_cfg_interval_and_autoguidance_equal_the_reference(r
     methods = {"euler": "euler", "heun2": "heun"}
     for name, (method, num_steps, guidance, scale, (t_min, t_max)) in meta["samplers"].items():
         sampler = SamplerConfig(methods[method], num_steps, guidance, scale, t_min, t_max, 1.0)
-        velocity = sampler.velocity(model, model.num_classes, guide)
+        velocity = with_guidance(sampler, model, model.num_classes, guide)
         with torch.no_grad():
             out = integrate(velocity, z, y, time_grid(num_steps, shift).float(), sampler)
         expected = tensors[f"sample.{name}"]
@@ -287,7 +288,7 @@ def test_profile_imagenet512_equals_the_reference_512_configs(imagenet, configs)
 
 def test_stage1_diffaug_hinge_loss_and_adaptive_weight_equal_the_reference(ref):
     """DiffAug draws the reference's random numbers in its order (same seed, same augmentations)."""
-    from unirae_pipeline.training.stage1 import adaptive_weight, diff_augment, hinge_d_loss
+    from unirae_pipeline.training.rae import adaptive_weight, diff_augment, hinge_d_loss
 
     tensors, _ = ref
     torch.manual_seed(5)
@@ -337,9 +338,9 @@ def _stage1_replay(ref, tmp_path, module_class) -> dict[str, list[float]]:
 
     from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
     from unirae_pipeline.models.official import official_decoder_state
-    from unirae_pipeline.training import stage1
+    from unirae_pipeline.training import rae as stage1_module
     from unirae_pipeline.training.fit import fit
-    from unirae_pipeline.training.stage1 import adaptive_weight
+    from unirae_pipeline.training.rae import adaptive_weight
 
     tensors, meta = ref
     k = meta["steps"]
@@ -447,7 +448,7 @@ def _stage1_replay(ref, tmp_path, module_class) -> dict[str, list[float]]:
         return tensors["steps.gan_weight"][module.global_step].clone()
 
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(stage1, "adaptive_weight", given_weight)
+    monkeypatch.setattr(stage1_module, "adaptive_weight", given_weight)
     monkeypatch.chdir(tmp_path)  # Lightning's logs
     try:
         curve = fit(module, InOrder(), TrainerConfig("cpu", 1, 1, "auto", "32-true", 1),
@@ -473,7 +474,7 @@ def test_stage1_training_steps_equal_the_reference(ref, tmp_path):
     trains, as `decoder.requires_grad_(True)` makes it): the same loss terms (L1, GAN term, adaptive weight,
     discriminator hinge), and the same decoder, EMA and discriminator heads after it. The reference's order holds:
     generator step, EMA, then the discriminator step on the decoding by the just-updated decoder."""
-    from unirae_pipeline.training.stage1 import RAEModule
+    from unirae_pipeline.training.rae import RAEModule
 
     errors = _stage1_replay(ref, tmp_path, RAEModule)
     assert set(errors) == {"decoder", "ema", "heads", "l1", "gan", "gan_weight", "disc"}
@@ -486,7 +487,7 @@ def test_the_old_stage1_step_order_departs_from_the_reference(ref, tmp_path):
     the generator's update, fails the same comparison: it can tell the orders apart."""
     import copy
 
-    from unirae_pipeline.training.stage1 import RAEModule
+    from unirae_pipeline.training.rae import RAEModule
 
     class OldOrder(RAEModule):
         def training_step(self, batch, batch_idx):
@@ -501,7 +502,7 @@ def test_the_old_stage1_step_order_departs_from_the_reference(ref, tmp_path):
             d_fake, d_real = self.disc(fakes), self.disc(reals)
             return {"disc": hinge_d_loss(d_real, d_fake), "disc_accuracy": (d_real > d_fake).float().mean()}
 
-    from unirae_pipeline.training.stage1 import hinge_d_loss, to_8bit
+    from unirae_pipeline.training.rae import hinge_d_loss, to_8bit
 
     errors = _stage1_replay(ref, tmp_path, OldOrder)
     worst = {name: max(values) for name, values in errors.items()}  # the reference's order: heads 0.2, disc 0.4
@@ -580,7 +581,7 @@ def test_a_trained_table_loads(ref):
 def test_the_released_rae_table_is_the_reference_pretrained_configs(configs):
     """Each of the reference's `configs/stage1/pretrained/*.yaml`: the README's row names its decoder and statistics
     files, and our preset encodes at its input size, with its image processor's normalization where we know it."""
-    readme = (ROOT / "README.md").read_text()
+    readme = documentation()
     presets = {"DINOv2-B": "dinov2_b", "DINOv2-B_512": "dinov2_b_512", "SigLIP2": "siglip2_b", "MAE": "mae_b"}
     for name, preset in presets.items():
         ref = configs[f"configs/stage1/pretrained/{name}.yaml"]["stage_1"]["params"]

@@ -1,4 +1,5 @@
-"""The README's Quick start holds exactly the two commands, and CI runs the second one."""
+"""The README's Quick start holds exactly the two commands, and CI runs the second one; the README is a short front
+door whose links reach every page of docs/; every command of both runs in some test."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import re
 
 import yaml
 
-from .conftest import ROOT
+from .conftest import ROOT, documentation
 
 
 def quick_start() -> list[str]:
@@ -29,7 +30,8 @@ def test_quick_start_has_two_commands_and_ci_runs_the_second():
 
 
 def _bash_lines() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    """Every command line of the README and of docs/."""
+    text = documentation()
     blocks = re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S)
     return [line for block in blocks for line in block.splitlines() if line.strip()]
 
@@ -53,11 +55,11 @@ def test_imagenet_commands_compose_and_every_file_they_need_is_documented(tmp_pa
     import pytest
     import yaml
 
-    from unirae_pipeline.compose import compose_params
-    from unirae_pipeline.config import check_environment, load_params
+    from unirae_pipeline.config.params import check_environment, load_params
+    from unirae_pipeline.tools.compose import compose_params
 
     stages = set(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
-    readme = (ROOT / "README.md").read_text()
+    readme = documentation()
     lines = [line for line in _bash_lines() if line.startswith("dvc exp run") and "profile=imagenet" in line]
     assert len(lines) >= 5
     for n, line in enumerate(lines):
@@ -123,12 +125,12 @@ EXERCISED = {
     "bash bench/gpu_run.sh": "test_bench.test_the_prepared_gpu_run_works_small_on_the_cpu",
     "PYTHONPATH=src python bench/bench_dit.py": "test_bench.test_bench_dit_tiny",
     "PYTHONPATH=src python bench/bench_data.py": "test_bench.test_bench_data_tiny",
-    "python -m unirae_pipeline.reconstruct /path/to/images logs/recon --diffusers":
+    "python -m unirae_pipeline.tools.reconstruct /path/to/images logs/recon --diffusers":
         "test_reconstruct.test_a_folder_through_a_diffusers_rae_equals_its_own_reconstructions",
-    "python -m unirae_pipeline.reconstruct /path/to/images logs/recon --official":
+    "python -m unirae_pipeline.tools.reconstruct /path/to/images logs/recon --official":
         "test_reconstruct.test_a_folder_through_a_released_reference_decoder",
-    "python -m unirae_pipeline.reconstruct": "test_reconstruct.test_a_folder_through_the_rae_trained_here",
-    "pip install -e \".[diffusers]\" && python -m unirae_pipeline.export_diffusers":
+    "python -m unirae_pipeline.tools.reconstruct": "test_reconstruct.test_a_folder_through_the_rae_trained_here",
+    "pip install -e \".[diffusers]\" && python -m unirae_pipeline.tools.export_diffusers":
         "test_encoders.test_export_to_diffusers_round_trips",
     "dvc remote add": "test_e2e.test_dvc_remote_shares_the_artefacts",
     "dvc push": "test_e2e.test_dvc_remote_shares_the_artefacts",
@@ -138,8 +140,8 @@ EXERCISED = {
 def test_every_readme_command_is_exercised_and_its_params_are_valid():
     import shlex
 
-    from unirae_pipeline.compose import compose_params
-    from unirae_pipeline.config import load_params
+    from unirae_pipeline.config.params import load_params
+    from unirae_pipeline.tools.compose import compose_params
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for line in _bash_lines():
@@ -165,3 +167,18 @@ def test_every_readme_command_is_exercised_and_its_params_are_valid():
         elif command.startswith("dvc exp run -S") and "profile=imagenet" not in command:
             overrides = [tokens[i + 1] for i, t in enumerate(tokens) if t == "-S" and "choice(" not in tokens[i + 1]]
             load_params(compose_params(overrides, conf_dir=ROOT / "conf"))
+
+
+def test_the_readme_is_a_short_front_door_whose_links_reach_every_doc():
+    """About 150-200 lines: the rest lives in docs/, every page of which the README links; every relative link of the
+    README and docs/ resolves to a file of the repository."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert readme.count("\n") <= 200
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert {"architecture.md", "imagenet.md", "official-weights.md", "departures.md", "clusters.md", "models.md",
+            "troubleshooting.md"} <= {p.name for p in pages}
+    linked = set(re.findall(r"\]\((docs/[^)#]+)\)", readme))
+    assert linked == {f"docs/{p.name}" for p in pages}
+    for page in [ROOT / "README.md", *pages]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            assert (page.parent / target).resolve().is_file(), f"{page.name} links to a missing {target}"

@@ -1,5 +1,5 @@
-"""`python -m unirae_pipeline.reconstruct`: a folder of images through an RAE (trained here, or a diffusers one), the
-reconstructions written as PNGs and scored (PSNR, SSIM, FD in the pipeline's feature space)."""
+"""`python -m unirae_pipeline.tools.reconstruct`: a folder of images through an RAE (trained here, or a diffusers one),
+the reconstructions written as PNGs and scored (PSNR, SSIM, FD in the pipeline's feature space)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from unirae_pipeline.evaluation.report import grid_labels
 from unirae_pipeline.fileio import write_safetensors
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_to_blob
 from unirae_pipeline.models.serialization import to_blob
-from unirae_pipeline.reconstruct import main
+from unirae_pipeline.tools.reconstruct import main
 
 from .conftest import ROOT, typed, write_folder
 
@@ -95,7 +95,7 @@ def test_a_folder_through_a_released_reference_decoder(tmp_path, features):
     """`--official model.pt --official-params`: the reference's own decoder file (the official-code fixture's random
     GeneralDecoder, saved as the releases are) decodes params' encoder's latents, de-normalized as that encoder
     normalizes; the PNGs are its reconstructions exactly."""
-    from unirae_pipeline.data.images import center_crop
+    from unirae_pipeline.data.loading import center_crop
     from unirae_pipeline.evaluation.report import quantize
     from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
     from unirae_pipeline.models.official import load_official_decoder

@@ -94,7 +94,7 @@ def test_killed_training_resumes_to_the_unbroken_result(tmp_path):
 CACHE_SCRIPT = textwrap.dedent('''
     import logging, os, signal, sys
     from unirae_pipeline.data.images import scan_image_folder
-    from unirae_pipeline.data.latents import CacheConfig
+    from unirae_pipeline.data.encoding import CacheConfig
     from unirae_pipeline.io.latent_store import LatentStoreDataset
     from unirae_pipeline.models.encoder import EncoderConfig
     from unirae_pipeline.pipelines.cache_latents import nodes
@@ -159,15 +159,16 @@ RAE_SCRIPT = textwrap.dedent('''
     import lightning as L
     import torch
     from safetensors.torch import save_file
-    from unirae_pipeline.data.images import RandomCrops, scan_image_folder
+    from unirae_pipeline.data.crops import RandomCrops
+    from unirae_pipeline.data.images import scan_image_folder
     from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
     from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
-    from unirae_pipeline.params import build
+    from unirae_pipeline.config.build import build
     from unirae_pipeline.runtime import RuntimeConfig
     from unirae_pipeline.runtime.scratch import RunKey
     from unirae_pipeline.training.data import KeyedBatches
     from unirae_pipeline.training.fit import TrainerConfig, fit
-    from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig
+    from unirae_pipeline.training.rae import RAEModule, RAETrainConfig
     logging.basicConfig(level=logging.INFO)
 
     class Kill(L.Callback):
@@ -209,7 +210,7 @@ def test_killed_stage1_gan_training_resumes_to_the_unbroken_result(tmp_path):
     """Stage 1 with LPIPS and the discriminator, on random crops encoded online: killed after the discriminator
     started, resumed, equal to the unbroken run (decoder EMA, heads, every loss term of the curve)."""
     from .conftest import write_folder
-    from .test_stage1 import LPIPS_HEADS, TINY_DINO, write_random_weights
+    from .test_train_rae import LPIPS_HEADS, TINY_DINO, write_random_weights
 
     write_folder(tmp_path / "imgs", {"a": 12, "b": 12}, size=24)
     write_random_weights(tmp_path)  # vgg16.pth, dino.pth

@@ -52,9 +52,9 @@ def test_prune_removes_only_what_neither_the_workspace_nor_an_experiment_uses(tm
     unrecorded = tmp_path / "scratch" / "latents" / "0123456789ab"
     unrecorded.mkdir(parents=True)
 
-    run(sys.executable, "-m", "unirae_pipeline.runtime.scratch")  # the dry run lists, removes nothing
+    run(sys.executable, "-m", "unirae_pipeline.tools.scratch")  # the dry run lists, removes nothing
     assert all(f.is_dir() for f in folders.values()) and unrecorded.is_dir()
     running = RunKey({"dit": {"depth": 16}, "seed": 0}).folder(ckpts, prefix="train_dit-")  # a queued experiment's
     with claimed(running):  # a run in progress, whatever its params: never pruned under it
-        run(sys.executable, "-m", "unirae_pipeline.runtime.scratch", "--prune")
+        run(sys.executable, "-m", "unirae_pipeline.tools.scratch", "--prune")
     assert {d for d, f in folders.items() if f.is_dir()} == {2, 4} and unrecorded.is_dir() and running.is_dir()

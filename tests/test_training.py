@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from unirae_pipeline.config.build import build
 from unirae_pipeline.diffusion.transport import TransportConfig
 from unirae_pipeline.models.dit import DiTConfig, build_dit
-from unirae_pipeline.params import build
 from unirae_pipeline.runtime.scratch import RunKey
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit

@@ -1,8 +1,9 @@
 """Kedro project settings: parameters come from the repo-root params.yaml (composed by Hydra), nowhere else."""
 
-from .hooks import ParamsHook
+from .config.hooks import ParamsHook
+from .runtime.hooks import RunHook
 
-HOOKS = (ParamsHook(),)
+HOOKS = (RunHook(), ParamsHook())
 
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

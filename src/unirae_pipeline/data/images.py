@@ -1,4 +1,5 @@
-"""Image sets on disk: an index of (file, label) per split over an ImageFolder tree, and a torch Dataset on it."""
+"""Image sets on disk: an index of (file, label) per split over an ImageFolder tree, how it is scanned, written and
+read (every stage that reads `image_set` runs this code through its dataset class)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-
-from .shapes import ShapesConfig
 
 log = logging.getLogger(__name__)
 
@@ -23,35 +21,6 @@ SPLITS = ("train", "val")
 # file names are bytes on POSIX: the ones that are not UTF-8 travel through the index as Python decoded them
 NAMES = {"encoding": "utf-8", "errors": "surrogateescape"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """`source`: `shapes` (the built-in set, sized by `shapes`) or `imagefolder` (an ImageNet-style tree at `root`)."""
-
-    source: str
-    image_size: int
-    root: str | None
-    lineage: str  # what DVC hashes as this data (a dependency of prepare_data): `root`, or the built-in generator
-    shapes: ShapesConfig | None
-
-    def __post_init__(self) -> None:
-        if self.source not in ("shapes", "imagefolder"):
-            raise ValueError(f"data.source must be 'shapes' or 'imagefolder', got {self.source!r}")
-        if self.image_size < 8:
-            raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
-        if self.source == "shapes" and self.shapes is None:
-            raise ValueError("data.shapes must hold the built-in data set's sizes when data.source is 'shapes'")
-        if self.source == "imagefolder" and not self.root:
-            raise ValueError("data.root must name the ImageFolder tree when data.source is 'imagefolder'")
-        if self.source == "imagefolder" and Path(self.lineage) != Path(self.root):
-            raise ValueError(f"data.lineage {self.lineage!r} must be data.root {self.root!r} (conf/data sets it to "
-                             "${.root}): DVC would track another tree than the one the pipeline reads")
-
-    def check_environment(self) -> None:
-        """The ImageFolder tree exists (checked when a stage that reads `data` starts)."""
-        if self.source == "imagefolder" and not Path(self.root).is_dir():
-            raise FileNotFoundError(f"data.root: ImageFolder path {self.root!r} does not exist or is not a directory")
 
 
 @dataclass
@@ -109,7 +78,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _hidden(path: Path) -> bool:
+def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
@@ -119,27 +88,12 @@ def folder_files(folder: Path) -> tuple[list[Path], int, int]:
     hidden entries left out."""
     found, nested, hidden = [], 0, 0
     for top, dirs, files in os.walk(folder, followlinks=True):
-        hidden += sum(map(_hidden, map(Path, dirs))) + sum(map(_hidden, map(Path, files)))
+        hidden += sum(map(is_hidden, map(Path, dirs))) + sum(map(is_hidden, map(Path, files)))
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         kept = [Path(top) / f for f in files if not f.startswith(".")]
         nested += len(kept) if Path(top) != folder else 0
         found += kept
     return sorted(found), nested, hidden
-
-
-def count_images(root: str | Path, split: str, limit: int) -> tuple[int, int]:
-    """(class folders, image files up to `limit`) of `root/split`, by name alone and stopping at `limit`: cheap
-    enough to check batch sizes before any stage runs (ImageNet stops inside its first class). Unreadable files are
-    counted, so the indexing stage still checks the usable count."""
-    if not (Path(root) / split).is_dir():
-        raise FileNotFoundError(f"data.root: expected a '{split}' folder of class folders in {str(root)!r}")
-    folders = sorted(p for p in (Path(root) / split).iterdir() if p.is_dir() and not _hidden(p))
-    found = 0
-    for folder in folders:  # one class folder at a time: ImageNet's first one holds more than any batch
-        found += sum(p.suffix.lower() in IMAGE_EXTENSIONS for p in folder_files(folder)[0])
-        if found >= limit:
-            break
-    return len(folders), found
 
 
 def _stamp(path: Path) -> str:
@@ -161,9 +115,9 @@ def scan_image_folder(root: str | Path, param: str = "data.root", workers: int |
         if not split_dir.is_dir():
             raise FileNotFoundError(f"{param}: expected a '{split}' folder in {str(root)!r}")
         folders = [p for p in split_dir.iterdir() if p.is_dir()]
-        if ignored := sorted(p.name for p in folders if _hidden(p)):
+        if ignored := sorted(p.name for p in folders if is_hidden(p)):
             log.info("%s: hidden folders are not classes: %s", split_dir, ignored)
-        classes = sorted(p.name for p in folders if not _hidden(p))
+        classes = sorted(p.name for p in folders if not is_hidden(p))
         if not classes:
             raise ValueError(f"{param}: no class folders in {str(split_dir)!r}")
         if names is not None and classes != names:
@@ -234,68 +188,3 @@ def load_index(path: Path) -> ImageSet:
     root = Path((path / "root.txt").read_text(**NAMES))
     names = json.loads((path / "classes.json").read_text(encoding="utf-8"))
     return ImageSet(root if root.is_absolute() else path / root, names, splits)
-
-
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """ADM center crop: box-halve while the short side is >= 2x size, bicubic resize, then crop the centre."""
-    while min(img.size) >= 2 * size:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
-    scale = size / min(img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
-    left, top = (img.size[0] - size) // 2, (img.size[1] - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """(image uint8 (3, S, S), label, row) for one split; images are RGB-converted and centre-cropped. uint8 all the
-    way to the device: a quarter of float32's bytes through worker pipes, pinned memory and the host-device copy."""
-
-    def __init__(self, image_set: ImageSet, split: str, size: int) -> None:
-        self.root, self.split, self.size = image_set.root, image_set.splits[split], size
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        with Image.open(self.root / self.split.files[i]) as img:
-            img = to_rgb(img)
-            if img.size != (self.size, self.size):
-                img = center_crop(img, self.size)
-            arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())
-        return arr.permute(2, 0, 1), int(self.split.labels[i]), i
-
-
-class RandomCrops(torch.utils.data.Dataset):
-    """(uint8 (3, S, S),) crops of one split: shorter side resized to `resize` (bicubic), then a random S x S window,
-    no flip (the reference stage-1 augmentation). Item keys are (row, draw): the window depends only on
-    (seed, draw), so crops do not depend on the number of workers and a resumed run draws the same ones."""
-
-    def __init__(self, image_set: ImageSet, split: str, size: int, resize: int, seed: int) -> None:
-        if resize < size:
-            raise ValueError(f"the shorter side's resize {resize} (train_rae.resize_ratio x data.image_size) must be "
-                             f">= the crop size data.image_size {size}")
-        self.root, self.split, self.size, self.resize, self.seed = image_set.root, image_set.splits[split], size, \
-            resize, seed
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor]:
-        row, draw = key
-        with Image.open(self.root / self.split.files[row]) as img:
-            img = to_rgb(img)
-            w, h = img.size
-            scale = self.resize / min(w, h)
-            img = img.resize((max(self.resize, int(w * scale)), max(self.resize, int(h * scale))), Image.BICUBIC)
-            rng = np.random.default_rng((self.seed, draw))
-            left = int(rng.integers(0, img.size[0] - self.size + 1))
-            top = int(rng.integers(0, img.size[1] - self.size + 1))
-            arr = np.asarray(img.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
-        return (torch.from_numpy(arr.copy()).permute(2, 0, 1),)  # a 1-tuple: batches are tuples everywhere
-
-
-def load_split_uint8(image_set: ImageSet, split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole split in memory as uint8 (N, 3, S, S) plus labels; for the small sets of the embedded default."""
-    ds = ImageDataset(image_set, split, size)
-    images = torch.stack([ds[i][0] for i in range(len(ds))])
-    return images, torch.from_numpy(ds.split.labels)

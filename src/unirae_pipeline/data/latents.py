@@ -1,62 +1,21 @@
-"""Cached RAE latents: sharded safetensors with labels, source rows, flip flags and the encoder fingerprint."""
+"""The latent store: cached RAE latents as sharded safetensors (latents, labels, source rows, flip flags, the encoder
+fingerprint) with a manifest, as `cache_latents` moves them in and the training stages read them."""
 
 from __future__ import annotations
 
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from ..fileio import atomic_dir, write_safetensors
+from ..fileio import atomic_dir
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class Shard:
-    split: str
-    latents: torch.Tensor  # (n, C, h, w), raw encoder output
-    labels: torch.Tensor   # (n,) int64
-    rows: torch.Tensor     # (n,) int64 row in the image index
-    flip: torch.Tensor     # (n,) uint8, 1 = horizontally flipped image
-
-
-def encode_block(encode: Callable[[torch.Tensor], torch.Tensor], batches: Iterable[tuple], split: str, flips: bool,
-                 dtype: torch.dtype, device: torch.device | str = "cpu") -> Shard:
-    """Encode (images, labels, rows) batches into one shard; with `flips`, each batch is followed by its mirror.
-    Images cross to `device` once (non-blocking from pinned memory) and are mirrored there."""
-    parts = []
-    for images, labels, rows in batches:
-        images = images.to(device, non_blocking=True)
-        for imgs, flag in [(images, 0)] + ([(images.flip(-1), 1)] if flips else []):
-            z = encode(imgs).to(dtype).cpu()
-            parts.append(Shard(split, z, labels.long(), rows.long(), torch.full((len(z),), flag, dtype=torch.uint8)))
-    return Shard(split, *(torch.cat([getattr(p, k) for p in parts]) for k in ("latents", "labels", "rows", "flip")))
-
-
-def encode_uint8(encoder: Callable[[torch.Tensor], torch.Tensor], precision: str,
-                 device: torch.device | str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The encoder on uint8 images (already on `device`), scaled to [0, 1] there, under bf16 autocast if asked."""
-    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    def encode(images: torch.Tensor) -> torch.Tensor:
-        with autocast:
-            return encoder(images.float() / 255)
-
-    return encode
-
-
-def save_shard(path: Path, shard: Shard, fingerprint: str) -> None:
-    """One shard file, written atomically: a file that exists is complete."""
-    tensors = {"latents": shard.latents.contiguous(), "labels": shard.labels, "rows": shard.rows, "flip": shard.flip}
-    write_safetensors(path, tensors, {"fingerprint": fingerprint})
 
 
 @dataclass
@@ -144,113 +103,3 @@ def _write_manifest(folder: Path, meta: dict, counts: dict[str, list[int]]) -> N
     manifest = {**meta, "splits": {k: {"count": sum(v), "shards": v} for k, v in counts.items()}}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     log.info("latent cache: %s", {k: v["count"] for k, v in manifest["splits"].items()})
-
-
-class LatentRows(torch.utils.data.Dataset):
-    """The rows of one split of a latent cache, read from the memory-mapped shard files: memory holds the labels and
-    the batches in flight, never the cache. Keys are (row, draw) (see `training.data.KeyedBatches`); a batch is
-    (raw latents in the cache's dtype, labels): normalizing is left to the training device."""
-
-    def __init__(self, store: LatentStore, split: str) -> None:
-        fingerprint = store.manifest["fingerprint"]
-        self.files, labels = store.shard_files(split), []
-        for file in self.files:
-            with safe_open(str(file), framework="pt") as f:
-                if f.metadata().get("fingerprint") != fingerprint:
-                    raise ValueError(f"{file}: encoder fingerprint differs from the cache manifest")
-                labels.append(f.get_tensor("labels"))
-        self.labels = torch.cat(labels)
-        self.bounds = torch.tensor([0] + [len(x) for x in labels]).cumsum(0)
-        self._slices: list | None = None  # opened lazily, in the process (DataLoader worker) that reads
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitems__(self, keys: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._slices is None:
-            self._handles = [safe_open(str(file), framework="pt") for file in self.files]
-            self._slices = [h.get_slice("latents") for h in self._handles]
-        rows = torch.tensor([row for row, _ in keys])
-        shards = torch.searchsorted(self.bounds, rows, right=True) - 1
-        offsets = rows - self.bounds[shards]
-        x = torch.cat([self._slices[s][o: o + 1] for s, o in zip(shards.tolist(), offsets.tolist())])
-        return x, self.labels[rows]
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([key])
-        return x[0], y[0]
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_slices": None, "_handles": None}  # file handles do not cross processes
-
-
-class RunningMoments:
-    """Exact streaming mean/variance per element (Chan et al. parallel merge, float64 accumulators)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def update(self, batch: torch.Tensor) -> None:
-        x = batch.double()
-        n = x.shape[0]
-        mean = x.mean(0)
-        m2 = ((x - mean) ** 2).sum(0)
-        if self.mean is None:
-            self.count, self.mean, self.m2 = n, mean, m2
-            return
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta ** 2 * (self.count * n / total)
-        self.count = total
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, population variance) as float32, like the reference's `stat.pt`."""
-        if self.mean is None:
-            raise ValueError("no samples seen")
-        return self.mean.float(), (self.m2 / self.count).float()
-
-
-# The reference's epsilon inside the square root: z_norm = (z - mean) / sqrt(var + 1e-5).
-STATS_EPS = 1e-5
-
-
-def normalize(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    return (z - mean) / torch.sqrt(var + STATS_EPS)
-
-
-def denormalize(z: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-    return z * torch.sqrt(var + STATS_EPS) + mean
-
-
-def norm_stats(stats: dict[str, torch.Tensor], latent_norm: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, var) for `normalize`/`denormalize` under `diffusion.latent_norm`: `var` scales only (a zero mean, as
-    the reference treats statistics without one), `mean_var` also centres; `TransportConfig` validates the value."""
-    var = stats["var"]
-    return (stats["mean"] if latent_norm == "mean_var" else torch.zeros_like(var)), var
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """How `cache_latents` runs: encoder batch, images per shard, storage dtype, encoder precision (fp32: TF32 on a
-    GPU, as the reference; bf16: autocast, about twice the rate), and whether the train images are also cached
-    mirrored (`hflip`, as the reference's random flip; off for data whose classes are not
-    mirror-symmetric: handwriting, text, some medical or satellite images)."""
-
-    batch_size: int
-    shard_size: int
-    dtype: str
-    precision: str
-    hflip: bool
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"latents.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"latents.precision must be fp32 or bf16, got {self.precision!r}")
-        if not isinstance(self.hflip, bool):
-            raise ValueError(f"latents.hflip must be true or false, got {self.hflip!r}")
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise ValueError("latents.batch_size and latents.shard_size must be >= 1")

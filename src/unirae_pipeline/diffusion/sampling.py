@@ -2,61 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
+from .sampler_config import SamplerConfig
 from .transport import T_MAX, VelocityFn, shift_time
 
 
-@dataclass(frozen=True)
-class SamplerConfig:
-    """`num_steps` grid points (the reference's 50 points = 49 Euler steps); `guidance` is classifier-free (`cfg`,
-    the null class as the weak model) or `autoguidance` (a smaller or less trained guide model), applied on
-    t in [guidance_t_min, guidance_t_max] with weight `guidance_scale` (1 = no guidance).
-
-    `euler`/`heun` integrate the probability-flow ODE; `euler_maruyama` the reverse SDE with diffusion
-    w(t) = sde_norm * t (vanishing at the data end), its last step without noise.
-    """
-
-    method: Literal["euler", "heun", "euler_maruyama"]
-    num_steps: int
-    guidance: Literal["cfg", "autoguidance"]
-    guidance_scale: float
-    guidance_t_min: float
-    guidance_t_max: float
-    sde_norm: float
-
-    def __post_init__(self) -> None:
-        if self.method not in ("euler", "heun", "euler_maruyama"):
-            raise ValueError(f"sample.sampler.method must be 'euler', 'heun' or 'euler_maruyama', got {self.method!r}")
-        if self.guidance not in ("cfg", "autoguidance"):
-            raise ValueError(f"sample.sampler.guidance must be 'cfg' or 'autoguidance', got {self.guidance!r}")
-        if self.sde_norm < 0:
-            raise ValueError(f"sample.sampler.sde_norm must be >= 0, got {self.sde_norm}")
-        if self.num_steps < 2:
-            raise ValueError(f"sample.sampler.num_steps must be >= 2 (grid points), got {self.num_steps}")
-        if not self.guidance_scale >= 1:
-            raise ValueError(f"sample.sampler.guidance_scale must be >= 1 (1: no guidance; the reference guides only "
-                             f"above 1), got {self.guidance_scale}")
-        if not 0 <= self.guidance_t_min <= self.guidance_t_max <= 1:
-            raise ValueError("sample.sampler.guidance_t_min/guidance_t_max must satisfy 0 <= t_min <= t_max <= 1")
-
-    @property
-    def evaluations(self) -> int:
-        """Network evaluations per batch (each guided by one more forward of the guide or the null class): one per
-        step, two for Heun's corrector."""
-        return (self.num_steps - 1) * (2 if self.method == "heun" else 1)
-
-    def velocity(self, model: VelocityFn, null_label: int, guide: VelocityFn | None = None) -> VelocityFn:
-        """The model's velocity with the configured guidance."""
-        if self.guidance == "cfg":
-            return guided_velocity(model, null_label, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
-        if guide is None and self.guidance_scale > 1:
-            raise ValueError("sample.sampler.guidance is 'autoguidance' but no guide model was given")
-        return autoguided_velocity(model, guide, self.guidance_scale, self.guidance_t_min, self.guidance_t_max)
+def with_guidance(cfg: SamplerConfig, model: VelocityFn, null_label: int,
+                  guide: VelocityFn | None = None) -> VelocityFn:
+    """The model's velocity with the configured guidance."""
+    if cfg.guidance == "cfg":
+        return guided_velocity(model, null_label, cfg.guidance_scale, cfg.guidance_t_min, cfg.guidance_t_max)
+    if guide is None and cfg.guidance_scale > 1:
+        raise ValueError("sample.sampler.guidance is 'autoguidance' but no guide model was given")
+    return autoguided_velocity(model, guide, cfg.guidance_scale, cfg.guidance_t_min, cfg.guidance_t_max)
 
 
 def module_velocity(net: nn.Module, device: torch.device | str, compile: bool) -> VelocityFn:

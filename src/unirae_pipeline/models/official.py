@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..data.latents import STATS_EPS
+from ..data.normalization import STATS_EPS
 from .decoder import DecoderConfig, ViTDecoder
 from .diffusers_rae import DiffusersRAE
 from .dit import DiTConfig, DiTDH

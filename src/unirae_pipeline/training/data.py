@@ -1,8 +1,8 @@
 """Batch streams for Lightning: endless, seeded, rank-aware and resumable (`start` skips batches).
 
 `TensorBatches` indexes tensors held in memory (whole-batch indexing, no per-sample collation); `KeyedBatches`
-reads a map-style dataset in DataLoader workers: random crops of image files (`data.images.RandomCrops`) or rows of
-memory-mapped latent shards (`data.latents.LatentRows`), so that memory does not grow with the data set.
+reads a map-style dataset in DataLoader workers: random crops of image files (`data.crops.RandomCrops`) or rows of
+memory-mapped latent shards (`data.latent_rows.LatentRows`), so that memory does not grow with the data set.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one Lightning module of every training stage (stage 1 subclasses it in `stage1`)."""
+"""The one Lightning module of every training stage (stage 1 subclasses it in `rae`)."""
 
 from __future__ import annotations
 

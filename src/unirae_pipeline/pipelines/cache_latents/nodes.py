@@ -15,8 +15,10 @@ import time
 
 import torch
 
-from ...data.images import ImageDataset, ImageSet
-from ...data.latents import DTYPES, CacheConfig, LatentCache, encode_block, encode_uint8, save_shard
+from ...data.encoding import DTYPES, CacheConfig, encode_block, encode_uint8, save_shard
+from ...data.images import ImageSet
+from ...data.latents import LatentCache
+from ...data.loading import ImageDataset
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...runtime import RuntimeConfig
 from ...runtime.ranks import global_rank, local_device, sharded_job

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import pandas as pd
-import timm
 import torch
 
-from ...data.images import ImageDataset, ImageSet, load_split_uint8
-from ...evaluation.classifier import ClassifierConfig, ShapeClassifier, classifier_objective
+from ...config.fid import FIDConfig
+from ...data.images import ImageSet
+from ...data.loading import ImageDataset, load_split_uint8
+from ...evaluation.classifier import ShapeClassifier, classifier_objective
 from ...evaluation.extractors import Extractor, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...evaluation.scoring import extract
@@ -31,40 +29,8 @@ from ...runtime.scratch import RunKey
 from ...training.data import TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch
 from ...training.modules import TrainModule
-from ...training.optim import OptimConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FIDConfig:
-    """The `fid` params group: which feature network, where its weights are, and the reference statistics."""
-
-    extractor: Literal["classifier", "inception", "dinov2"]
-    inception_weights: str | None   # torch-fidelity's pt_inception-2015-12-05 file, for extractor: inception
-    dinov2_weights: str | None      # DINOv2 checkpoint (torch-hub dinov2_vitl14_pretrain.pth layout), for dinov2
-    dinov2_model: str               # its timm architecture: vit_large_patch14_dinov2 for FD-DINOv2
-    reference_npz: str | None       # e.g. ADM's VIRTUAL_imagenet256_labeled.npz (its mu/sigma); else computed
-    classifier: ClassifierConfig
-    train: OptimConfig
-
-    def __post_init__(self) -> None:
-        if self.extractor not in ("classifier", "inception", "dinov2"):
-            raise ValueError(f"fid.extractor must be 'classifier', 'inception' or 'dinov2', got {self.extractor!r}")
-        if not timm.is_model(self.dinov2_model):
-            raise ValueError(f"fid.dinov2_model {self.dinov2_model!r} is not a timm model name")
-
-    def check_environment(self) -> None:
-        """The feature network's weights and the reference statistics exist (checked when a stage that reads `fid`
-        starts)."""
-        if self.extractor == "inception" and not (self.inception_weights and Path(self.inception_weights).is_file()):
-            raise FileNotFoundError(f"fid.inception_weights: Inception weights file {self.inception_weights!r} not "
-                                    "found (torch-fidelity's pt_inception-2015-12-05; nothing is downloaded)")
-        if self.extractor == "dinov2" and not (self.dinov2_weights and Path(self.dinov2_weights).is_file()):
-            raise FileNotFoundError(f"fid.dinov2_weights: DINOv2 weights file {self.dinov2_weights!r} not found "
-                                    "(dinov2_vitl14_pretrain.pth for FD-DINOv2; nothing is downloaded)")
-        if self.reference_npz is not None and not Path(self.reference_npz).is_file():
-            raise FileNotFoundError(f"fid.reference_npz: reference statistics {self.reference_npz!r} not found")
 
 
 def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig, trainer: TrainerConfig, seed: int,

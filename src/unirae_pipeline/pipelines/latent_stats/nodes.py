@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from ...data.latents import LatentStore, RunningMoments
+from ...data.latents import LatentStore
+from ...data.moments import RunningMoments
 from ...models.serialization import Blob
 
 log = logging.getLogger(__name__)

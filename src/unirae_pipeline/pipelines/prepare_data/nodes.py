@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from ...data.images import DataConfig, GeneratedImages, ImageSet, scan_image_folder
+from ...data.images import GeneratedImages, ImageSet, scan_image_folder
 from ...data.shapes import class_names, generate
+from ...data.source import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -12,17 +12,18 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ...data.latents import denormalize, norm_stats
+from ...config.sample import SampleConfig
+from ...data.normalization import denormalize, norm_stats
 from ...data.samples import SampleSet, read_shard, write_shard
-from ...diffusion.sampling import SamplerConfig, integrate, module_velocity, time_grid
+from ...diffusion.sampler_config import SamplerConfig
+from ...diffusion.sampling import integrate, module_velocity, time_grid, with_guidance
 from ...diffusion.transport import TransportConfig, VelocityFn, shift_factor
 from ...evaluation.report import labelled_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_blob
@@ -36,29 +37,6 @@ from ...runtime.scratch import RunKey
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SampleConfig:
-    """The `sample` params group: how many samples and in which precision; `sampler` is the integrator (where they
-    are computed is `runtime.device`)."""
-
-    num_per_class: int
-    batch_size: int
-    shard_size: int            # images per resumable shard; a multiple of batch_size
-    grid_per_class: int
-    precision: Literal["fp32", "bf16"]
-    untrained_baseline: bool   # also sample an untrained twin of the DiT: the floor of the metrics (small models)
-    sampler: SamplerConfig
-
-    def __post_init__(self) -> None:
-        if min(self.num_per_class, self.batch_size, self.grid_per_class, self.shard_size) < 1:
-            raise ValueError("sample.num_per_class, batch_size, shard_size and grid_per_class must be >= 1")
-        if self.shard_size % self.batch_size:
-            raise ValueError(f"sample.shard_size {self.shard_size} must be a multiple of sample.batch_size "
-                             f"{self.batch_size} (batches are seeded by position)")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"sample.precision must be fp32 or bf16, got {self.precision!r}")
-
-
 def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor:
     """Exactly `per_class` of each class, in a seeded random order (the reference's 'equal' labels)."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)
@@ -69,8 +47,8 @@ def velocity_of(model: torch.nn.Module, guide: torch.nn.Module | None, sampler: 
                 runtime: RuntimeConfig) -> VelocityFn:
     """The guided velocity of `model` on the sampling device, compiled once per run with `runtime.compile`."""
     device = runtime.sampling_device()
-    return sampler.velocity(module_velocity(model, device, runtime.compile), model.num_classes,
-                            module_velocity(guide, device, runtime.compile) if guide is not None else None)
+    return with_guidance(sampler, module_velocity(model, device, runtime.compile), model.num_classes,
+                         module_velocity(guide, device, runtime.compile) if guide is not None else None)
 
 
 @torch.no_grad()

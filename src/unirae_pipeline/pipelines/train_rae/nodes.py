@@ -10,8 +10,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ...data.images import ImageDataset, ImageSet, RandomCrops, load_split_uint8
+from ...data.crops import RandomCrops
+from ...data.images import ImageSet
 from ...data.latents import LatentStore
+from ...data.loading import ImageDataset, load_split_uint8
 from ...evaluation.extractors import Extractor
 from ...evaluation.report import labelled_grid
 from ...evaluation.scoring import paired, reconstruct
@@ -23,7 +25,7 @@ from ...runtime.ranks import local_device
 from ...runtime.scratch import RunKey
 from ...training.data import KeyedBatches, TensorBatches
 from ...training.fit import TrainerConfig, fit, steps_per_epoch, tf32
-from ...training.stage1 import RAEModule, RAETrainConfig
+from ...training.rae import RAEModule, RAETrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[tor
     return cache["latents"][plain], images[cache["rows"][plain]]
 
 
-def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig, cfg: DecoderConfig,
+def train_rae(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig, cfg: DecoderConfig,
                   recipe: RAETrainConfig, trainer: TrainerConfig, seed: int,
                   run: RuntimeConfig) -> tuple[Blob, pd.DataFrame]:
     manifest = latents.manifest
@@ -69,7 +71,7 @@ def train_decoder(latents: LatentStore, image_set: ImageSet, encoder: EncoderCon
     return decoder_to_blob(module.ema.module, manifest["fingerprint"]), curve
 
 
-def evaluate_decoder(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
+def evaluate_rae(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
                      reference_stats: dict[str, np.ndarray], use_tf32: bool,
                      runtime: RuntimeConfig) -> tuple[dict, Image.Image]:
     """Reconstruct val (no noise) from its cached latents to uint8 as the reference saves them, and score those: PSNR

@@ -20,20 +20,20 @@ from typing import Any
 
 import yaml
 
-from .data.images import DataConfig, count_images
-from .data.latents import CacheConfig
-from .diffusion.transport import TransportConfig
-from .models.decoder import DecoderConfig
-from .models.dit import DiTConfig
-from .models.encoder import EncoderConfig
-from .params import build
-from .pipelines.fid_reference.nodes import FIDConfig
-from .pipelines.sample.nodes import SampleConfig
-from .pipelines.train_guide.nodes import GuideConfig
-from .runtime import RuntimeConfig
-from .training.fit import TrainerConfig
-from .training.optim import DiTTrainConfig
-from .training.stage1 import RAETrainConfig
+from ..data.encoding import CacheConfig
+from ..data.source import DataConfig, count_images
+from ..diffusion.transport import TransportConfig
+from ..models.decoder import DecoderConfig
+from ..models.dit import DiTConfig
+from ..models.encoder import EncoderConfig
+from ..runtime import RuntimeConfig
+from ..training.fit import TrainerConfig
+from ..training.optim import DiTTrainConfig
+from ..training.rae import RAETrainConfig
+from .build import build
+from .fid import FIDConfig
+from .guide import GuideConfig
+from .sample import SampleConfig
 
 BATCH_KEYS = ("train_rae.batch_size", "train_dit.batch_size", "fid.train.batch_size")
 

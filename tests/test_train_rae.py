@@ -17,14 +17,14 @@ import timm
 import torch
 import torchvision
 
-from unirae_pipeline.data.images import RandomCrops
+from unirae_pipeline.config.build import build
+from unirae_pipeline.data.crops import RandomCrops
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
 from unirae_pipeline.models.perceptual import LPIPS, LPIPSConfig
-from unirae_pipeline.params import build
 from unirae_pipeline.training.data import KeyedBatches, TensorBatches, batch_indices
 from unirae_pipeline.training.fit import TrainerConfig, fit
-from unirae_pipeline.training.stage1 import (
+from unirae_pipeline.training.rae import (
     RAEModule,
     RAETrainConfig,
     adaptive_weight,
@@ -264,11 +264,11 @@ import json, os, sys
 import torch
 from safetensors.torch import save_file
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
-from unirae_pipeline.params import build
+from unirae_pipeline.config.build import build
 from unirae_pipeline.training.data import TensorBatches
 from unirae_pipeline.training.fit import TrainerConfig, fit
 from unirae_pipeline.runtime import RuntimeConfig
-from unirae_pipeline.training.stage1 import RAEModule, RAETrainConfig
+from unirae_pipeline.training.rae import RAEModule, RAETrainConfig
 
 cfg = build(RAETrainConfig, json.loads(sys.argv[1]), "train_rae")
 g = torch.Generator().manual_seed(0)

@@ -1,6 +1,6 @@
 """Export this pipeline's RAE as a diffusers `AutoencoderRAE` folder (`from_pretrained` reads it):
 
-    python -m unirae_pipeline.export_diffusers logs/rae-diffusers     # needs diffusers: pip install -e ".[diffusers]"
+    python -m unirae_pipeline.tools.export_diffusers logs/rae-diffusers  # pip install -e ".[diffusers]" first
 
 The encoder is params.yaml's `encoder`, its weights taken from `encoder.weights` as the file holds them (diffusers
 resizes the position table itself, so the original one is needed: a local file or a diffusers folder, not `hub` or
@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 import yaml
 
-from .data.latents import STATS_EPS, norm_stats
-from .models.decoder import decoder_from_blob, decoder_positions
-from .models.diffusers_rae import DiffusersRAE
-from .models.encoder import EncoderConfig
-from .models.hf_encoders import hf_to_timm, is_hf_layout
-from .models.official import DIFFUSERS_EPS, official_decoder_state, reference_name
-from .models.serialization import read_blob, read_state_dict
-from .params import build
+from ..config.build import build
+from ..data.normalization import STATS_EPS, norm_stats
+from ..models.decoder import decoder_from_blob, decoder_positions
+from ..models.diffusers_rae import DiffusersRAE
+from ..models.encoder import EncoderConfig
+from ..models.hf_encoders import hf_to_timm, is_hf_layout
+from ..models.official import DIFFUSERS_EPS, official_decoder_state, reference_name
+from ..models.serialization import read_blob, read_state_dict
 
 log = logging.getLogger(__name__)
 ENCODER_TYPES = {"dinov2": "dinov2", "siglip": "siglip2", "mae": "mae"}  # our family -> diffusers' encoder_type

@@ -1,6 +1,6 @@
 """Compose params.yaml from conf/ with Hydra, exactly as `dvc exp run` does (hydra.enabled in .dvc/config).
 
-`python -m unirae_pipeline.compose [override ...]` rewrites params.yaml, e.g. after editing a preset in conf/.
+`python -m unirae_pipeline.tools.compose [override ...]` rewrites params.yaml, e.g. after editing a preset in conf/.
 """
 
 from __future__ import annotations

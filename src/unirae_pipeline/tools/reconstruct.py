@@ -1,8 +1,8 @@
 """Reconstruct a folder of images with an RAE and score it (the reference's `stage1_sample`):
 
-    python -m unirae_pipeline.reconstruct /path/to/images logs/recon                      # the decoder trained here
-    python -m unirae_pipeline.reconstruct /path/to/images logs/recon --diffusers /rae/folder   # a diffusers RAE
-    python -m unirae_pipeline.reconstruct /path/to/images logs/recon --official model.pt --official-params '{...}'
+    python -m unirae_pipeline.tools.reconstruct /path/to/images logs/recon                  # the decoder trained here
+    python -m unirae_pipeline.tools.reconstruct /path/to/images logs/recon --diffusers /rae/folder  # a diffusers RAE
+    python -m unirae_pipeline.tools.reconstruct /path/to/images logs/recon --official model.pt --official-params '{...}'
 
 Every image under the folder (sub-folders included, unreadable files skipped with a count) is centre-cropped to the
 decoder's size as the pipeline crops, encoded by params.yaml's `encoder` (or the diffusers folder's), decoded, and
@@ -28,19 +28,20 @@ import torch
 import yaml
 from PIL import Image
 
-from .data.images import ImageDataset, ImageSet, ImageSplit, check_image, folder_files
-from .evaluation.extractors import Extractor
-from .evaluation.fd import feature_stats
-from .evaluation.report import labelled_grid
-from .evaluation.scoring import reconstruct
-from .fileio import png_info
-from .models.decoder import ViTDecoder, decoder_from_blob
-from .models.diffusers_rae import DiffusersRAE
-from .models.encoder import EncoderConfig, FrozenEncoder
-from .models.official import load_diffusers_decoder, load_official_decoder, read_checkpoint
-from .models.serialization import read_blob
-from .params import build
-from .runtime.ranks import local_device
+from ..config.build import build
+from ..data.images import ImageSet, ImageSplit, check_image, folder_files
+from ..data.loading import ImageDataset
+from ..evaluation.extractors import Extractor
+from ..evaluation.fd import feature_stats
+from ..evaluation.report import labelled_grid
+from ..evaluation.scoring import reconstruct
+from ..fileio import png_info
+from ..models.decoder import ViTDecoder, decoder_from_blob
+from ..models.diffusers_rae import DiffusersRAE
+from ..models.encoder import EncoderConfig, FrozenEncoder
+from ..models.official import load_diffusers_decoder, load_official_decoder, read_checkpoint
+from ..models.serialization import read_blob
+from ..runtime.ranks import local_device
 
 log = logging.getLogger(__name__)
 SHOWN = 8

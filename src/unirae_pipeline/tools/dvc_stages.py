@@ -1,6 +1,6 @@
 """Generate dvc.yaml from the Kedro pipelines and the catalog, so paths and params are written once.
 
-`python -m unirae_pipeline.dvc_stages` writes dvc.yaml; `--check` exits 1 when the committed file is stale.
+`python -m unirae_pipeline.tools.dvc_stages` writes dvc.yaml; `--check` exits 1 when the committed file is stale.
 Each stage runs `kedro run --pipelines <name>`; its deps are the catalog files it reads plus the source files its
 nodes and its catalog entries' dataset classes import (followed transitively inside this package, but not into
 `runtime/`, whose code cannot change an output byte) and the hook that
@@ -8,8 +8,8 @@ turns params.yaml into the nodes' typed params (`EVERY_STAGE`), and for the stag
 data itself (`LINEAGE`); its params are the
 exact `params:` keys it reads, less the `runtime` group (settings that cannot change a result: `runtime/`), and the
 catalog entries it reads or writes, less their `metadata` (plot titles and DVC routing change no result). A first
-stage, `check_params`, builds and checks every params group before any stage runs (`config.main`); its fixed-text
-marker is a dependency of every other stage, which DVC therefore runs after it, and never reruns for it.
+stage, `check_params`, builds and checks every params group before any stage runs (`config.params.main`); its
+fixed-text marker is a dependency of every other stage, which DVC therefore runs after it, and never reruns for it.
 """
 
 from __future__ import annotations
@@ -22,17 +22,18 @@ from pathlib import Path
 import yaml
 
 PACKAGE = "unirae_pipeline"
-SRC = Path(__file__).resolve().parent
+SRC = Path(__file__).resolve().parents[1]  # the package
 CATALOG = Path("conf/base/catalog.yml")
 RUNTIME = "runtime"  # the params group DVC never tracks, and the package whose code it never follows
 RUNTIME_CODE = SRC / RUNTIME
 # the data's content for DVC: the ImageFolder tree (hashed like any dependency: files added, removed or overwritten
 # in place rerun the stage that reads it) or the built-in set's generator; resolved from params.yaml by DVC
 LINEAGE = "data.lineage"
-# run before every node, their imports not followed (config.py imports every stage's configs): the hook that builds
-# the typed params and sets the matmul policy, and the builder itself
-EVERY_STAGE = ("hooks.py", "params.py")
-# the first stage: params.yaml built and checked (config.py), its fixed-text marker a dependency of every other stage
+# run before every node, their imports not followed (the params tree imports every stage's configs): the hook that
+# builds the typed params and sets the matmul policy, and the builder itself
+EVERY_STAGE = ("config/hooks.py", "config/build.py")
+# the first stage: params.yaml built and checked (config.params), its fixed-text marker a dependency of every other
+# stage
 CHECK = "check_params"
 MARKER = "data/02_intermediate/params_checked.txt"
 
@@ -98,7 +99,8 @@ def code_deps(stage: str, entries: list[dict] = (), start: Path | None = None) -
 def check_stage(groups: list[str]) -> dict:
     """The first stage: every params group but `runtime` (which cannot change a result) built and checked by the
     code that builds them for the nodes; it writes the fixed-text marker that every other stage depends on."""
-    return {"cmd": f"python -m {PACKAGE}.config {MARKER}", "deps": code_deps(CHECK, start=SRC / "config.py"),
+    return {"cmd": f"python -m {PACKAGE}.config {MARKER}",
+            "deps": code_deps(CHECK, start=SRC / "config" / "__main__.py"),
             "params": [g for g in groups if g != RUNTIME], "outs": [{MARKER: {"cache": False}}]}
 
 
@@ -157,7 +159,8 @@ def render(root: Path) -> str:
     bootstrap_project(root)
     catalog = yaml.safe_load((root / CATALOG).read_text(encoding="utf-8"))
     groups = list(yaml.safe_load((root / "params.yaml").read_text(encoding="utf-8")))
-    header = "# Generated from the Kedro pipelines and catalog (python -m unirae_pipeline.dvc_stages). Do not edit.\n"
+    header = ("# Generated from the Kedro pipelines and catalog (python -m unirae_pipeline.tools.dvc_stages). "
+              "Do not edit.\n")
     return header + yaml.safe_dump(build_stages(dict(pipelines), catalog, groups), sort_keys=False, width=120)
 
 
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         stale = not target.is_file() or target.read_text(encoding="utf-8") != text
         if stale:
-            sys.stderr.write("dvc.yaml is stale: run `python -m unirae_pipeline.dvc_stages`\n")
+            sys.stderr.write("dvc.yaml is stale: run `python -m unirae_pipeline.tools.dvc_stages`\n")
         return int(stale)
     target.write_text(text, encoding="utf-8")
     return 0
