@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from unirae_pipeline.config.build import build
 from unirae_pipeline.data.encoding import CacheConfig, encode_block, save_shard
 from unirae_pipeline.data.images import GeneratedImages, scan_image_folder
 from unirae_pipeline.data.latents import LatentStore
@@ -306,10 +307,13 @@ def test_normalize_roundtrip_and_cache_config_errors():
     assert torch.allclose(denormalize(normalize(z, mean, var), mean, var), z, atol=1e-6)
     with pytest.raises(ValueError, match="latents.dtype"):
         CacheConfig(256, 1024, "int8", "fp32", True)
-    with pytest.raises(ValueError, match="latents.precision"):
-        CacheConfig(256, 1024, "bfloat16", "fp16", True)
-    with pytest.raises(ValueError, match="latents.hflip"):
-        CacheConfig(256, 1024, "bfloat16", "fp32", "maybe")
+    # types and Literal choices are the builder's: one check, naming the key
+    with pytest.raises(ValueError, match="'latents.precision' must be 'fp32' or 'bf16'"):
+        build(CacheConfig, {"batch_size": 256, "shard_size": 1024, "dtype": "bfloat16", "precision": "fp16",
+                            "hflip": True}, "latents")
+    with pytest.raises(ValueError, match="'latents.hflip' must be true or false"):
+        build(CacheConfig, {"batch_size": 256, "shard_size": 1024, "dtype": "bfloat16", "precision": "fp32",
+                            "hflip": "maybe"}, "latents")
 
 
 def test_bad_files_are_skipped_or_converted_by_policy(tmp_path, monkeypatch):

@@ -96,12 +96,19 @@ def test_cfg_combines_on_the_interval_only():
 
 
 def test_sampler_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="sample.sampler.method"):
-        SamplerConfig("rk4", 50, "cfg", 1.0, 0.0, 1.0, 1.0)
+    from unirae_pipeline.config.build import build
+
+    fields = ("method", "num_steps", "guidance", "guidance_scale", "guidance_t_min", "guidance_t_max", "sde_norm")
+
+    def sampler(*values):
+        return build(SamplerConfig, dict(zip(fields, values)), "sample.sampler")
+
+    with pytest.raises(ValueError, match="'sample.sampler.method' must be one of 'euler', 'heun', 'euler_maruyama'"):
+        sampler("rk4", 50, "cfg", 1.0, 0.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="guidance_t_min"):
-        SamplerConfig("euler", 50, "cfg", 1.0, 0.8, 0.2, 1.0)
-    with pytest.raises(ValueError, match="sample.sampler.guidance"):
-        SamplerConfig("euler", 50, "pag", 1.0, 0.0, 1.0, 1.0)
+        sampler("euler", 50, "cfg", 1.0, 0.8, 0.2, 1.0)
+    with pytest.raises(ValueError, match="'sample.sampler.guidance' must be 'cfg' or 'autoguidance'"):
+        sampler("euler", 50, "pag", 1.0, 0.0, 1.0, 1.0)
 
 
 def gaussian_velocity(mu: float, s: float):

@@ -23,14 +23,11 @@ def run(args: list[str], cwd, **env: str) -> str:
     return result.stdout + result.stderr
 
 
-def read_blob_meta(path) -> dict:
-    """The metadata of a model file the pipeline wrote (safetensors header only)."""
-    from safetensors import safe_open
+def read_dit_meta(path) -> dict:
+    """The metadata of a DiT file the pipeline wrote."""
+    from unirae_pipeline.models.serialization import read_model_file
 
-    from unirae_pipeline.models.serialization import blob_meta
-
-    with safe_open(str(path), framework="pt") as f:
-        return blob_meta(({}, f.metadata()))
+    return read_model_file(path, "dit", str(path)).meta
 
 
 def stages_run(output: str) -> list[str]:
@@ -79,7 +76,7 @@ def test_a_trained_autoguidance_guide_is_its_own_stage(repo):
     out = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2", "-S", "guide=tiny", "-S",
                "guide.duration=5", "-S", "sample.sampler.guidance=autoguidance"], repo)
     assert stages_run(out) == ["check_params", "train_guide", "sample", "evaluate"]
-    assert read_blob_meta(repo / "data/06_models/dit_guide.safetensors")["source"] == "train"  # what sample guides by
+    assert read_dit_meta(repo / "data/06_models/dit_guide.safetensors")["source"] == "train"  # what sample guides by
     back = run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2"], repo)  # the later tests' state
     assert "train_dit" not in stages_run(back)  # the rest comes back from DVC's run cache
 
@@ -128,7 +125,7 @@ def test_ddp_train_dit_under_kedro_writes_once(repo):
     run(["kedro", "run", "--pipelines", "train_dit", "--params",
          "trainer.devices=2,trainer.strategy=ddp,train_dit.batch_size=32"], repo)
     assert (repo / "data/06_models/dit.safetensors").stat().st_mtime_ns > before
-    assert read_blob_meta(repo / "data/06_models/dit.safetensors")["config"]["depth"] == 2  # a whole, readable file
+    assert read_dit_meta(repo / "data/06_models/dit.safetensors")["config"]["depth"] == 2  # a whole, readable file
 
 
 def test_torchrun_launches_the_same_stage(repo):
@@ -138,7 +135,7 @@ def test_torchrun_launches_the_same_stage(repo):
     run(["python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "unirae_pipeline",
          "--pipelines", "train_dit", "--params", params], repo)
     assert (repo / "data/06_models/dit.safetensors").stat().st_mtime_ns > before
-    assert read_blob_meta(repo / "data/06_models/dit.safetensors")["config"]["depth"] == 2
+    assert read_dit_meta(repo / "data/06_models/dit.safetensors")["config"]["depth"] == 2
 
 
 def test_torchrun_shards_cache_latents_across_ranks(repo):

@@ -132,8 +132,8 @@ def test_a_diffusers_rae_reads_as_encoder_decoder_and_statistics(kind, tmp_path)
     images. On a 16x16 grid, the released models': diffusers scales its decoder's sin-cos positions by 16 / grid, where
     the reference (and this pipeline) does not, so other grids decode as the reference does, not as diffusers."""
     from unirae_pipeline.data.normalization import denormalize, normalize
-    from unirae_pipeline.models.diffusers_rae import DiffusersRAE
-    from unirae_pipeline.models.official import load_diffusers_decoder, load_diffusers_stats
+    from unirae_pipeline.interop.diffusers import load_diffusers_decoder, load_diffusers_stats
+    from unirae_pipeline.interop.diffusers_folder import DiffusersRAE
 
     gen = torch.Generator().manual_seed(2)
     shape = (WIDTH, 16, 16)
@@ -160,17 +160,18 @@ def test_a_diffusers_rae_through_the_catalog(tmp_path):
     from kedro.io import DatasetError
 
     from unirae_pipeline.io.official import DiffusersRAEDataset
-    from unirae_pipeline.models.decoder import decoder_from_blob
+    from unirae_pipeline.models.decoder import decoder_from_file
 
     rae = random_rae("siglip2", 16, decoder_hidden_size=64, decoder_num_hidden_layers=1,
                      decoder_num_attention_heads=4, decoder_intermediate_size=128, patch_size=4)
     rae.save_pretrained(tmp_path / "rae")
-    decoder = decoder_from_blob(DiffusersRAEDataset(filepath=str(tmp_path / "rae"), kind="decoder").load())
+    decoder = decoder_from_file(DiffusersRAEDataset(filepath=str(tmp_path / "rae"), kind="decoder").load())
     assert decoder.pixel_norm == PIXEL_NORM["siglip2"] and decoder.latent_dim == WIDTH and decoder.image_size == 16
-    stats, meta = DiffusersRAEDataset(filepath=str(tmp_path / "rae"), kind="stats").load()
+    file = DiffusersRAEDataset(filepath=str(tmp_path / "rae"), kind="stats").load()
+    stats = file.expect("stats").tensors
     assert stats["mean"].shape == stats["var"].shape == (WIDTH, 4, 4) and not stats["mean"].any()
     with pytest.raises(DatasetError, match="does not overwrite"):
-        DiffusersRAEDataset(filepath=str(tmp_path / "rae"), kind="stats").save((stats, meta))
+        DiffusersRAEDataset(filepath=str(tmp_path / "rae"), kind="stats").save(file)
     with pytest.raises(DatasetError, match="is not a diffusers AutoencoderRAE folder"):
         DiffusersRAEDataset(filepath=str(tmp_path), kind="decoder").load()
 
@@ -182,10 +183,11 @@ def test_export_to_diffusers_round_trips(kind, source, tmp_path):
     timm's layout; its decoder and statistics converted) and exported again loads in diffusers' own class with the
     same latents and images, to 1e-5."""
     from unirae_pipeline.fileio import write_safetensors
-    from unirae_pipeline.models.decoder import decoder_to_blob
-    from unirae_pipeline.models.diffusers_rae import DiffusersRAE
-    from unirae_pipeline.models.hf_encoders import hf_to_timm
-    from unirae_pipeline.models.official import load_diffusers_decoder, load_diffusers_stats
+    from unirae_pipeline.interop.diffusers import load_diffusers_decoder, load_diffusers_stats
+    from unirae_pipeline.interop.diffusers_folder import DiffusersRAE
+    from unirae_pipeline.interop.hf_encoders import hf_to_timm
+    from unirae_pipeline.io.datasets import ModelFileDataset
+    from unirae_pipeline.models.decoder import decoder_file
     from unirae_pipeline.tools.export_diffusers import main as export
 
     gen = torch.Generator().manual_seed(3)
@@ -203,7 +205,8 @@ def test_export_to_diffusers_round_trips(kind, source, tmp_path):
                   str(tmp_path / "timm.safetensors"))
         weights = tmp_path / "timm.safetensors"
     read = DiffusersRAE(tmp_path / "a", "test")
-    write_safetensors(tmp_path / "decoder.safetensors", *decoder_to_blob(load_diffusers_decoder(read), "x"))
+    ModelFileDataset(filepath=str(tmp_path / "decoder.safetensors"), kind="decoder").save(
+        decoder_file(load_diffusers_decoder(read), "x"))
     write_safetensors(tmp_path / "stats.safetensors", load_diffusers_stats(read), {})
     model, overrides = FAMILIES[kind]
     encoder = {"model": model, "weights": str(weights), "input_size": 64,
@@ -225,7 +228,8 @@ def test_export_refuses_what_diffusers_cannot_hold(tmp_path, capsys):
     """Named errors: weights without their original table (`hub`), a family diffusers lacks (DINOv3), a grid on
     which diffusers' decoder positions depart from the reference's."""
     from unirae_pipeline.fileio import write_safetensors
-    from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_to_blob
+    from unirae_pipeline.io.datasets import ModelFileDataset
+    from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_file
     from unirae_pipeline.tools.export_diffusers import main as export
 
     write_safetensors(tmp_path / "stats.safetensors", {"mean": torch.zeros(1), "var": torch.ones(1)}, {})
@@ -237,7 +241,8 @@ def test_export_refuses_what_diffusers_cannot_hold(tmp_path, capsys):
                    "overrides": {"patch_size": PATCH, "embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS}}
         (tmp_path / "params.yaml").write_text(yaml.safe_dump({"encoder": encoder}), encoding="utf-8")
         decoder = ViTDecoder(DecoderConfig(64, 1, 4, 128, 4, 0.0, "uniform"), WIDTH, grid)
-        write_safetensors(tmp_path / "decoder.safetensors", *decoder_to_blob(decoder, "x"))
+        ModelFileDataset(filepath=str(tmp_path / "decoder.safetensors"), kind="decoder").save(
+            decoder_file(decoder, "x"))
         assert export([str(tmp_path / "out"), "--params", str(tmp_path / "params.yaml"), "--decoder",
                        str(tmp_path / "decoder.safetensors"), "--stats", str(tmp_path / "stats.safetensors")]) == 2
     err = capsys.readouterr().err

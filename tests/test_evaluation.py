@@ -13,7 +13,7 @@ import yaml
 from unirae_pipeline.evaluation.classifier import ClassifierConfig, ShapeClassifier, augment
 from unirae_pipeline.evaluation.extractors import Extractor
 from unirae_pipeline.evaluation.fd import feature_stats, frechet_distance
-from unirae_pipeline.models.serialization import to_blob
+from unirae_pipeline.models.serialization import ModelFile
 
 
 def scipy_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,8 +47,8 @@ def test_classifier_features_predictions_and_augment():
     cfg = ClassifierConfig(width=8, feature_dim=16, blur_sigma=1.0, noise_std=0.1)
     model = ShapeClassifier(cfg, num_classes=5)
     images = torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8)
-    blob = to_blob(model, kind="classifier", config=cfg.to_dict(), num_classes=5)
-    features, logits = Extractor(blob, batch_size=3)(images)
+    file = ModelFile.of("extractor", model, kind="classifier", config=cfg.to_dict(), num_classes=5)
+    features, logits = Extractor(file, batch_size=3)(images)
     assert features.shape == (7, 16) and logits.shape == (7, 5)
     assert torch.allclose(features.float(), model.features(images.float() / 255), atol=1e-6)
     x = images.float() / 255
@@ -99,11 +99,11 @@ def test_inception_extractor_from_a_weights_file(inception_file):
     from unirae_pipeline.evaluation.extractors import read_inception_weights
     from unirae_pipeline.evaluation.fd import inception_score
 
-    blob = (read_inception_weights(str(inception_file)), {"kind": '"inception"'})
+    file = ModelFile("extractor", read_inception_weights(str(inception_file)), {"kind": "inception"})
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
-    features, logits = Extractor(blob, batch_size=4)(images)
+    features, logits = Extractor(file, batch_size=4)(images)
     assert features.shape == (6, 2048) and logits.shape == (6, 1008)
-    again, _ = Extractor(blob)(images)
+    again, _ = Extractor(file)(images)
     assert torch.allclose(features, again)  # deterministic, eval mode
     assert 1.0 <= inception_score(logits, splits=2) <= 1008
 
@@ -150,14 +150,14 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     assert hub["pos_embed"].shape == (1, 1 + 37 * 37, 384)
     torch.save({**hub, "mask_token": torch.zeros(1, 384)}, tmp_path / "dinov2.pth")
     fid = _fid("dinov2", dinov2_weights=str(tmp_path / "dinov2.pth"), dinov2_model="vit_small_patch14_dinov2")
-    blob, curve = build_feature_extractor(None, 16, fid, None, 0, None)  # no training: no trainer or runtime
-    assert curve.empty and "mask_token" not in blob[0]
+    file, curve = build_feature_extractor(None, 16, fid, None, 0, None)  # no training: no trainer or runtime
+    assert curve.empty and "mask_token" not in file.tensors
     expected = resample_abs_pos_embed(hub["pos_embed"], new_size=(16, 16), num_prefix_tokens=1)
-    torch.testing.assert_close(blob[0]["pos_embed"], expected)
+    torch.testing.assert_close(file.tensors["pos_embed"], expected)
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    features, logits = Extractor(blob, batch_size=2)(images)
+    features, logits = Extractor(file, batch_size=2)(images)
     assert features.shape == (5, 384) and logits.shape == (5, 0)
-    net = DINOv2Features("vit_small_patch14_dinov2", blob[0])
+    net = DINOv2Features("vit_small_patch14_dinov2", file.tensors)
     x = torch.nn.functional.interpolate(images.float() / 255, size=(224, 224), mode="bicubic", antialias=True)
     tokens = net.vit.forward_features((x.clamp(0, 1) - net.mean) / net.std)
     torch.testing.assert_close(features.float(), tokens[:, 0], rtol=1e-4, atol=1e-5)  # the normed CLS token
@@ -172,16 +172,16 @@ def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     mu, sigma = np.full(384, 0.5), np.eye(384)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma, arr_0=np.zeros((4, 16, 16, 3), np.uint8))
     cache = scratch(tmp_path / "scratch")
-    stats, metrics = reference_statistics(blob, image_set, 16, replace(fid, reference_npz=str(tmp_path / "ref.npz")),
+    stats, metrics = reference_statistics(file, image_set, 16, replace(fid, reference_npz=str(tmp_path / "ref.npz")),
                                           cache)
     assert np.array_equal(stats["mu"], mu) and stats["features"].shape == (4, 384)
     assert stats["val_mu"].shape == (384,) and not np.allclose(stats["val_mu"], mu) and metrics["num_val"] == 6
-    in_workers, _ = reference_statistics(blob, image_set, 16, replace(fid, reference_npz=None),
+    in_workers, _ = reference_statistics(file, image_set, 16, replace(fid, reference_npz=None),
                                          replace(cache, num_workers=2))  # val decoded in `runtime.num_workers`
     assert np.array_equal(in_workers["val_mu"], stats["val_mu"]) and np.array_equal(in_workers["mu"], stats["val_mu"])
     np.savez(tmp_path / "inception.npz", mu=np.zeros(2048), sigma=np.eye(2048))
     with pytest.raises(ValueError, match="2048-d statistics"):
-        reference_statistics(blob, image_set, 16, replace(fid, reference_npz=str(tmp_path / "inception.npz")), cache)
+        reference_statistics(file, image_set, 16, replace(fid, reference_npz=str(tmp_path / "inception.npz")), cache)
 
 
 def test_a_batch_larger_than_an_image_folder_names_its_key(tmp_path, params):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,9 @@ from kedro.io import DatasetError
 from PIL import Image
 
 from unirae_pipeline.data.images import GeneratedImages
-from unirae_pipeline.io.datasets import CSVDataset, JSONDataset, NpzDataset, PNGDataset, SafetensorsDataset
+from unirae_pipeline.io.datasets import CSVDataset, JSONDataset, ModelFileDataset, NpzDataset, PNGDataset
 from unirae_pipeline.io.image_set import ImageSetDataset
+from unirae_pipeline.models.serialization import ModelFile
 
 from .conftest import write_folder
 
@@ -24,8 +26,8 @@ def test_roundtrips(tmp_path):
         (JSONDataset, "m.json", {"fd": 1.5}, lambda a, b: a == b),
         (NpzDataset, "s.npz", {"images": np.zeros((2, 4, 4, 3), np.uint8)},
          lambda a, b: np.array_equal(a["images"], b["images"])),
-        (SafetensorsDataset, "w.safetensors", ({"w": torch.ones(2)}, {"config": "{}"}),
-         lambda a, b: torch.equal(a[0]["w"], b[0]["w"]) and a[1] == b[1]),
+        (partial(ModelFileDataset, kind="dit"), "w.safetensors", ModelFile("dit", {"w": torch.ones(2)}, {"config": {}}),
+         lambda a, b: torch.equal(a.tensors["w"], b.tensors["w"]) and a.meta == b.meta and b.kind == "dit"),
         (CSVDataset, "c.csv", pd.DataFrame({"step": [1], "loss": [0.5]}), lambda a, b: a.equals(b)),
         (PNGDataset, "g.png", Image.new("RGB", (4, 4), "red"), lambda a, b: a.tobytes() == b.tobytes()),
     ]
@@ -44,14 +46,16 @@ import numpy as np, pandas as pd, torch
 from PIL import Image
 from unirae_pipeline.data.encoding import Shard, save_shard
 from unirae_pipeline.data.samples import SampleSet
-from unirae_pipeline.io.datasets import CSVDataset, JSONDataset, NpzDataset, PNGDataset, SafetensorsDataset
+from unirae_pipeline.io.datasets import CSVDataset, JSONDataset, ModelFileDataset, NpzDataset, PNGDataset
 from unirae_pipeline.io.image_set import ImageSetDataset
 from unirae_pipeline.io.latent_store import LatentStoreDataset
 from unirae_pipeline.io.samples import SamplesDataset
 from unirae_pipeline.data.images import GeneratedImages
+from unirae_pipeline.models.serialization import ModelFile
 out, g = Path(sys.argv[1]), torch.Generator().manual_seed(0)
-meta = {f"key_{i}": str(i) for i in range(12)}  # many metadata keys: safetensors writes them in hash order
-SafetensorsDataset(filepath=str(out / "model.safetensors")).save(({"w": torch.randn(3, 4, generator=g)}, meta))
+meta = {f"key_{i}": i for i in range(12)}  # many metadata keys: safetensors writes them in hash order
+ModelFileDataset(filepath=str(out / "model.safetensors"), kind="dit").save(
+    ModelFile("dit", {"w": torch.randn(3, 4, generator=g)}, meta))
 NpzDataset(filepath=str(out / "stats.npz")).save({"mu": np.arange(4.0), "sigma": np.eye(4)})
 images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
 SamplesDataset(filepath=str(out / "samples.npz")).save(SampleSet([images], np.array([0, 1]), (4, 4, 3)))

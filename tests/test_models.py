@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from unirae_pipeline.config.build import build
-from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob
-from unirae_pipeline.models.dit import DiTConfig, DiTDH, build_dit, dit_from_blob
+from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_file, decoder_from_file
+from unirae_pipeline.models.dit import DiTConfig, DiTDH, build_dit, dit_from_file
 from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
 from unirae_pipeline.models.layers import Rope2D, count_params, sincos_pos_embed_2d, swiglu_hidden
-from unirae_pipeline.models.serialization import to_blob
+from unirae_pipeline.models.serialization import ModelFile
 
 from .conftest import ROOT
 
@@ -40,7 +40,7 @@ def test_dit_forward_shapes_and_zero_init(params):
         assert torch.count_nonzero(block.adaLN_modulation[-1].weight) == 0
 
 
-def test_dit_seeded_build_and_blob_roundtrip(params):
+def test_dit_seeded_build_and_file_roundtrip(params):
     a = build_dit(dit_cfg(params), (64, 4, 4), 10, seed=3)
     b = build_dit(dit_cfg(params), (64, 4, 4), 10, seed=3)
     c = build_dit(dit_cfg(params), (64, 4, 4), 10, seed=4)
@@ -48,8 +48,7 @@ def test_dit_seeded_build_and_blob_roundtrip(params):
     assert not torch.equal(a.y_embedder.embedding_table.weight, c.y_embedder.embedding_table.weight)
     with torch.no_grad():
         a.final_layer.linear.weight.normal_()
-    blob = to_blob(a, config=a.cfg.to_dict(), latent_shape=[64, 4, 4], num_classes=10)
-    back = dit_from_blob(blob)
+    back = dit_from_file(ModelFile.of("dit", a, config=a.cfg.to_dict(), latent_shape=[64, 4, 4], num_classes=10))
     x, t, y = torch.randn(2, 64, 4, 4), torch.rand(2), torch.tensor([1, 2])
     assert torch.allclose(a.eval()(x, t, y), back(x, t, y))
 
@@ -150,8 +149,7 @@ def test_decoder_shapes_noise_and_roundtrip(params):
     assert torch.equal(out, dec(z))  # no noise in eval mode
     dec.train()
     assert not torch.equal(dec(z), dec(z))  # noise augmentation in training
-    blob = to_blob(dec, config=cfg.to_dict(), latent_shape=[64, 4, 4])
-    assert torch.allclose(decoder_from_blob(blob)(z), dec.eval()(z))
+    assert torch.allclose(decoder_from_file(decoder_file(dec, "any"))(z), dec.eval()(z))
     with pytest.raises(ValueError, match="decoder expects latents"):
         dec(torch.randn(2, 32, 4, 4))
 
@@ -175,9 +173,9 @@ def test_lightning_dit_option(params):
     assert torch.count_nonzero(model(x, torch.rand(2), torch.tensor([1, 10]))) == 0  # zero-init output
     with torch.no_grad():
         model.final_layer.linear.weight.normal_()
-    blob = to_blob(model, config=cfg.to_dict(), latent_shape=[64, 4, 4], num_classes=10)
-    assert isinstance(dit_from_blob(blob), LightningDiT)
-    assert torch.allclose(dit_from_blob(blob)(x, torch.rand(2) * 0 + 0.5, torch.tensor([1, 2])),
+    file = ModelFile.of("dit", model, config=cfg.to_dict(), latent_shape=[64, 4, 4], num_classes=10)
+    assert isinstance(dit_from_file(file), LightningDiT)
+    assert torch.allclose(dit_from_file(file)(x, torch.rand(2) * 0 + 0.5, torch.tensor([1, 2])),
                           model.eval()(x, torch.full((2,), 0.5), torch.tensor([1, 2])))
 
 

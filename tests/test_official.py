@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from unirae_pipeline.models.official import (
+from unirae_pipeline.interop.official import (
     load_official_decoder,
     load_official_dit,
     load_official_stats,

@@ -131,7 +131,7 @@ def test_latent_cache_holds_train_plain_and_flipped_plus_val(chain):
 def test_stats_match_the_cached_latents(chain):
     _, catalog, outputs = chain
     z = catalog.load("latents").load("train")["latents"].double()
-    tensors, _ = outputs["latent_stats"]
+    tensors = outputs["latent_stats"].tensors
     assert np.allclose(tensors["mean"].numpy(), z.mean(0).numpy(), atol=1e-5)
     assert np.allclose(tensors["var"].numpy(), z.var(0, unbiased=False).numpy(), atol=1e-5)
 
@@ -164,8 +164,7 @@ def test_sample_refuses_artefacts_of_another_encoder(chain):
     from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
 
     params, _, outputs = chain
-    tensors, meta = outputs["decoder"]
-    forged = (tensors, {**meta, "fingerprint": '"0000000000000000"'})
+    forged = replace(outputs["decoder"], meta={**outputs["decoder"].meta, "fingerprint": "0000000000000000"})
     with pytest.raises(ValueError, match="fingerprints differ"):
         sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], forged, outputs["latent_stats"],
                     params.sample, params.diffusion, 0, params.runtime)
@@ -177,10 +176,11 @@ def test_autoguidance_uses_the_guide_snapshot(chain):
     from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
 
     params, _, outputs = chain
-    assert params.guide.source == "snapshot" and outputs["dit_guide"][0] == {}
-    guide_meta = outputs["dit_snapshot"][1]
+    assert params.guide.source == "snapshot" and outputs["dit_guide"].empty
+    guide_meta = outputs["dit_snapshot"].encode()
     assert guide_meta["step"] == str(params.train_dit.guide_at)
-    assert not all(torch.equal(outputs["dit"][0][k], outputs["dit_snapshot"][0][k]) for k in outputs["dit"][0])
+    assert not all(torch.equal(outputs["dit"].tensors[k], outputs["dit_snapshot"].tensors[k])
+                   for k in outputs["dit"].tensors)
     guided, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], outputs["decoder"],
                                outputs["latent_stats"], _autoguided(params), params.diffusion, 0, params.runtime)
     first, guided_first = next(outputs["samples"].chunks(1000)), next(guided.chunks(1000))
@@ -197,21 +197,22 @@ def _autoguided(params: Params):
 def test_train_guide_trains_a_separate_smaller_dit_that_autoguidance_uses(chain):
     """guide=tiny: train_guide trains its own, narrower DiT-DH for guide.duration steps by the main run's recipe, and
     AutoGuidance then takes it instead of train_dit's snapshot."""
-    from unirae_pipeline.models.serialization import blob_meta
+    from unirae_pipeline.config.guide import RECIPE
     from unirae_pipeline.pipelines.sample.nodes import sample as sample_node
     from unirae_pipeline.pipelines.train_guide.nodes import train_guide
-    from unirae_pipeline.pipelines.train_guide.pipeline import RECIPE
 
     params, catalog, outputs = chain
     guide = {**compose_params(["guide=tiny"], conf_dir=ROOT / "conf")["guide"], "duration": 6}
-    recipe = {k: getattr(params.train_dit, k) for k in RECIPE}
-    blob = train_guide(catalog.load("latents"), outputs["latent_stats"], typed("guide", guide), params.diffusion,
-                       params.trainer, params.seed, params.runtime, **recipe)
-    meta = blob_meta(blob)
+    cfg = typed("guide", guide)
+    recipe = cfg.recipe(**{k: getattr(params.train_dit, k) for k in RECIPE})
+    assert (recipe.duration, recipe.lr, recipe.batch_size) == (6, params.train_dit.lr, params.train_dit.batch_size)
+    file = train_guide(catalog.load("latents"), outputs["latent_stats"], cfg, params.diffusion, params.trainer,
+                       params.seed, params.runtime, **{k: getattr(params.train_dit, k) for k in RECIPE})
+    meta = file.meta
     assert (meta["config"]["hidden_size"], meta["config"]["depth"], meta["step"], meta["source"]) == (64, 2, 6, "train")
-    assert meta["fingerprint"] == blob_meta(outputs["dit"])["fingerprint"]
+    assert meta["fingerprint"] == outputs["dit"].meta["fingerprint"]
     inputs = outputs["decoder"], outputs["latent_stats"], _autoguided(params), params.diffusion, 0, params.runtime
-    trained, _, _ = sample_node(outputs["dit"], None, blob, *inputs)  # no snapshot needed (as with a released guide)
+    trained, _, _ = sample_node(outputs["dit"], None, file, *inputs)  # no snapshot needed (as with a released guide)
     snapshot, _, _ = sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], *inputs)
     assert not np.array_equal(next(trained.chunks(1000)), next(snapshot.chunks(1000)))
     with pytest.raises(ValueError, match="no guide"):
@@ -236,10 +237,10 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
                                   kernel_size=3, overrides=TINY_DINO))
     latents, image_set = catalog.load("latents"), catalog.load("image_set")
     trainer, run = params.trainer, replace(params.runtime, log_every_n_steps=1)
-    blob, curve = train_rae(latents, image_set, params.encoder, params.decoder, recipe, trainer, params.seed, run)
+    decoder, curve = train_rae(latents, image_set, params.encoder, params.decoder, recipe, trainer, params.seed, run)
     assert len(curve) == 10 and {"l1", "lpips", "gan", "gan_weight", "disc", "disc_accuracy"} <= set(curve.columns)
     assert curve.loc[curve.step > 6, "gan"].notna().all() and curve.loc[curve.step <= 4, "disc"].isna().all()
-    metrics, _ = evaluate_rae(blob, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
+    metrics, _ = evaluate_rae(decoder, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
                                   False, run)
     assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
     # the online encoder must be the one that made the cache

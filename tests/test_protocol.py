@@ -24,7 +24,7 @@ from unirae_pipeline.diffusion.sampling import integrate, time_grid, with_guidan
 from unirae_pipeline.diffusion.transport import TransportConfig, draw_noise_and_time, shift_factor
 from unirae_pipeline.evaluation.fd import psnr_ssim
 from unirae_pipeline.evaluation.report import to_uint8_nhwc
-from unirae_pipeline.models.official import load_official_decoder, load_official_dit, load_official_stats
+from unirae_pipeline.interop.official import load_official_decoder, load_official_dit, load_official_stats
 from unirae_pipeline.tools.compose import compose_params
 from unirae_pipeline.training.fit import TrainerConfig, steps_per_epoch
 from unirae_pipeline.training.objectives import dit_objective
@@ -336,8 +336,8 @@ def _stage1_replay(ref, tmp_path, module_class) -> dict[str, list[float]]:
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from unirae_pipeline.interop.official import official_decoder_state
     from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
-    from unirae_pipeline.models.official import official_decoder_state
     from unirae_pipeline.training import rae as stage1_module
     from unirae_pipeline.training.fit import fit
     from unirae_pipeline.training.rae import adaptive_weight

@@ -13,9 +13,9 @@ from PIL import Image
 
 from unirae_pipeline.evaluation.classifier import ShapeClassifier
 from unirae_pipeline.evaluation.report import grid_labels
-from unirae_pipeline.fileio import write_safetensors
-from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_to_blob
-from unirae_pipeline.models.serialization import to_blob
+from unirae_pipeline.io.datasets import ModelFileDataset
+from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_file
+from unirae_pipeline.models.serialization import ModelFile
 from unirae_pipeline.tools.reconstruct import main
 
 from .conftest import ROOT, typed, write_folder
@@ -28,8 +28,8 @@ def features(tmp_path):
     with torch.random.fork_rng():
         torch.manual_seed(0)
         net = ShapeClassifier(fid.classifier, 2)
-    write_safetensors(tmp_path / "features.safetensors",
-                      *to_blob(net, kind="classifier", config=fid.classifier.to_dict(), num_classes=2))
+    file = ModelFile.of("extractor", net, kind="classifier", config=fid.classifier.to_dict(), num_classes=2)
+    ModelFileDataset(filepath=str(tmp_path / "features.safetensors"), kind="extractor").save(file)
     return tmp_path / "features.safetensors"
 
 
@@ -40,7 +40,7 @@ def test_a_folder_through_the_rae_trained_here(tmp_path, features):
     (images / "train" / "a" / "broken.png").write_bytes(b"not an image")
     torch.manual_seed(0)
     decoder = ViTDecoder(DecoderConfig(64, 1, 4, 128, 4, 0.0, "uniform"), 64, 4)
-    write_safetensors(tmp_path / "decoder.safetensors", *decoder_to_blob(decoder, "any"))
+    ModelFileDataset(filepath=str(tmp_path / "decoder.safetensors"), kind="decoder").save(decoder_file(decoder, "any"))
     out = tmp_path / "out"
     assert main([str(images), str(out), "--params", str(ROOT / "params.yaml"), "--decoder",
                  str(tmp_path / "decoder.safetensors"), "--features", str(features), "--batch-size", "5"]) == 0
@@ -97,8 +97,8 @@ def test_a_folder_through_a_released_reference_decoder(tmp_path, features):
     normalizes; the PNGs are its reconstructions exactly."""
     from unirae_pipeline.data.loading import center_crop
     from unirae_pipeline.evaluation.report import quantize
+    from unirae_pipeline.interop.official import load_official_decoder
     from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
-    from unirae_pipeline.models.official import load_official_decoder
 
     from .test_official import read_fixture
 

@@ -27,7 +27,7 @@ def optim(**over) -> OptimConfig:
     base = dict(unit="steps", duration=100, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95],
                 weight_decay=0.0, warmup=10, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9,
                 grad_clip=1.0)
-    return OptimConfig(**{**base, **over})
+    return build(OptimConfig, {**base, **over}, "train_dit")  # as params.yaml's groups are built
 
 
 def test_lr_schedules():

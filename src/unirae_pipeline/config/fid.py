@@ -26,8 +26,6 @@ class FIDConfig:
     train: OptimConfig
 
     def __post_init__(self) -> None:
-        if self.extractor not in ("classifier", "inception", "dinov2"):
-            raise ValueError(f"fid.extractor must be 'classifier', 'inception' or 'dinov2', got {self.extractor!r}")
         if not timm.is_model(self.dinov2_model):
             raise ValueError(f"fid.dinov2_model {self.dinov2_model!r} is not a timm model name")
 

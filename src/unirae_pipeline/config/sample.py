@@ -28,5 +28,3 @@ class SampleConfig:
         if self.shard_size % self.batch_size:
             raise ValueError(f"sample.shard_size {self.shard_size} must be a multiple of sample.batch_size "
                              f"{self.batch_size} (batches are seeded by position)")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"sample.precision must be fp32 or bf16, got {self.precision!r}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -64,15 +65,11 @@ class CacheConfig:
     batch_size: int
     shard_size: int
     dtype: str
-    precision: str
+    precision: Literal["fp32", "bf16"]
     hflip: bool
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"latents.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"latents.precision must be fp32 or bf16, got {self.precision!r}")
-        if not isinstance(self.hflip, bool):
-            raise ValueError(f"latents.hflip must be true or false, got {self.hflip!r}")
         if self.batch_size < 1 or self.shard_size < 1:
             raise ValueError("latents.batch_size and latents.shard_size must be >= 1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .images import IMAGE_EXTENSIONS, folder_files, is_hidden
 from .shapes import ShapesConfig
@@ -14,15 +15,13 @@ from .shapes import ShapesConfig
 class DataConfig:
     """`source`: `shapes` (the built-in set, sized by `shapes`) or `imagefolder` (an ImageNet-style tree at `root`)."""
 
-    source: str
+    source: Literal["shapes", "imagefolder"]
     image_size: int
     root: str | None
     lineage: str  # what DVC hashes as this data (a dependency of prepare_data): `root`, or the built-in generator
     shapes: ShapesConfig | None
 
     def __post_init__(self) -> None:
-        if self.source not in ("shapes", "imagefolder"):
-            raise ValueError(f"data.source must be 'shapes' or 'imagefolder', got {self.source!r}")
         if self.image_size < 8:
             raise ValueError(f"data.image_size must be >= 8, got {self.image_size}")
         if self.source == "shapes" and self.shapes is None:

@@ -26,10 +26,6 @@ class SamplerConfig:
     sde_norm: float
 
     def __post_init__(self) -> None:
-        if self.method not in ("euler", "heun", "euler_maruyama"):
-            raise ValueError(f"sample.sampler.method must be 'euler', 'heun' or 'euler_maruyama', got {self.method!r}")
-        if self.guidance not in ("cfg", "autoguidance"):
-            raise ValueError(f"sample.sampler.guidance must be 'cfg' or 'autoguidance', got {self.guidance!r}")
         if self.sde_norm < 0:
             raise ValueError(f"sample.sampler.sde_norm must be >= 0, got {self.sde_norm}")
         if self.num_steps < 2:

@@ -29,10 +29,6 @@ class TransportConfig:
     latent_norm: Literal["mean_var", "var"]
 
     def __post_init__(self) -> None:
-        if self.time_dist not in ("uniform", "logit_normal"):
-            raise ValueError(f"diffusion.time_dist must be 'uniform' or 'logit_normal', got {self.time_dist!r}")
-        if self.latent_norm not in ("mean_var", "var"):
-            raise ValueError(f"diffusion.latent_norm must be 'mean_var' or 'var', got {self.latent_norm!r}")
         if self.shift_base <= 0 or self.logit_std <= 0:
             raise ValueError("diffusion.shift_base and diffusion.logit_std must be positive")
 

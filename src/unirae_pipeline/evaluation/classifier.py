@@ -8,7 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..models.serialization import Blob, blob_meta, load_weights
+from ..config.build import build
+from ..models.serialization import ModelFile
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,11 @@ def augment(images: torch.Tensor, cfg: ClassifierConfig, generator: torch.Genera
     return x.clamp(0, 1)
 
 
-def classifier_from_blob(blob: Blob) -> ShapeClassifier:
-    meta = blob_meta(blob)
-    return load_weights(ShapeClassifier(ClassifierConfig(**meta["config"]), meta["num_classes"]), blob)
+def classifier_from_file(file: ModelFile) -> ShapeClassifier:
+    """The embedded default's classifier from fid_reference's file, its config built as `fid.classifier` is."""
+    meta = file.expect("extractor").meta
+    cfg = build(ClassifierConfig, meta["config"], "fid.classifier")
+    return file.load_into(ShapeClassifier(cfg, meta["num_classes"]))
 
 
 def classifier_objective(model: nn.Module, batch: tuple[torch.Tensor, ...], *, cfg: ClassifierConfig) -> torch.Tensor:

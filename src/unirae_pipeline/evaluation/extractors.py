@@ -13,9 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..models.serialization import Blob, blob_meta, load_strict, read_state_dict
+from ..models.serialization import ModelFile, load_strict, read_state_dict
 from ..runtime.ranks import local_device
-from .classifier import classifier_from_blob
+from .classifier import classifier_from_file
 
 INCEPTION_FEATURES = ("2048", "logits_unbiased")
 
@@ -70,16 +70,16 @@ class Extractor:
     """uint8 images (N, 3, H, W) -> features (N, D) and logits: our classes for the classifier, Inception's 1008
     for the IS, none (N, 0) for DINOv2."""
 
-    def __init__(self, blob: Blob, batch_size: int = 256) -> None:
-        meta = blob_meta(blob)
-        self.kind = meta.get("kind", "classifier")
+    def __init__(self, file: ModelFile, batch_size: int = 256) -> None:
+        meta = file.expect("extractor").meta
+        self.kind = meta.get("kind", "classifier")  # which feature network
         self.batch_size = batch_size
         if self.kind == "classifier":
-            net = classifier_from_blob(blob)
+            net = classifier_from_file(file)
         elif self.kind == "dinov2":
-            net = DINOv2Features(meta["model"], blob[0])
+            net = DINOv2Features(meta["model"], file.tensors)
         else:
-            net = _inception(blob[0])
+            net = _inception(file.tensors)
         self.device = local_device()
         self.net = net.eval().to(self.device)
 

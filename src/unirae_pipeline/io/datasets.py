@@ -15,7 +15,7 @@ from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 
 from ..fileio import atomic_file, png_info, write_npz, write_safetensors
-from ..models.serialization import Blob, read_blob
+from ..models.serialization import KINDS, ModelFile, read_model_file
 from ..runtime.ranks import global_rank, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -50,22 +50,23 @@ class _PathDataset(AbstractDataset):
         return self._filepath
 
 
-class SafetensorsDataset(_PathDataset):
-    """(tensors, str metadata) in one safetensors file: model weights and latent statistics. An `optional` file that
-    does not exist loads as None (the node that needs it says why)."""
+class ModelFileDataset(_PathDataset):
+    """A `ModelFile` (model weights or latent statistics: `kind`) as one safetensors file, each metadata value as its
+    JSON text. An `optional` file that does not exist loads as None (the node that needs it says why)."""
 
-    def __init__(self, *, filepath: str, optional: bool = False, metadata: dict | None = None) -> None:
+    def __init__(self, *, filepath: str, kind: str, optional: bool = False, metadata: dict | None = None) -> None:
         super().__init__(filepath=filepath, metadata=metadata)
-        self.optional = optional
+        if kind not in KINDS:
+            raise DatasetError(f"ModelFileDataset kind must be one of {KINDS}, got {kind!r}")
+        self.kind, self.optional = kind, optional
 
-    def _write(self, data: Blob) -> None:
-        tensors, meta = data
-        write_safetensors(self._filepath, tensors, meta)
+    def _write(self, data: ModelFile) -> None:
+        write_safetensors(self._filepath, data.expect(self.kind).tensors, data.encode())
 
-    def load(self) -> Blob | None:
+    def load(self) -> ModelFile | None:
         if self.optional and not self._filepath.exists():
             return None
-        return read_blob(self._require(), str(self._filepath))
+        return read_model_file(self._require(), self.kind, str(self._filepath))
 
 
 class NpzDataset(_PathDataset):
@@ -114,4 +115,4 @@ class PNGDataset(_PathDataset):
 
 
 
-__all__ = ["CSVDataset", "JSONDataset", "NpzDataset", "PNGDataset", "SafetensorsDataset"]
+__all__ = ["CSVDataset", "JSONDataset", "ModelFileDataset", "NpzDataset", "PNGDataset"]

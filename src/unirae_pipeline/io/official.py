@@ -3,22 +3,16 @@ reference's files, and diffusers `AutoencoderRAE` folders."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from kedro.io import DatasetError
 
-from ..models.decoder import decoder_to_blob
-from ..models.diffusers_rae import DiffusersRAE
-from ..models.official import (
-    load_diffusers_decoder,
-    load_diffusers_stats,
-    load_official_decoder,
-    load_official_dit,
-    load_official_stats,
-    read_checkpoint,
-)
-from ..models.serialization import Blob, to_blob
+from ..interop.diffusers import load_diffusers_decoder, load_diffusers_stats
+from ..interop.diffusers_folder import DiffusersRAE
+from ..interop.official import load_official_decoder, load_official_dit, load_official_stats, read_checkpoint
+from ..models.decoder import decoder_file
+from ..models.dit import dit_file
+from ..models.serialization import ModelFile
 from .datasets import _PathDataset
 
 OFFICIAL_FINGERPRINT = "official-rae"  # a released decoder, its statistics and DiT-DH share one encoder
@@ -40,17 +34,16 @@ class OfficialModelDataset(_PathDataset):
     def _write(self, data: Any) -> None:
         raise DatasetError(f"{self._filepath} is a released checkpoint; the pipeline does not overwrite it")
 
-    def load(self) -> Blob:
+    def load(self) -> ModelFile:
         state = read_checkpoint(self._require())
         if self._kind == "stats":
-            stats = load_official_stats(state)
-            return stats, {"fingerprint": json.dumps(OFFICIAL_FINGERPRINT), "count": json.dumps(0)}
+            return ModelFile("stats", load_official_stats(state), {"fingerprint": OFFICIAL_FINGERPRINT, "count": 0})
         if self._kind == "dit":
             model = load_official_dit(state, **self._params)
             shape = [model.in_channels, model.input_size, model.input_size]
-            return to_blob(model, config=model.cfg.to_dict(), latent_shape=shape, num_classes=model.num_classes,
-                           fingerprint=OFFICIAL_FINGERPRINT, seed=0)
-        return decoder_to_blob(load_official_decoder(state, **self._params), OFFICIAL_FINGERPRINT)
+            return dit_file(model, latent_shape=shape,
+                                num_classes=model.num_classes, fingerprint=OFFICIAL_FINGERPRINT, seed=0)
+        return decoder_file(load_official_decoder(state, **self._params), OFFICIAL_FINGERPRINT)
 
 
 class DiffusersRAEDataset(_PathDataset):
@@ -66,8 +59,8 @@ class DiffusersRAEDataset(_PathDataset):
     def _write(self, data: Any) -> None:
         raise DatasetError(f"{self._filepath} is a diffusers checkpoint; the pipeline does not overwrite it")
 
-    def load(self) -> Blob:
+    def load(self) -> ModelFile:
         rae = DiffusersRAE(self._require(), f"diffusers RAE {self._filepath}")
         if self._kind == "stats":
-            return load_diffusers_stats(rae), {"fingerprint": json.dumps(OFFICIAL_FINGERPRINT), "count": json.dumps(0)}
-        return decoder_to_blob(load_diffusers_decoder(rae), OFFICIAL_FINGERPRINT)
+            return ModelFile("stats", load_diffusers_stats(rae), {"fingerprint": OFFICIAL_FINGERPRINT, "count": 0})
+        return decoder_file(load_diffusers_decoder(rae), OFFICIAL_FINGERPRINT)

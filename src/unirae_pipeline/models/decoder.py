@@ -11,9 +11,10 @@ from timm.layers import Mlp
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from ..config.build import build
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD
 from .layers import check_heads, fixed_table, sincos_pos_embed_2d
-from .serialization import Blob, blob_meta, load_weights, to_blob
+from .serialization import ModelFile
 
 PixelNorm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) of the encoder's input normalization
 IMAGENET_NORM: PixelNorm = (IMAGENET_MEAN, IMAGENET_STD)
@@ -35,8 +36,6 @@ class DecoderConfig:
         check_heads("decoder.hidden_size / decoder.num_heads", self.hidden_size, self.num_heads)
         if (self.hidden_size % 4) or self.depth < 1 or self.patch_size < 1 or self.mlp_dim < 1:
             raise ValueError(f"decoder: invalid sizes {asdict(self)} (hidden_size must be divisible by 4)")
-        if self.noise_dist not in ("uniform", "half_normal"):
-            raise ValueError(f"decoder.noise_dist must be 'uniform' or 'half_normal', got {self.noise_dist!r}")
         if self.noise_tau < 0:
             raise ValueError(f"decoder.noise_tau must be >= 0, got {self.noise_tau}")
 
@@ -99,16 +98,17 @@ def decoder_positions(dim: int, grid: int) -> torch.Tensor:
     return torch.cat([torch.zeros(1, dim), sincos_pos_embed_2d(dim, grid)])[None]
 
 
-def decoder_to_blob(model: ViTDecoder, fingerprint: str) -> Blob:
+def decoder_file(model: ViTDecoder, fingerprint: str) -> ModelFile:
     """The decoder file. `pixel_norm` is written only when it is not ImageNet's: absent means ImageNet's, so that the
     files of DINOv2 and MAE decoders (and those written before it existed) keep their bytes."""
     extra = {} if model.pixel_norm == IMAGENET_NORM else {"pixel_norm": model.pixel_norm}
-    return to_blob(model, config=model.cfg.to_dict(), latent_shape=[model.latent_dim, model.grid, model.grid],
-                   fingerprint=fingerprint, **extra)
+    return ModelFile.of("decoder", model, config=model.cfg.to_dict(),
+                        latent_shape=[model.latent_dim, model.grid, model.grid], fingerprint=fingerprint, **extra)
 
 
-def decoder_from_blob(blob: Blob) -> ViTDecoder:
-    meta = blob_meta(blob)
+def decoder_from_file(file: ModelFile) -> ViTDecoder:
+    """The decoder a file holds, its config built as the `decoder` params group is."""
+    meta = file.expect("decoder").meta
     channels, grid, _ = meta["latent_shape"]
-    decoder = ViTDecoder(DecoderConfig(**meta["config"]), channels, grid, meta.get("pixel_norm", IMAGENET_NORM))
-    return load_weights(decoder, blob)
+    cfg = build(DecoderConfig, meta["config"], "decoder")
+    return file.load_into(ViTDecoder(cfg, channels, grid, meta.get("pixel_norm", IMAGENET_NORM)))

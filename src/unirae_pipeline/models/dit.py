@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from timm.layers import PatchEmbed
 from torch import nn
 from torch.nn import functional as F
 
+from ..config.build import build
 from .layers import (
     RMSNorm,
     Rope2D,
@@ -26,7 +28,7 @@ from .layers import (
     swiglu_hidden,
     xavier_flat_,
 )
-from .serialization import Blob, blob_meta, load_weights
+from .serialization import ModelFile
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,42 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DiTDH(nn.Module):
+class DiTBackbone(nn.Module):
+    """What DiT-DH and LightningDiT share: the sizes, the label dropout of classifier-free guidance, unpatchifying, and
+    the reference's initialisation of the embeddings and the zeroed outputs. Each subclass creates its modules in the
+    reference's order (seeded weights depend on it)."""
+
+    def __init__(self, cfg: DiTConfig, in_channels: int, input_size: int, num_classes: int) -> None:
+        super().__init__()
+        if input_size % cfg.patch_size:
+            raise ValueError(f"dit.patch_size {cfg.patch_size} does not divide the latent size {input_size}")
+        self.cfg, self.in_channels, self.input_size, self.num_classes = cfg, in_channels, input_size, num_classes
+        self.grid = input_size // cfg.patch_size
+
+    def _init_embeddings_and_zero_outputs(self) -> None:
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=self.cfg.label_init_std)
+        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(layer.weight, std=0.02)
+        for block in (*self.blocks, self.final_layer):
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def drop_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """Classifier-free-guidance training: replace labels by the null class with the configured probability."""
+        if not self.training or self.cfg.class_dropout_prob == 0:
+            return y
+        drop = torch.rand(y.shape, device=y.device) < self.cfg.class_dropout_prob
+        return torch.where(drop, torch.full_like(y, self.num_classes), y)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        p, c, g = self.cfg.patch_size, self.in_channels, self.grid
+        x = x.view(x.shape[0], g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(x.shape[0], c, g * p, g * p)
+
+
+class DiTDH(DiTBackbone):
     """DiT backbone (global adaLN from t and y) feeding a DDT head whose adaLN is per token.
 
     Module names follow the reference checkpoints: `s_embedder`/`pos_embed` feed the backbone ("s" stream),
@@ -147,12 +184,8 @@ class DiTDH(nn.Module):
     """
 
     def __init__(self, cfg: DiTConfig, in_channels: int, input_size: int, num_classes: int) -> None:
-        super().__init__()
-        if input_size % cfg.patch_size:
-            raise ValueError(f"dit.patch_size {cfg.patch_size} does not divide the latent size {input_size}")
-        self.cfg, self.in_channels, self.input_size, self.num_classes = cfg, in_channels, input_size, num_classes
-        p, d, dh = cfg.patch_size, cfg.hidden_size, cfg.head_hidden_size
-        grid = input_size // p
+        super().__init__(cfg, in_channels, input_size, num_classes)
+        p, d, dh, grid = cfg.patch_size, cfg.hidden_size, cfg.head_hidden_size, self.grid
 
         self.t_embedder = FourierTimeEmbed(d, cfg.fourier_features)
         self.y_embedder = LabelEmbedder(num_classes, d)
@@ -173,28 +206,6 @@ class DiTDH(nn.Module):
         xavier_flat_(self.s_embedder.proj)
         self._init_embeddings_and_zero_outputs()
 
-    def _init_embeddings_and_zero_outputs(self) -> None:
-        nn.init.normal_(self.y_embedder.embedding_table.weight, std=self.cfg.label_init_std)
-        for layer in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
-            nn.init.normal_(layer.weight, std=0.02)
-        for block in (*self.blocks, self.final_layer):
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
-
-    def drop_labels(self, y: torch.Tensor) -> torch.Tensor:
-        """Classifier-free-guidance training: replace labels by the null class with the configured probability."""
-        if not self.training or self.cfg.class_dropout_prob == 0:
-            return y
-        drop = torch.rand(y.shape, device=y.device) < self.cfg.class_dropout_prob
-        return torch.where(drop, torch.full_like(y, self.num_classes), y)
-
-    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        p, c, g = self.cfg.patch_size, self.in_channels, self.input_size // self.cfg.patch_size
-        x = x.view(x.shape[0], g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(x.shape[0], c, g * p, g * p)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         depth = self.cfg.depth
         t_emb = self.t_embedder(t)                                    # (B, D)
@@ -209,16 +220,13 @@ class DiTDH(nn.Module):
         return self.unpatchify(self.final_layer(h, s))                # (B, C, H, W)
 
 
-class LightningDiT(DiTDH):
+class LightningDiT(DiTBackbone):
     """Plain LightningDiT (RAE paper section 3), selected by `dit.head_depth: 0`: one stream, c = t_emb + y_emb
     without the extra SiLU, a per-sample final layer, xavier-initialised Linears. Same block ingredients."""
 
     def __init__(self, cfg: DiTConfig, in_channels: int, input_size: int, num_classes: int) -> None:
-        nn.Module.__init__(self)
-        if input_size % cfg.patch_size:
-            raise ValueError(f"dit.patch_size {cfg.patch_size} does not divide the latent size {input_size}")
-        self.cfg, self.in_channels, self.input_size, self.num_classes = cfg, in_channels, input_size, num_classes
-        p, d, grid = cfg.patch_size, cfg.hidden_size, input_size // cfg.patch_size
+        super().__init__(cfg, in_channels, input_size, num_classes)
+        p, d, grid = cfg.patch_size, cfg.hidden_size, self.grid
         self.x_embedder = PatchEmbed(input_size, p, in_channels, d, bias=True)
         self.t_embedder = FourierTimeEmbed(d, cfg.fourier_features)
         self.y_embedder = LabelEmbedder(num_classes, d)
@@ -244,7 +252,7 @@ class LightningDiT(DiTDH):
         return self.unpatchify(self.final_layer(h, c))
 
 
-def build_dit(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int, seed: int) -> DiTDH:
+def build_dit(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int, seed: int) -> DiTBackbone:
     """Seeded construction, so training and the untrained baseline of `sample` start from the same weights.
 
     `dit.head_depth: 0` builds the plain LightningDiT baseline, anything else DiT-DH."""
@@ -254,7 +262,18 @@ def build_dit(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: i
         return (LightningDiT if cfg.head_depth == 0 else DiTDH)(cfg, channels, size, num_classes)
 
 
-def dit_from_blob(blob: Blob) -> DiTDH:
-    meta = blob_meta(blob)
-    model = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"], seed=0)
-    return load_weights(model, blob)
+def dit_file(model: DiTBackbone, **meta: Any) -> ModelFile:
+    """A DiT's file: its weights, its architecture (`config`) and what else the writer knows (latent shape, classes,
+    encoder fingerprint, seed, ...)."""
+    return ModelFile.of("dit", model, config=model.cfg.to_dict(), **meta)
+
+
+def dit_config(file: ModelFile) -> DiTConfig:
+    """The architecture a DiT file holds, built as the `dit` params group is."""
+    return build(DiTConfig, file.expect("dit").meta["config"], "dit")
+
+
+def dit_from_file(file: ModelFile) -> DiTBackbone:
+    """The DiT-DH (or LightningDiT) a file holds."""
+    model = build_dit(dit_config(file), tuple(file.meta["latent_shape"]), file.meta["num_classes"], seed=0)
+    return file.load_into(model)

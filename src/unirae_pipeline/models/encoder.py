@@ -21,8 +21,8 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.nn import functional as F
 
-from .diffusers_rae import DiffusersRAE, is_diffusers_rae
-from .hf_encoders import hf_to_timm, is_hf_layout
+from ..interop.diffusers_folder import DiffusersRAE, is_diffusers_rae
+from ..interop.hf_encoders import hf_to_timm, is_hf_layout
 from .serialization import check_keys, load_strict, read_state_dict
 
 UNUSED_HEADS = ("head.", "attn_pool.", "fc_norm.")  # pooling and classifier heads: the RAE reads the patch tokens

@@ -1,41 +1,76 @@
-"""Model files as safetensors: weights plus JSON metadata (config, shapes, encoder fingerprint)."""
+"""Model files as safetensors: weights plus metadata (config, shapes, encoder fingerprint), each value stored as its
+JSON text. `ModelFile` is the one type every stage hands over; the Kedro dataset does the JSON."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-Blob = tuple[dict[str, torch.Tensor], dict[str, str]]
+# what a model file can hold: its catalog entry says which, and the reader checks it
+KINDS = ("dit", "decoder", "stats", "extractor")
 
 
-def to_blob(model: nn.Module, **meta: Any) -> Blob:
-    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
-    return tensors, {k: json.dumps(v) for k, v in meta.items()}
+@dataclass(frozen=True)
+class ModelFile:
+    """One model file: what it holds (`kind`), its tensors and its metadata as decoded JSON values. A file without
+    tensors (`empty`) says that a stage had nothing to train (train_guide with `guide.source: snapshot`)."""
+
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"model file kind must be one of {KINDS}, got {self.kind!r}")
+
+    @classmethod
+    def of(cls, kind: str, model: nn.Module, /, **meta: Any) -> ModelFile:
+        """A model's weights (detached CPU copies) with its metadata (which may hold a `kind` of its own: the feature
+        network of an extractor file)."""
+        return cls(kind, {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}, meta)
+
+    @classmethod
+    def decode(cls, kind: str, tensors: dict[str, torch.Tensor], strings: dict[str, str], source: str) -> ModelFile:
+        """The file's string metadata decoded; `source` (its path) names it in the error."""
+        try:
+            return cls(kind, tensors, {k: json.loads(v) for k, v in strings.items()})
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{source}: metadata is not this pipeline's (not JSON: {err})") from None
+
+    def encode(self) -> dict[str, str]:
+        """The string metadata safetensors stores: each value's JSON text."""
+        return {k: json.dumps(v) for k, v in self.meta.items()}
+
+    @property
+    def empty(self) -> bool:
+        return not self.tensors
+
+    def expect(self, kind: str) -> ModelFile:
+        """This file, after checking that it holds a `kind` (a catalog entry pointed at the wrong file fails here)."""
+        if self.kind != kind:
+            raise ValueError(f"expected a {kind} model file, got a {self.kind} one: check the catalog entry's file")
+        return self
+
+    def load_into(self, model: nn.Module) -> nn.Module:
+        """`model` with this file's weights (strict), in eval mode."""
+        return load_strict(model, self.tensors, f"{self.kind} model file").eval()
 
 
-def blob_digest(*blobs: Blob) -> str:
+def digest(*files: ModelFile) -> str:
     """A hash of the weights and metadata of model files: what a cached result made from them depends on."""
     h = hashlib.sha256()
-    for tensors, meta in blobs:
-        h.update(json.dumps(meta, sort_keys=True).encode())
-        for name in sorted(tensors):
+    for file in files:
+        h.update(json.dumps(file.encode(), sort_keys=True).encode())
+        for name in sorted(file.tensors):
             h.update(name.encode())
-            h.update(tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            h.update(file.tensors[name].detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def blob_meta(blob: Blob) -> dict[str, Any]:
-    return {k: json.loads(v) for k, v in blob[1].items()}
-
-
-def load_weights(model: nn.Module, blob: Blob) -> nn.Module:
-    model.load_state_dict(blob[0], strict=True)
-    return model.eval()
 
 
 def check_fingerprints(**fingerprints: str) -> str:
@@ -79,14 +114,14 @@ def check_keys(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> 
     return expected
 
 
-def read_blob(path: str | Path, param: str) -> Blob:
-    """A model file this pipeline wrote (.safetensors): its tensors and metadata, in one read."""
+def read_model_file(path: str | Path, kind: str, param: str) -> ModelFile:
+    """A model file this pipeline wrote (.safetensors), in one read; `param` names where it came from in errors."""
     from safetensors import safe_open
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{param}: model file {str(path)!r} not found")
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        return ModelFile.decode(kind, {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {}), str(path))
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:

@@ -38,8 +38,6 @@ class RuntimeConfig:
         if self.num_workers < 0 or self.checkpoint_every_n_steps < 0 or self.log_every_n_steps < 1:
             raise ValueError("runtime.num_workers and runtime.checkpoint_every_n_steps must be >= 0 and "
                              f"runtime.log_every_n_steps >= 1: {asdict(self)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"runtime.device must be auto, cpu or cuda, got {self.device!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"runtime.compile must be true or false, got {self.compile!r}")
 

@@ -24,12 +24,13 @@ import yaml
 
 from ..config.build import build
 from ..data.normalization import STATS_EPS, norm_stats
-from ..models.decoder import decoder_from_blob, decoder_positions
-from ..models.diffusers_rae import DiffusersRAE
+from ..interop.diffusers import DIFFUSERS_EPS, reference_name
+from ..interop.diffusers_folder import DiffusersRAE
+from ..interop.hf_encoders import hf_to_timm, is_hf_layout
+from ..interop.official import official_decoder_state
+from ..models.decoder import decoder_from_file, decoder_positions
 from ..models.encoder import EncoderConfig
-from ..models.hf_encoders import hf_to_timm, is_hf_layout
-from ..models.official import DIFFUSERS_EPS, official_decoder_state, reference_name
-from ..models.serialization import read_blob, read_state_dict
+from ..models.serialization import ModelFile, read_model_file, read_state_dict
 
 log = logging.getLogger(__name__)
 ENCODER_TYPES = {"dinov2": "dinov2", "siglip": "siglip2", "mae": "mae"}  # our family -> diffusers' encoder_type
@@ -70,7 +71,7 @@ def source_encoder(cfg: EncoderConfig) -> dict[str, torch.Tensor]:
     return hf_to_timm(state) if is_hf_layout(state) else dict(state)
 
 
-def export(cfg: EncoderConfig, decoder_blob: tuple[dict, dict], stats: dict[str, torch.Tensor], latent_norm: str,
+def export(cfg: EncoderConfig, decoder_file: ModelFile, stats: dict[str, torch.Tensor], latent_norm: str,
            out: Path) -> None:
     """Build the AutoencoderRAE, fill its weights and buffers, `save_pretrained` it to `out`."""
     from diffusers import AutoencoderRAE  # noqa: PLC0415 - the optional extra, needed only here
@@ -85,7 +86,7 @@ def export(cfg: EncoderConfig, decoder_blob: tuple[dict, dict], stats: dict[str,
     if vit.blocks[0].attn.num_heads * 64 != width:
         raise ValueError(f"encoder: diffusers builds heads of 64 channels; this one has {vit.blocks[0].attn.num_heads} "
                          f"heads of width {width}")
-    decoder = decoder_from_blob(decoder_blob)
+    decoder = decoder_from_file(decoder_file)
     if grid != GRID:
         raise ValueError(f"the latent grid is {grid}x{grid}: diffusers scales its decoder's sin-cos positions by "
                          f"{GRID}/{grid} where the reference and this decoder do not, so it would decode differently")
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         stats = read_state_dict(args.stats, "--stats")
         if not {"mean", "var"} <= set(stats):
             raise KeyError(f"--stats {args.stats}: needs 'mean' and 'var' (latent_stats' output)")
-        export(cfg, read_blob(args.decoder, "--decoder (train_rae's output)"), stats, latent_norm, args.out)
+        decoder = read_model_file(args.decoder, "decoder", "--decoder (train_rae's output)")
+        export(cfg, decoder, stats, latent_norm, args.out)
     except (FileNotFoundError, KeyError, ValueError, ImportError) as err:
         sys.stderr.write(f"export_diffusers: {err.args[0] if err.args else err}\n")
         return 2

@@ -36,11 +36,12 @@ from ..evaluation.fd import feature_stats
 from ..evaluation.report import labelled_grid
 from ..evaluation.scoring import reconstruct
 from ..fileio import png_info
-from ..models.decoder import ViTDecoder, decoder_from_blob
-from ..models.diffusers_rae import DiffusersRAE
+from ..interop.diffusers import load_diffusers_decoder
+from ..interop.diffusers_folder import DiffusersRAE
+from ..interop.official import load_official_decoder, read_checkpoint
+from ..models.decoder import ViTDecoder, decoder_from_file
 from ..models.encoder import EncoderConfig, FrozenEncoder
-from ..models.official import load_diffusers_decoder, load_official_decoder, read_checkpoint
-from ..models.serialization import read_blob
+from ..models.serialization import read_model_file
 from ..runtime.ranks import local_device
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, offi
         decoder = load_official_decoder(read_checkpoint(official), **{"image_mean": mean, "image_std": std,
                                                                       **official_params})
         return FrozenEncoder(cfg, seed), decoder
-    return FrozenEncoder(cfg, seed), decoder_from_blob(read_blob(decoder_file, "--decoder (train_rae's output)"))
+    trained = read_model_file(decoder_file, "decoder", "--decoder (train_rae's output)")
+    return FrozenEncoder(cfg, seed), decoder_from_file(trained)
 
 
 def run(image_set: ImageSet, out: Path, encoder: FrozenEncoder, decoder: ViTDecoder, extractor: Extractor,
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         image_set = image_files(args.images)  # the cheap checks first
         encoder, decoder = load_rae(args.params, args.decoder, args.diffusers, args.official, args.official_params,
                                     args.seed)
-        extractor = Extractor(read_blob(args.features, "--features (fid_reference's output)"))
+        extractor = Extractor(read_model_file(args.features, "extractor", "--features (fid_reference's output)"))
         args.out.mkdir(parents=True, exist_ok=True)
         run(image_set, args.out, encoder, decoder, extractor, args.batch_size, args.workers)
     except (FileNotFoundError, KeyError, ValueError) as err:

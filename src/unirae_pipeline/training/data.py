@@ -44,6 +44,14 @@ def batch_indices(n: int, batch_size: int, seed: int, start: int,
         epoch, first = epoch + 1, 0
 
 
+def check_batch_size(num_samples: int, batch_size: int, key: str) -> None:
+    """The one check of a batch against the data it is drawn from (each epoch drops its last partial batch), at the
+    place that knows both numbers; `key` names the batch size's params key. check_params makes the same comparison
+    earlier where it can count the images by name."""
+    if num_samples < batch_size:
+        raise ValueError(f"{key} {batch_size} exceeds the data set size {num_samples}")
+
+
 class TensorBatches(torch.utils.data.IterableDataset):
     """Shuffled batches of aligned in-memory tensors; `views` as in `batch_indices` (rows of the tensors); `key`
     names the batch size's params key in errors."""
@@ -54,8 +62,7 @@ class TensorBatches(torch.utils.data.IterableDataset):
         if any(len(t) != len(tensors[0]) for t in tensors):
             raise ValueError("all tensors must have the same length")
         self.tensors, self.batch_size, self.seed, self.views = tensors, batch_size, seed, views
-        if self.num_samples < batch_size:
-            raise ValueError(f"{key} {batch_size} exceeds the data set size {self.num_samples}")
+        check_batch_size(self.num_samples, batch_size, key)
         self.start = 0
 
     @property
@@ -86,8 +93,7 @@ class KeyedBatches(torch.utils.data.Sampler):
                  views: torch.Tensor | None = None, *, key: str = "batch size") -> None:
         self.dataset, self.batch_size, self.seed, self.num_workers = dataset, batch_size, seed, num_workers
         self.views = views
-        if self.num_samples < batch_size:
-            raise ValueError(f"{key} {batch_size} exceeds the data set size {self.num_samples}")
+        check_batch_size(self.num_samples, batch_size, key)
         self.start = 0
 
     @property

@@ -3,7 +3,6 @@ train_guide (a separately trained AutoGuidance guide) share."""
 
 from __future__ import annotations
 
-import json
 from functools import partial
 from typing import Any
 
@@ -15,7 +14,7 @@ from ..data.latents import LatentStore
 from ..data.normalization import norm_stats
 from ..diffusion.transport import TransportConfig, shift_factor
 from ..models.dit import DiTConfig, build_dit
-from ..models.serialization import Blob, check_fingerprints
+from ..models.serialization import ModelFile, check_fingerprints
 from ..runtime import RuntimeConfig
 from ..runtime.scratch import RunKey
 from .data import KeyedBatches
@@ -25,7 +24,7 @@ from .objectives import dit_objective
 from .optim import DiTTrainConfig
 
 
-def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, optim: DiTTrainConfig,
+def fit_dit(latents: LatentStore, latent_stats: ModelFile, cfg: DiTConfig, optim: DiTTrainConfig,
             transport: TransportConfig, trainer: TrainerConfig, run: RuntimeConfig, seed: int, name: str,
             params: dict[str, Any], snapshot: bool = False) -> tuple[TrainModule, pd.DataFrame, dict, dict | None]:
     """Train one DiT-DH of architecture `cfg` by the recipe `optim` on the cached latents, resumable under the run key
@@ -34,18 +33,18 @@ def fit_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, optim: DiT
     with `snapshot`, the EMA state at `optim.guide_at`."""
     manifest = latents.manifest
     fingerprint = check_fingerprints(latents=manifest["fingerprint"],
-                                     latent_stats=json.loads(latent_stats[1]["fingerprint"]))
+                                     latent_stats=latent_stats.expect("stats").meta["fingerprint"])
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
     batches = KeyedBatches(LatentRows(latents, "train"), optim.batch_size, seed, run.num_workers,
                            views=latents.views("train"), key="train_dit.batch_size")
     optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer))
     model = build_dit(cfg, shape, num_classes, seed)
-    stats = norm_stats(latent_stats[0], transport.latent_norm)
+    stats = norm_stats(latent_stats.tensors, transport.latent_norm)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport,
                                                shift=shift_factor(shape, transport.shift_base), stats=stats))
     callbacks: tuple[L.Callback, ...] = (EMASnapshot(int(optim.guide_at)),) if snapshot else ()
     curve = fit(module, batches, trainer, run, name, seed, callbacks=callbacks,
                 key=RunKey({**params, "diffusion": transport, "trainer": trainer, "seed": seed}, {"latents": manifest}))
-    meta = dict(config=cfg.to_dict(), latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
+    meta = dict(latent_shape=list(shape), num_classes=num_classes, fingerprint=fingerprint,
                 seed=seed, class_names=manifest["class_names"])  # label k is class_names[k]: sample's grid rows
     return module, curve, meta, callbacks[0].state if snapshot else None

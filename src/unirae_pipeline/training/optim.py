@@ -38,12 +38,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
-        if self.unit not in ("steps", "epochs"):
-            raise ValueError(f"unit must be 'steps' or 'epochs', got {self.unit!r}")
         if self.duration <= 0 or self.batch_size < 1 or self.warmup < 0:
             raise ValueError(f"duration and batch_size must be positive and warmup >= 0: {asdict(self)}")
-        if self.schedule not in ("constant", "cosine", "linear"):
-            raise ValueError(f"schedule must be constant, cosine or linear, got {self.schedule!r}")
         if not (self.warmup <= self.start <= self.end and self.warmup <= self.duration):
             raise ValueError(f"need warmup <= decay_start <= decay_end and warmup <= duration: {asdict(self)}")
         if not all(0 <= beta < 1 for beta in self.betas):

@@ -47,8 +47,6 @@ class RAETrainConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.source not in ("latents", "images"):
-            raise ValueError(f"train_rae.source must be 'latents' or 'images', got {self.source!r}")
         if not self.resize_ratio >= 1:
             raise ValueError(f"train_rae.resize_ratio must be >= 1 (the shorter side is resized to resize_ratio x "
                              f"data.image_size before the random data.image_size crop), got {self.resize_ratio}")

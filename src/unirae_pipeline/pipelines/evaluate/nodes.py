@@ -13,7 +13,7 @@ import torch
 from ...data.samples import SampleSet
 from ...evaluation.extractors import Extractor
 from ...evaluation.scoring import extract, sample_scores
-from ...models.serialization import Blob
+from ...models.serialization import ModelFile
 from ...runtime.progress import progress
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def _score(samples: SampleSet, extractor: Extractor, reference: dict) -> dict[st
 SCORE_COLUMNS = ("fd", "precision", "recall", "class_accuracy", "inception_score")  # one table for every extractor
 
 
-def evaluate(samples: SampleSet, samples_untrained: SampleSet, feature_extractor: Blob,
+def evaluate(samples: SampleSet, samples_untrained: SampleSet, feature_extractor: ModelFile,
              reference_stats: dict[str, np.ndarray]) -> tuple[dict, pd.DataFrame]:
     """The metrics (DVC metrics: `dvc exp show`), and the same as a table of the trained model and its untrained
     floor (DVC plots: bars per experiment in `dvc plots diff`)."""

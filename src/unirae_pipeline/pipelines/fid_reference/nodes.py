@@ -8,7 +8,6 @@ streamed from disk; the rFID reference is always the latter.
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 
@@ -23,7 +22,7 @@ from ...evaluation.classifier import ShapeClassifier, classifier_objective
 from ...evaluation.extractors import Extractor, read_dinov2_weights, read_inception_weights
 from ...evaluation.fd import feature_stats, load_reference
 from ...evaluation.scoring import extract
-from ...models.serialization import Blob, to_blob
+from ...models.serialization import ModelFile
 from ...runtime import RuntimeConfig
 from ...runtime.scratch import RunKey
 from ...training.data import TensorBatches
@@ -34,14 +33,14 @@ log = logging.getLogger(__name__)
 
 
 def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig, trainer: TrainerConfig, seed: int,
-                            runtime: RuntimeConfig) -> tuple[Blob, pd.DataFrame]:
+                            runtime: RuntimeConfig) -> tuple[ModelFile, pd.DataFrame]:
     """The extractor as a model file (the trained classifier, or checked Inception/DINOv2 weights) and a loss curve."""
     no_curve = pd.DataFrame(columns=["step", "loss", "lr"])
     if cfg.extractor == "inception":
-        return (read_inception_weights(cfg.inception_weights), {"kind": json.dumps("inception")}), no_curve
+        return ModelFile("extractor", read_inception_weights(cfg.inception_weights), {"kind": "inception"}), no_curve
     if cfg.extractor == "dinov2":
         state = read_dinov2_weights(cfg.dinov2_weights, cfg.dinov2_model)
-        return (state, {"kind": json.dumps("dinov2"), "model": json.dumps(cfg.dinov2_model)}), no_curve
+        return ModelFile("extractor", state, {"kind": "dinov2", "model": cfg.dinov2_model}), no_curve
     if image_set.num_classes < 2:
         raise ValueError(f"fid.extractor classifier needs at least 2 classes, and data.root holds "
                          f"{image_set.num_classes}: use fid.extractor inception or dinov2 for a one-class data set")
@@ -56,11 +55,12 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
     key = RunKey({"fid": cfg, "trainer": trainer, "seed": seed, "data.image_size": image_size},
                  {"classes": image_set.class_names, "counts": {k: len(v) for k, v in image_set.splits.items()}})
     curve = fit(module, batches, trainer, runtime, "classifier", seed, key=key)
-    blob = to_blob(module.ema.module, kind="classifier", config=clf.to_dict(), num_classes=image_set.num_classes)
-    return blob, curve
+    file = ModelFile.of("extractor", module.ema.module, kind="classifier", config=clf.to_dict(),
+                        num_classes=image_set.num_classes)
+    return file, curve
 
 
-def reference_statistics(feature_extractor: Blob, image_set: ImageSet, image_size: int, cfg: FIDConfig,
+def reference_statistics(feature_extractor: ModelFile, image_set: ImageSet, image_size: int, cfg: FIDConfig,
                          runtime: RuntimeConfig) -> tuple[dict[str, np.ndarray], dict]:
     """The generation reference (mu/sigma, plus features for precision/recall) and `val_mu`/`val_sigma`, the real
     val images' statistics that rFID compares reconstructions with (never the train-set ADM batch, whose use inflates

@@ -7,7 +7,6 @@ is the same), and the catalog writes them out as the ADM evaluator's npz.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,9 +25,9 @@ from ...diffusion.sampler_config import SamplerConfig
 from ...diffusion.sampling import integrate, module_velocity, time_grid, with_guidance
 from ...diffusion.transport import TransportConfig, VelocityFn, shift_factor
 from ...evaluation.report import labelled_grid, to_uint8_nhwc
-from ...models.decoder import decoder_from_blob
-from ...models.dit import DiTConfig, build_dit, dit_from_blob
-from ...models.serialization import Blob, blob_digest, blob_meta, check_fingerprints
+from ...models.decoder import decoder_from_file
+from ...models.dit import build_dit, dit_config, dit_from_file
+from ...models.serialization import ModelFile, check_fingerprints, digest
 from ...runtime import RuntimeConfig
 from ...runtime.progress import Progress
 from ...runtime.ranks import global_rank, sharded_job, world_size
@@ -99,10 +98,10 @@ def generate_shards(folder: Path, labels: torch.Tensor, cfg: SampleConfig, image
     return SampleSet([read_shard(p) for p in paths], labels.numpy(), image_shape, cache=folder)
 
 
-def autoguidance_guide(dit_snapshot: Blob | None, dit_guide: Blob) -> Blob:
+def autoguidance_guide(dit_snapshot: ModelFile | None, dit_guide: ModelFile) -> ModelFile:
     """The AutoGuidance guide: train_guide's separately trained (or a released) DiT-DH when `dit_guide` holds
     weights, else train_dit's EMA snapshot."""
-    if dit_guide[0]:
+    if not dit_guide.empty:
         return dit_guide
     if dit_snapshot is None:
         raise ValueError("sample.sampler.guidance is 'autoguidance' but there is no guide: train_guide trained none "
@@ -111,31 +110,32 @@ def autoguidance_guide(dit_snapshot: Blob | None, dit_guide: Blob) -> Blob:
     return dit_snapshot
 
 
-def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob, latent_stats: Blob, cfg: SampleConfig,
-           transport: TransportConfig, seed: int, run: RuntimeConfig) -> tuple[SampleSet, SampleSet, Image.Image]:
+def sample(dit: ModelFile, dit_snapshot: ModelFile | None, dit_guide: ModelFile, decoder: ModelFile,
+           latent_stats: ModelFile, cfg: SampleConfig, transport: TransportConfig, seed: int,
+           run: RuntimeConfig) -> tuple[SampleSet, SampleSet, Image.Image]:
     """Samples of the trained DiT (EMA) and of its untrained twin, same labels and noise; a grid, a row per class.
 
     The guide (`autoguidance_guide`) is used only with `sample.sampler.guidance: autoguidance`.
     """
     sampler, device, scratch = cfg.sampler, run.sampling_device(), run.scratch_dir("samples")
-    meta = blob_meta(dit)
+    meta = dit.meta
     autoguided = sampler.guidance == "autoguidance" and sampler.guidance_scale > 1
-    guide_blob = autoguidance_guide(dit_snapshot, dit_guide) if autoguided else None
-    check_fingerprints(dit=meta["fingerprint"], decoder=blob_meta(decoder)["fingerprint"],
-                       latent_stats=json.loads(latent_stats[1]["fingerprint"]),
-                       **({"dit_guide": blob_meta(guide_blob)["fingerprint"]} if guide_blob else {}))
-    model, dec = dit_from_blob(dit), decoder_from_blob(decoder)
-    stats = norm_stats(latent_stats[0], transport.latent_norm)  # as train_dit normalized
-    guide = dit_from_blob(guide_blob) if guide_blob else None
-    if guide_blob:
-        which = "train_dit's EMA snapshot" if guide_blob is dit_snapshot else "dit_guide"
+    guide_file = autoguidance_guide(dit_snapshot, dit_guide) if autoguided else None
+    check_fingerprints(dit=meta["fingerprint"], decoder=decoder.meta["fingerprint"],
+                       latent_stats=latent_stats.expect("stats").meta["fingerprint"],
+                       **({"dit_guide": guide_file.meta["fingerprint"]} if guide_file else {}))
+    model, dec = dit_from_file(dit), decoder_from_file(decoder)
+    stats = norm_stats(latent_stats.tensors, transport.latent_norm)  # as train_dit normalized
+    guide = dit_from_file(guide_file) if guide_file else None
+    if guide_file:
+        which = "train_dit's EMA snapshot" if guide_file is dit_snapshot else "dit_guide"
         log.info("AutoGuidance guide: %s, %s", which,
-                 {k: v for k, v in blob_meta(guide_blob).items() if k in ("step", "source", "config")})
+                 {k: v for k, v in guide_file.meta.items() if k in ("step", "source", "config")})
     shift = shift_factor(tuple(meta["latent_shape"]), transport.shift_base)
     labels = balanced_labels(meta["num_classes"], cfg.num_per_class, seed)
     image_shape = (dec.image_size, dec.image_size, 3)
-    models = [dit, decoder, latent_stats, *([guide_blob] if guide_blob else [])]
-    key = RunKey({"sample": cfg, "diffusion": transport, "seed": seed}, {"models": blob_digest(*models)})
+    models = [dit, decoder, latent_stats, *([guide_file] if guide_file else [])]
+    key = RunKey({"sample": cfg, "diffusion": transport, "seed": seed}, {"models": digest(*models)})
     start = time.perf_counter()
     times = time_grid(sampler.num_steps, shift).float()
     velocity, shape = velocity_of(model, guide, sampler, run), tuple(meta["latent_shape"])
@@ -146,8 +146,7 @@ def sample(dit: Blob, dit_snapshot: Blob | None, dit_guide: Blob, decoder: Blob,
              len(labels), sampler.method, sampler.num_steps, sampler.guidance, sampler.guidance_scale, cfg.precision,
              ", compiled" if run.compile else "", device, world_size(), seconds, len(labels) / seconds)
     if cfg.untrained_baseline:  # the floor: the untrained twin, unguided (its zero-init velocity is 0 anyway)
-        untrained = build_dit(DiTConfig(**meta["config"]), tuple(meta["latent_shape"]), meta["num_classes"],
-                              meta["seed"])
+        untrained = build_dit(dit_config(dit), tuple(meta["latent_shape"]), meta["num_classes"], meta["seed"])
         unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
         floor = velocity_of(untrained, None, unguided, run)
         start = time.perf_counter()

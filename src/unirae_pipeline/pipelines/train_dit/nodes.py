@@ -7,21 +7,21 @@ import pandas as pd
 
 from ...data.latents import LatentStore
 from ...diffusion.transport import TransportConfig
-from ...models.dit import DiTConfig, build_dit
-from ...models.serialization import Blob, to_blob
+from ...models.dit import DiTConfig, build_dit, dit_file
+from ...models.serialization import ModelFile, load_strict
 from ...runtime import RuntimeConfig
 from ...training.dit import fit_dit
 from ...training.fit import TrainerConfig
 from ...training.optim import DiTTrainConfig
 
 
-def train_dit(latents: LatentStore, latent_stats: Blob, cfg: DiTConfig, optim: DiTTrainConfig,
+def train_dit(latents: LatentStore, latent_stats: ModelFile, cfg: DiTConfig, optim: DiTTrainConfig,
               transport: TransportConfig, trainer: TrainerConfig, seed: int,
-              run: RuntimeConfig) -> tuple[Blob, Blob, pd.DataFrame]:
+              run: RuntimeConfig) -> tuple[ModelFile, ModelFile, pd.DataFrame]:
     """The EMA model, the EMA snapshot at `train_dit.guide_at` (the AutoGuidance guide unless train_guide trains a
     separate one) and the loss curve."""
     module, curve, meta, state = fit_dit(latents, latent_stats, cfg, optim, transport, trainer, run, seed,
                                          "train_dit", dict(dit=cfg, train_dit=optim), snapshot=True)
     snapshot = build_dit(cfg, tuple(meta["latent_shape"]), meta["num_classes"], seed)
-    snapshot.load_state_dict(state)
-    return to_blob(module.ema.module, **meta), to_blob(snapshot, **meta, step=int(module.optim.guide_at)), curve
+    load_strict(snapshot, state, "train_dit's EMA snapshot")
+    return dit_file(module.ema.module, **meta), dit_file(snapshot, **meta, step=int(module.optim.guide_at)), curve

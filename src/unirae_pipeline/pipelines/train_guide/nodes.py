@@ -6,31 +6,32 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ...config.guide import GuideConfig
+from ...config.guide import RECIPE, GuideConfig
 from ...data.latents import LatentStore
 from ...diffusion.transport import TransportConfig
-from ...models.serialization import Blob, to_blob
+from ...models.dit import dit_file
+from ...models.serialization import ModelFile
 from ...runtime import RuntimeConfig
 from ...training.dit import fit_dit
 from ...training.fit import TrainerConfig
-from ...training.optim import DiTTrainConfig
 
 log = logging.getLogger(__name__)
 
 
-def empty_guide() -> Blob:
-    """What train_guide writes when it trains nothing: no weights (sample then uses train_dit's snapshot)."""
-    return {}, {"source": '"snapshot"'}
+def empty_guide() -> ModelFile:
+    """What train_guide writes when it trains nothing: a file without weights (sample then uses train_dit's
+    snapshot)."""
+    return ModelFile("dit", {}, {"source": "snapshot"})
 
 
-def train_guide(latents: LatentStore, latent_stats: Blob, cfg: GuideConfig, transport: TransportConfig,
-                trainer: TrainerConfig, seed: int, run: RuntimeConfig, **train_dit: Any) -> Blob:
-    """`train_dit`: the main run's recipe less its duration and guide_at (see the pipeline), which the guide's
-    `guide.duration` replaces."""
+def train_guide(latents: LatentStore, latent_stats: ModelFile, cfg: GuideConfig, transport: TransportConfig,
+                trainer: TrainerConfig, seed: int, run: RuntimeConfig, **train_dit: Any) -> ModelFile:
+    """The separately trained guide, or (`guide.source: snapshot`) a file without weights. `train_dit`: the main
+    run's values of `RECIPE` (the pipeline reads exactly those keys), which `GuideConfig.recipe` types."""
     if cfg.source == "snapshot":
         log.info("guide.source is snapshot: the AutoGuidance guide is train_dit's EMA weights at guide_at")
         return empty_guide()
-    recipe = DiTTrainConfig(**train_dit, duration=cfg.duration, guide_at=cfg.duration)
+    recipe = cfg.recipe(**train_dit)
     module, _, meta, _ = fit_dit(latents, latent_stats, cfg.dit, recipe, transport, trainer, run, seed, "train_guide",
-                                 {"guide": cfg, **{f"train_dit.{k}": v for k, v in train_dit.items()}})
-    return to_blob(module.ema.module, **meta, source="train", step=int(module.optim.steps))
+                                 {"guide": cfg, **{f"train_dit.{k}": getattr(recipe, k) for k in RECIPE}})
+    return dit_file(module.ema.module, **meta, source="train", step=int(module.optim.steps))

@@ -17,9 +17,9 @@ from ...data.loading import ImageDataset, load_split_uint8
 from ...evaluation.extractors import Extractor
 from ...evaluation.report import labelled_grid
 from ...evaluation.scoring import paired, reconstruct
-from ...models.decoder import DecoderConfig, ViTDecoder, decoder_from_blob, decoder_to_blob
+from ...models.decoder import DecoderConfig, ViTDecoder, decoder_file, decoder_from_file
 from ...models.encoder import EncoderConfig, FrozenEncoder
-from ...models.serialization import Blob, blob_meta, check_fingerprints
+from ...models.serialization import ModelFile, check_fingerprints
 from ...runtime import RuntimeConfig
 from ...runtime.ranks import local_device
 from ...runtime.scratch import RunKey
@@ -41,7 +41,7 @@ def _targets(latents: LatentStore, image_set: ImageSet, split: str) -> tuple[tor
 
 def train_rae(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig, cfg: DecoderConfig,
                   recipe: RAETrainConfig, trainer: TrainerConfig, seed: int,
-                  run: RuntimeConfig) -> tuple[Blob, pd.DataFrame]:
+                  run: RuntimeConfig) -> tuple[ModelFile, pd.DataFrame]:
     manifest = latents.manifest
     channels, grid, _ = manifest["latent_shape"]
     if grid * cfg.patch_size != manifest["image_size"]:
@@ -68,10 +68,10 @@ def train_rae(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig,
     key = RunKey(dict(decoder=cfg, train_rae=recipe, trainer=trainer, seed=seed), dict(latents=manifest))
     with tf32(recipe.tf32):
         curve = fit(module, batches, trainer, run, "train_rae", seed, key=key)
-    return decoder_to_blob(module.ema.module, manifest["fingerprint"]), curve
+    return decoder_file(module.ema.module, manifest["fingerprint"]), curve
 
 
-def evaluate_rae(decoder: Blob, latents: LatentStore, image_set: ImageSet, feature_extractor: Blob,
+def evaluate_rae(decoder: ModelFile, latents: LatentStore, image_set: ImageSet, feature_extractor: ModelFile,
                      reference_stats: dict[str, np.ndarray], use_tf32: bool,
                      runtime: RuntimeConfig) -> tuple[dict, Image.Image]:
     """Reconstruct val (no noise) from its cached latents to uint8 as the reference saves them, and score those: PSNR
@@ -79,14 +79,14 @@ def evaluate_rae(decoder: Blob, latents: LatentStore, image_set: ImageSet, featu
     images), the classifier's accuracy on the reconstructions, and a grid. Streams val shard by shard, the images
     decoded in `runtime.num_workers` processes: memory does not grow with N; the decoder and the feature network run
     on the GPU when there is one."""
-    check_fingerprints(decoder=blob_meta(decoder)["fingerprint"], latents=latents.manifest["fingerprint"])
+    check_fingerprints(decoder=decoder.meta["fingerprint"], latents=latents.manifest["fingerprint"])
     device, extractor = local_device(), Extractor(feature_extractor)
     images = torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
                                          batch_size=256, num_workers=runtime.num_workers)
     total = latents.manifest["splits"]["val"]["count"]
     pick = set(torch.linspace(0, total - 1, 16).long().tolist())  # spread over val, which is ordered by class
     with tf32(use_tf32), torch.no_grad():  # as in training (the reference's stage-1 evaluation: TF32 off)
-        result = reconstruct(decoder_from_blob(decoder).to(device), extractor,
+        result = reconstruct(decoder_from_file(decoder).to(device), extractor,
                              paired(latents.iter_shards("val"), images, 256), device, pick)
     metrics = result.metrics(extractor.kind, {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]})
     log.info("decoder on val (%d images): %s", result.count, metrics)

@@ -1,5 +1,5 @@
 """diffusers `AutoencoderRAE` checkpoints (a `save_pretrained` folder: config.json + safetensors), read without
-diffusers: the folder is plain files. The encoder reads its part from here; `official` converts the decoder and
+diffusers: the folder is plain files. The encoder reads its part from here; `diffusers` converts the decoder and
 statistics (kept apart so that the encoder's stages do not depend on the decoder's code)."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from .imagenet import IMAGENET_MEAN, IMAGENET_STD
-from .serialization import read_state_dict
+from ..models.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..models.serialization import read_state_dict
 
 CLASS_NAME = "AutoencoderRAE"
 
@@ -55,4 +55,3 @@ class DiffusersRAE:
             return self.state[key].float()
         value = self.config.get(config_key)
         return torch.tensor(default if value is None else value, dtype=torch.float32)
-
