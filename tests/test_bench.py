@@ -21,6 +21,7 @@ def _bench(script: str, args: list[str], out) -> dict:
     return json.loads(file.read_text())
 
 
+@pytest.mark.slow
 def test_bench_dit_tiny(tmp_path):
     res = _bench("bench_dit.py", ["--sizes", "tiny", "--steps", "2", "--warmup", "1", "--sample-steps", "3",
                                   "--sample-batch", "8", "--no-compile", "--pipeline"], tmp_path)

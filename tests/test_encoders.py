@@ -11,6 +11,7 @@ import yaml
 from diffusers import AutoencoderRAE  # a dev dependency
 from safetensors.torch import save_file
 
+from unirae_pipeline.interop.pretrained import encoder_state
 from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder, family_of
 
 WIDTH, HEADS, DEPTH, PATCH = 128, 2, 2, 4  # diffusers builds heads of 64 channels
@@ -43,7 +44,7 @@ def our_encoder(kind: str, weights: str, input_size: int) -> FrozenEncoder:
     model, overrides = FAMILIES[kind]
     cfg = EncoderConfig(model, weights, input_size,
                         {"patch_size": PATCH, "embed_dim": WIDTH, "depth": DEPTH, "num_heads": HEADS, **overrides})
-    return FrozenEncoder(cfg, seed=0)
+    return FrozenEncoder(cfg, 0, encoder_state(cfg))
 
 
 def raw_tokens(rae, images: torch.Tensor) -> torch.Tensor:
@@ -114,7 +115,7 @@ def test_dinov3_equals_its_transformers_implementation(tmp_path):
         for weights in (tmp_path / "hub" / "model.safetensors", tmp_path / "memory.safetensors"):
             cfg = EncoderConfig("vit_base_patch16_dinov3_qkvb.lvd1689m", str(weights), size,
                                 {"patch_size": PATCH, "embed_dim": 64, "depth": 2, "num_heads": 4})
-            ours = FrozenEncoder(cfg, seed=0)(images).flatten(2).transpose(1, 2)
+            ours = FrozenEncoder(cfg, 0, encoder_state(cfg))(images).flatten(2).transpose(1, 2)
             assert (ours - ref).abs().max() / ref.abs().max() < 1e-5, (size, weights.name)
 
 

@@ -95,6 +95,7 @@ def inception_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # the real-size Inception-v3
 def test_inception_extractor_from_a_weights_file(inception_file):
     from unirae_pipeline.evaluation.extractors import read_inception_weights
     from unirae_pipeline.evaluation.fd import inception_score
@@ -136,6 +137,7 @@ def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
         read_inception_weights(str(tmp_path / "evil.pth"))
 
 
+@pytest.mark.slow  # a real-size DINOv2 ViT
 def test_fd_dinov2_extractor_from_a_torch_hub_layout_file(tmp_path):
     """A random DINOv2 (ViT-S/14 here; ViT-L/14 for FD-DINOv2) saved as torch hub saves it: 518 px positions and a
     mask token. It loads at 224 px and gives the normed CLS token, through the fid_reference node."""

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from unirae_pipeline.config.build import build
+from unirae_pipeline.interop.pretrained import encoder_state
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_file, decoder_from_file
 from unirae_pipeline.models.dit import DiTConfig, DiTDH, build_dit, dit_from_file
 from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
@@ -133,8 +134,10 @@ def test_encoder_loads_local_weights_file(params, tmp_path):
     state = {k: v.clone() for k, v in src.vit.state_dict().items()}
     state["norm.weight"], state["norm.bias"] = torch.ones(64), torch.zeros(64)  # a checkpoint with the affine norm
     save_file(state, str(tmp_path / "enc.safetensors"))
-    loaded = FrozenEncoder(build(EncoderConfig, {**params["encoder"], "weights": str(tmp_path / "enc.safetensors")},
-                                 "encoder"), seed=123)
+    cfg = build(EncoderConfig, {**params["encoder"], "weights": str(tmp_path / "enc.safetensors")}, "encoder")
+    loaded = FrozenEncoder(cfg, 123, encoder_state(cfg))
+    with pytest.raises(ValueError, match="takes its state dict exactly when"):
+        FrozenEncoder(cfg, 123)  # a weights file named, but not read: constructors never open files
     x = torch.rand(2, 3, 16, 16)
     assert torch.allclose(loaded(x), src(x))
 
@@ -205,7 +208,7 @@ def test_encoder_matches_the_reference_hf_dinov2(params, tmp_path, size):
     overrides = {"patch_size": hf["patch_size"], "embed_dim": hf["hidden_size"], "depth": hf["num_hidden_layers"],
                  "num_heads": hf["num_attention_heads"]}
     cfg = EncoderConfig(params["encoder"]["model"], str(tmp_path / "hf.safetensors"), size, overrides)
-    enc = FrozenEncoder(cfg, seed=0)
+    enc = FrozenEncoder(cfg, 0, encoder_state(cfg))
     # Our encoder takes [0, 1] images and normalizes them; the fixture fed normalized pixels to HF directly.
     images = tensors[f"images_{size}"] * enc.std + enc.mean
     ours = enc(images).flatten(2).transpose(1, 2)

@@ -68,6 +68,7 @@ def chain(tmp_path_factory):
     return run_chain(tmp_path_factory.mktemp("chain"), ["profile=smoke"])
 
 
+@pytest.mark.slow
 def test_the_chain_at_twice_the_resolution(tmp_path):
     """profile=imagenet512's code path at tiny scale: images at twice the embedded default's size, resized down for
     the encoder (as 512 px to 448), a latent grid twice as wide (8x8: four times the DiT's tokens) and the decoder's
@@ -84,6 +85,7 @@ def test_the_chain_at_twice_the_resolution(tmp_path):
     assert np.isfinite(out["rae_metrics"]["psnr"]) and out["reconstructions"].size[0] > 8 * 32  # 20 steps: no quality
 
 
+@pytest.mark.slow
 def test_your_own_images_with_the_readme_command(tmp_path):
     """The README's `data=folder` line, its root a small folder of 40 px images in two classes (train stages cut to
     seconds as the smoke profile cuts them): every stage runs on 16 px centre crops of those images. The same line

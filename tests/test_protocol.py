@@ -25,6 +25,7 @@ from unirae_pipeline.diffusion.transport import TransportConfig, draw_noise_and_
 from unirae_pipeline.evaluation.fd import psnr_ssim
 from unirae_pipeline.evaluation.report import to_uint8_nhwc
 from unirae_pipeline.interop.official import load_official_decoder, load_official_dit, load_official_stats
+from unirae_pipeline.interop.pretrained import disc_state
 from unirae_pipeline.tools.compose import compose_params
 from unirae_pipeline.training.fit import TrainerConfig, steps_per_epoch
 from unirae_pipeline.training.objectives import dit_objective
@@ -314,7 +315,7 @@ def test_dino_discriminator_equals_the_reference(ref, tmp_path):
                tmp_path / "dino.pth")
     cfg = DiscConfig("vit_small_patch8_224", str(tmp_path / "dino.pth"), 224, tuple(spec["key_depths"]), spec["ks"],
                      {k: spec[k] for k in ("embed_dim", "num_heads", "depth")})
-    disc = DinoDiscriminator(cfg)
+    disc = DinoDiscriminator(cfg, 0, disc_state(cfg))
     disc.heads.load_state_dict({k[len("disc.heads."):]: v for k, v in tensors.items() if k.startswith("disc.heads.")})
     x = tensors["disc.x"]
     with torch.no_grad():

@@ -13,6 +13,7 @@ from PIL import Image
 
 from unirae_pipeline.evaluation.classifier import ShapeClassifier
 from unirae_pipeline.evaluation.report import grid_labels
+from unirae_pipeline.interop.pretrained import encoder_state
 from unirae_pipeline.io.datasets import ModelFileDataset
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_file
 from unirae_pipeline.models.serialization import ModelFile
@@ -112,7 +113,8 @@ def test_a_folder_through_a_released_reference_decoder(tmp_path, features):
     assert main([str(images), str(out), "--params", str(tmp_path / "params.yaml"), "--official",
                  str(tmp_path / "model.pt"), "--official-params", json.dumps(meta["decoder"]), "--features",
                  str(features)]) == 0
-    enc = FrozenEncoder(EncoderConfig(**encoder), seed=0)
+    cfg = EncoderConfig(**encoder)
+    enc = FrozenEncoder(cfg, 0, encoder_state(cfg))
     dec = load_official_decoder(decoder_state, **meta["decoder"])
     path = images / "train" / "a" / "0.png"
     with Image.open(path) as img:

@@ -19,6 +19,7 @@ import torchvision
 
 from unirae_pipeline.config.build import build
 from unirae_pipeline.data.crops import RandomCrops
+from unirae_pipeline.interop.pretrained import disc_state, lpips_states
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
 from unirae_pipeline.models.perceptual import LPIPS, LPIPSConfig
@@ -73,7 +74,7 @@ def test_lpips_equals_the_reference_implementation(weights):
                              for k, v in torch.load(weights["vgg"], weights_only=True).items()
                              for i, (a, b) in enumerate(((0, 4), (4, 9), (9, 16), (16, 23), (23, 30)))
                              if a <= int(k.split(".")[1]) < b})
-    ours = LPIPS(LPIPSConfig(weights["vgg"], LPIPS_HEADS))
+    ours = LPIPS(*lpips_states(LPIPSConfig(weights["vgg"], LPIPS_HEADS)))
     torch.manual_seed(1)
     x, y = torch.rand(3, 3, 64, 64) * 2 - 1, torch.rand(3, 3, 64, 64) * 2 - 1
     with torch.no_grad():
@@ -96,12 +97,12 @@ def test_missing_or_wrong_perceptual_weights_are_clear_errors(weights, tmp_path)
           "train_rae").check_environment()
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(KeyError, match="train_rae.lpips.vgg_weights: missing keys"):
-        LPIPS(LPIPSConfig(str(tmp_path / "bad.pth"), LPIPS_HEADS))
+        LPIPS(*lpips_states(LPIPSConfig(str(tmp_path / "bad.pth"), LPIPS_HEADS)))
 
 
 def test_dino_discriminator_heads_and_backbone(weights, tmp_path):
     cfg = DiscConfig("vit_small_patch8_224", weights["dino"], 32, (1, 2), 3, TINY_DINO)
-    disc = DinoDiscriminator(cfg)
+    disc = DinoDiscriminator(cfg, 0, disc_state(cfg))
     saved = torch.load(weights["dino"], weights_only=True)
     assert torch.equal(disc.backbone.state_dict()["pos_embed"], saved["pos_embed"])
     assert disc.taps == [3, 1, 2]
@@ -117,7 +118,10 @@ def test_dino_discriminator_heads_and_backbone(weights, tmp_path):
     assert full.taps == [11, 2, 5, 8, 11]
     torch.save({"blocks.0.wrong": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(KeyError, match="train_rae.disc.weights"):
-        DinoDiscriminator(DiscConfig("vit_small_patch8_224", str(tmp_path / "bad.pth"), 32, (1,), 3, TINY_DINO))
+        bad = DiscConfig("vit_small_patch8_224", str(tmp_path / "bad.pth"), 32, (1,), 3, TINY_DINO)
+        DinoDiscriminator(bad, 0, disc_state(bad))
+    with pytest.raises(ValueError, match="takes the backbone's state dict exactly when"):
+        DinoDiscriminator(bad)  # a weights file named, but no state dict given
 
 
 def test_diffaug_translation_colour_and_8bit_fakes():
@@ -233,7 +237,7 @@ def test_accumulated_micro_batches_equal_one_whole_batch(weights, tmp_path, monk
         for ours, theirs in ((split.model, whole.model), (split.ema.module, whole.ema.module)):
             torch.testing.assert_close(ours.eval()(z), theirs.eval()(z), rtol=0, atol=1e-6)
         x = images.float() / 127.5 - 1
-        before = DinoDiscriminator(cfg.disc).eval()(x)
+        before = DinoDiscriminator(cfg.disc, 0, disc_state(cfg.disc)).eval()(x)
         a, b = split.disc.eval()(x), whole.disc.eval()(x)
     assert (b - before).abs().max() > 1
     torch.testing.assert_close(a, b, rtol=0, atol=1e-3)

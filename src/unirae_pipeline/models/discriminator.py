@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from torch.nn.utils import spectral_norm
 
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD
-from .serialization import load_strict, read_state_dict
+from .serialization import load_strict
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,19 @@ class DinoDiscriminator(nn.Module):
     """Images in [-1, 1] -> (B, heads x tokens) logits. The backbone is frozen; only the heads train. Its MLPs use
     tanh-approximated GELU, as the reference's `FrozenDINONoDrop` runs the DINO weights."""
 
-    def __init__(self, cfg: DiscConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: DiscConfig, seed: int = 0, backbone: dict[str, torch.Tensor] | None = None) -> None:
+        """`backbone`: the DINO file's state dict (`interop.pretrained.disc_state`); None with `weights: none`."""
         super().__init__()
         self.cfg = cfg
+        if (backbone is None) != (cfg.weights == "none"):
+            raise ValueError(f"train_rae.disc.weights {cfg.weights!r}: the discriminator takes the backbone's state "
+                             "dict exactly when the weights are a file (interop.pretrained.disc_state reads it)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=False, num_classes=0, img_size=cfg.input_size,
                                     **{"act_layer": "gelu_tanh", **cfg.overrides})
-            if cfg.weights != "none":  # "none": a random backbone, for tests of the machinery only
-                state = read_state_dict(cfg.weights, "train_rae.disc.weights")
-                load_strict(vit, {k: v for k, v in state.items() if not k.startswith("head.")},
+            if backbone is not None:  # None: a random backbone, for tests of the machinery only
+                load_strict(vit, {k: v for k, v in backbone.items() if not k.startswith("head.")},
                             f"train_rae.disc.weights {cfg.weights!r}")
             depth = len(vit.blocks)
             # The last block's tokens, then those after each key depth (the reference's five maps for S/8).

@@ -21,9 +21,8 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 from torch.nn import functional as F
 
-from ..interop.diffusers_folder import DiffusersRAE, is_diffusers_rae
-from ..interop.hf_encoders import hf_to_timm, is_hf_layout
-from .serialization import check_keys, load_strict, read_state_dict
+from ..interop.diffusers_folder import is_diffusers_rae
+from .serialization import check_keys, load_strict
 
 UNUSED_HEADS = ("head.", "attn_pool.", "fc_norm.")  # pooling and classifier heads: the RAE reads the patch tokens
 
@@ -116,20 +115,25 @@ class EncoderConfig:
 
 
 class FrozenEncoder(nn.Module):
-    """Images in [0, 1] of any square size -> raw latent (B, C, h, w); never trained."""
+    """Images in [0, 1] of any square size -> raw latent (B, C, h, w); never trained. `state`: the weights that
+    `encoder.weights` names, in timm's layout (`interop.pretrained.encoder_state` reads them); None for `none`
+    (seeded random weights) and `hub` (timm's pretrained id)."""
 
-    def __init__(self, cfg: EncoderConfig, seed: int) -> None:
+    def __init__(self, cfg: EncoderConfig, seed: int, state: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        if (state is None) != (cfg.weights in ("none", "hub")):
+            raise ValueError(f"encoder.weights {cfg.weights!r}: the encoder takes its state dict exactly when the "
+                             "weights are a file or folder (interop.pretrained.encoder_state reads it)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", **cfg.timm_kwargs())
         vit.reset_classifier(0, "")  # no pooling head: the RAE reads the patch tokens
         # Affine-free final norm: every token is standardized over its channels, nothing learned on top.
         vit.norm = nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps, elementwise_affine=False)
-        if cfg.weights not in ("none", "hub"):
+        if state is not None:
             param = f"encoder.weights {cfg.weights!r}"
-            load_strict(vit, self._timm_state(vit, self._read(cfg), param), param)
+            load_strict(vit, self._timm_state(vit, state, param), param)
         if cfg.family.layer_norm_eps is not None:
             for module in vit.modules():
                 if isinstance(module, nn.LayerNorm):
@@ -143,25 +147,9 @@ class FrozenEncoder(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.eval()
 
-    @staticmethod
-    def _read(cfg: EncoderConfig) -> dict[str, torch.Tensor]:
-        """The weights file, or the encoder part of a diffusers AutoencoderRAE folder (whose input size and
-        normalization must be this encoder's: its decoder and statistics were made with them)."""
-        if not Path(cfg.weights).is_dir():
-            return read_state_dict(cfg.weights, "encoder.weights")
-        rae = DiffusersRAE(cfg.weights, "encoder.weights")
-        theirs = (rae.config["encoder_input_size"], rae.pixel_norm)
-        if theirs != (cfg.input_size, cfg.pixel_norm):
-            raise ValueError(f"encoder.weights {cfg.weights!r}: the diffusers RAE encodes at {theirs[0]} px with "
-                             f"normalization {theirs[1]}; encoder {cfg.model!r} at encoder.input_size "
-                             f"{cfg.input_size} normalizes with {cfg.pixel_norm}: choose the preset of its encoder")
-        return rae.part("encoder.")
-
     def _timm_state(self, vit: nn.Module, state: dict[str, torch.Tensor], param: str) -> dict[str, torch.Tensor]:
-        """A weights file in timm's layout for `vit`: transformers files converted, pooling heads and the final
-        norm's affine (which the RAE drops) left out, the position table resized to `encoder.input_size` as the
-        reference's implementation resizes it."""
-        state = hf_to_timm(state) if is_hf_layout(state) else dict(state)
+        """Weights in timm's layout for `vit`: pooling heads and the final norm's affine (which the RAE drops) left
+        out, the position table resized to `encoder.input_size` as the reference's implementation resizes it."""
         state = {k: v for k, v in state.items() if not k.startswith((*UNUSED_HEADS, "norm."))}
         check_keys(vit, state, param)  # a file of another family fails here, naming keys, not in the resizing
         if "pos_embed" in state and state["pos_embed"].shape != vit.pos_embed.shape:

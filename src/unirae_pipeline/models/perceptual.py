@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torch import nn
 
-from .serialization import load_strict, read_state_dict
+from .serialization import load_strict
 
 # torchvision's vgg16().features split after relu1_2, relu2_2, relu3_3, relu4_3 and relu5_3
 _SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
@@ -28,22 +28,24 @@ class LPIPS(nn.Module):
     """Distance between images in [-1, 1]: unit-normalized VGG activations, squared differences weighted per
     channel by the learned heads, averaged over space and summed over the five layers. Returns one value per image."""
 
-    def __init__(self, cfg: LPIPSConfig | None = None) -> None:
+    def __init__(self, vgg: dict[str, torch.Tensor] | None = None,
+                 heads: dict[str, torch.Tensor] | None = None) -> None:
+        """`vgg`, `heads`: the two files' state dicts (`interop.pretrained.lpips_states`); none: random weights."""
         super().__init__()
         features = torchvision.models.vgg16(weights=None).features
         self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in _SLICES)
         self.heads = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in _CHANNELS)
         self.register_buffer("shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
-        if cfg is not None:
-            self.load(cfg)
+        if (vgg is None) != (heads is None):
+            raise ValueError("LPIPS takes both state dicts, VGG16's and the heads', or neither")
+        if vgg is not None:
+            self.load(vgg, heads)
         self.eval().requires_grad_(False)
 
-    def load(self, cfg: LPIPSConfig) -> None:
-        vgg = read_state_dict(cfg.vgg_weights, "train_rae.lpips.vgg_weights")
+    def load(self, vgg: dict[str, torch.Tensor], heads: dict[str, torch.Tensor]) -> None:
         load_strict(self.slices, {_in_slice(k): v for k, v in vgg.items() if not k.startswith("classifier.")},
                     "train_rae.lpips.vgg_weights")
-        heads = read_state_dict(cfg.heads_weights, "train_rae.lpips.heads_weights")
         # LPIPS files name the 1x1 convs lin<i>.model.1 (after a dropout) or lin<i>.model.0 (without one)
         renamed = {f"{k.split('.')[0][3:]}.weight": v for k, v in heads.items() if k.startswith("lin")}
         load_strict(self.heads, renamed, "train_rae.lpips.heads_weights")

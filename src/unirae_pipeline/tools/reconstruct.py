@@ -39,6 +39,7 @@ from ..fileio import png_info
 from ..interop.diffusers import load_diffusers_decoder
 from ..interop.diffusers_folder import DiffusersRAE
 from ..interop.official import load_official_decoder, read_checkpoint
+from ..interop.pretrained import encoder_state
 from ..models.decoder import ViTDecoder, decoder_from_file
 from ..models.encoder import EncoderConfig, FrozenEncoder
 from ..models.serialization import read_model_file
@@ -76,15 +77,16 @@ def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, offi
     cfg = build(EncoderConfig, raw["encoder"], "encoder")
     if diffusers is not None:
         rae = DiffusersRAE(diffusers, "--diffusers")
-        return FrozenEncoder(replace(cfg, weights=str(diffusers)), seed), load_diffusers_decoder(rae)
+        cfg = replace(cfg, weights=str(diffusers))
+        return FrozenEncoder(cfg, seed, encoder_state(cfg)), load_diffusers_decoder(rae)
     cfg.check_environment()
     if official is not None:  # de-normalized as this encoder normalizes, as the reference's RAE.decode does
         mean, std = cfg.pixel_norm
         decoder = load_official_decoder(read_checkpoint(official), **{"image_mean": mean, "image_std": std,
                                                                       **official_params})
-        return FrozenEncoder(cfg, seed), decoder
+        return FrozenEncoder(cfg, seed, encoder_state(cfg)), decoder
     trained = read_model_file(decoder_file, "decoder", "--decoder (train_rae's output)")
-    return FrozenEncoder(cfg, seed), decoder_from_file(trained)
+    return FrozenEncoder(cfg, seed, encoder_state(cfg)), decoder_from_file(trained)
 
 
 def run(image_set: ImageSet, out: Path, encoder: FrozenEncoder, decoder: ViTDecoder, extractor: Extractor,

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..interop.pretrained import disc_state, lpips_states
 from ..models.discriminator import DinoDiscriminator, DiscConfig
 from ..models.perceptual import LPIPS, LPIPSConfig
 from .modules import TrainModule
@@ -136,8 +137,8 @@ class RAEModule(TrainModule):
         self.automatic_optimization = False
         self.accumulate = 1
         self.encoder = encoder
-        self.lpips = LPIPS(cfg.lpips) if cfg.lpips_weight > 0 else None
-        self.disc = DinoDiscriminator(cfg.disc, seed) if cfg.gan_weight > 0 else None
+        self.lpips = LPIPS(*lpips_states(cfg.lpips)) if cfg.lpips_weight > 0 else None
+        self.disc = DinoDiscriminator(cfg.disc, seed, disc_state(cfg.disc)) if cfg.gan_weight > 0 else None
         self.augment = diff_augment if cfg.diffaug else (lambda x: x)
         self._micro: list[tuple[torch.Tensor, torch.Tensor]] = []  # this step's (latent, target) micro-batches
 

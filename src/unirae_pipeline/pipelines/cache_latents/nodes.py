@@ -19,6 +19,7 @@ from ...data.encoding import DTYPES, CacheConfig, encode_block, encode_uint8, sa
 from ...data.images import ImageSet
 from ...data.latents import LatentCache
 from ...data.loading import ImageDataset
+from ...interop.pretrained import encoder_state
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...runtime import RuntimeConfig
 from ...runtime.ranks import global_rank, local_device, sharded_job
@@ -42,7 +43,7 @@ def _index_digest(image_set: ImageSet) -> str:
 def cache_latents(image_set: ImageSet, image_size: int, encoder: EncoderConfig, cfg: CacheConfig, seed: int,
                   run: RuntimeConfig) -> LatentCache:
     device = local_device()
-    enc = FrozenEncoder(encoder, seed).to(device)
+    enc = FrozenEncoder(encoder, seed, encoder_state(encoder)).to(device)
     meta = {"fingerprint": enc.fingerprint(), "latent_shape": list(enc.latent_shape), "image_size": image_size,
             "class_names": image_set.class_names, "dtype": cfg.dtype, "hflip": cfg.hflip}
     log.info("encoder %s -> latents %s, fingerprint %s", enc.cfg.model, enc.latent_shape, meta["fingerprint"])

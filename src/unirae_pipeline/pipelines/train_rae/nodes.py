@@ -17,6 +17,7 @@ from ...data.loading import ImageDataset, load_split_uint8
 from ...evaluation.extractors import Extractor
 from ...evaluation.report import labelled_grid
 from ...evaluation.scoring import paired, reconstruct
+from ...interop.pretrained import encoder_state
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_file, decoder_from_file
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import ModelFile, check_fingerprints
@@ -52,7 +53,7 @@ def train_rae(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig,
                          "steps per batch and no fp16 loss scaling; use 32-true (the reference) or bf16-mixed")
     online = None
     if recipe.source == "images":  # random crops through the frozen encoder, streamed from disk
-        online = FrozenEncoder(encoder, seed)
+        online = FrozenEncoder(encoder, seed, encoder_state(encoder))
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
         size = manifest["image_size"]
         crops = RandomCrops(image_set, "train", size, int(recipe.resize_ratio * size), seed)
