@@ -308,6 +308,8 @@ def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     assert stale_by(pkg + "data/moments.py", comment) == {"latent_stats"}
     assert stale_by(pkg + "data/latent_rows.py", comment) == {"train_dit", "train_guide"}  # both train a DiT
     assert stale_by(pkg + "data/crops.py", comment) == {"train_rae"}
+    # stage 1's loss networks never stale the encoding of the latents (on ImageNet: a re-encode)
+    assert stale_by(pkg + "models/discriminator.py", comment) == {"check_params", "train_rae"}
     # how a run runs (runtime/: no result can change) and the command-line tools (tools/: no stage runs them)
     untracked = sorted([*(repo / pkg / "runtime").glob("*.py"), *(repo / pkg / "tools").glob("*.py")])
     assert len(untracked) >= 12

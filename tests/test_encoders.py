@@ -11,7 +11,7 @@ import yaml
 from diffusers import AutoencoderRAE  # a dev dependency
 from safetensors.torch import save_file
 
-from unirae_pipeline.interop.pretrained import encoder_state
+from unirae_pipeline.interop.encoder_weights import encoder_state
 from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder, family_of
 
 WIDTH, HEADS, DEPTH, PATCH = 128, 2, 2, 4  # diffusers builds heads of 64 channels

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unirae_pipeline.config.build import build
-from unirae_pipeline.interop.pretrained import encoder_state
+from unirae_pipeline.interop.encoder_weights import encoder_state
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_file, decoder_from_file
 from unirae_pipeline.models.dit import DiTConfig, DiTDH, build_dit, dit_from_file
 from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder

@@ -24,8 +24,8 @@ from unirae_pipeline.diffusion.sampling import integrate, time_grid, with_guidan
 from unirae_pipeline.diffusion.transport import TransportConfig, draw_noise_and_time, shift_factor
 from unirae_pipeline.evaluation.fd import psnr_ssim
 from unirae_pipeline.evaluation.report import to_uint8_nhwc
+from unirae_pipeline.interop.loss_weights import disc_state
 from unirae_pipeline.interop.official import load_official_decoder, load_official_dit, load_official_stats
-from unirae_pipeline.interop.pretrained import disc_state
 from unirae_pipeline.tools.compose import compose_params
 from unirae_pipeline.training.fit import TrainerConfig, steps_per_epoch
 from unirae_pipeline.training.objectives import dit_objective

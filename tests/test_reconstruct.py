@@ -13,7 +13,7 @@ from PIL import Image
 
 from unirae_pipeline.evaluation.classifier import ShapeClassifier
 from unirae_pipeline.evaluation.report import grid_labels
-from unirae_pipeline.interop.pretrained import encoder_state
+from unirae_pipeline.interop.encoder_weights import encoder_state
 from unirae_pipeline.io.datasets import ModelFileDataset
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder, decoder_file
 from unirae_pipeline.models.serialization import ModelFile

@@ -19,7 +19,7 @@ import torchvision
 
 from unirae_pipeline.config.build import build
 from unirae_pipeline.data.crops import RandomCrops
-from unirae_pipeline.interop.pretrained import disc_state, lpips_states
+from unirae_pipeline.interop.loss_weights import disc_state, lpips_states
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
 from unirae_pipeline.models.perceptual import LPIPS, LPIPSConfig

@@ -72,12 +72,12 @@ class DinoDiscriminator(nn.Module):
     tanh-approximated GELU, as the reference's `FrozenDINONoDrop` runs the DINO weights."""
 
     def __init__(self, cfg: DiscConfig, seed: int = 0, backbone: dict[str, torch.Tensor] | None = None) -> None:
-        """`backbone`: the DINO file's state dict (`interop.pretrained.disc_state`); None with `weights: none`."""
+        """`backbone`: the DINO file's state dict (`interop.loss_weights.disc_state`); None with `weights: none`."""
         super().__init__()
         self.cfg = cfg
         if (backbone is None) != (cfg.weights == "none"):
             raise ValueError(f"train_rae.disc.weights {cfg.weights!r}: the discriminator takes the backbone's state "
-                             "dict exactly when the weights are a file (interop.pretrained.disc_state reads it)")
+                             "dict exactly when the weights are a file (interop.loss_weights.disc_state reads it)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=False, num_classes=0, img_size=cfg.input_size,

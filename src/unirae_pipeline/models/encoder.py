@@ -116,7 +116,7 @@ class EncoderConfig:
 
 class FrozenEncoder(nn.Module):
     """Images in [0, 1] of any square size -> raw latent (B, C, h, w); never trained. `state`: the weights that
-    `encoder.weights` names, in timm's layout (`interop.pretrained.encoder_state` reads them); None for `none`
+    `encoder.weights` names, in timm's layout (`interop.encoder_weights.encoder_state` reads them); None for `none`
     (seeded random weights) and `hub` (timm's pretrained id)."""
 
     def __init__(self, cfg: EncoderConfig, seed: int, state: dict[str, torch.Tensor] | None = None) -> None:
@@ -124,7 +124,7 @@ class FrozenEncoder(nn.Module):
         self.cfg = cfg
         if (state is None) != (cfg.weights in ("none", "hub")):
             raise ValueError(f"encoder.weights {cfg.weights!r}: the encoder takes its state dict exactly when the "
-                             "weights are a file or folder (interop.pretrained.encoder_state reads it)")
+                             "weights are a file or folder (interop.encoder_weights.encoder_state reads it)")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", **cfg.timm_kwargs())

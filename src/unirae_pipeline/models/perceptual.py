@@ -30,7 +30,7 @@ class LPIPS(nn.Module):
 
     def __init__(self, vgg: dict[str, torch.Tensor] | None = None,
                  heads: dict[str, torch.Tensor] | None = None) -> None:
-        """`vgg`, `heads`: the two files' state dicts (`interop.pretrained.lpips_states`); none: random weights."""
+        """`vgg`, `heads`: the two files' state dicts (`interop.loss_weights.lpips_states`); none: random weights."""
         super().__init__()
         features = torchvision.models.vgg16(weights=None).features
         self.slices = nn.ModuleList(nn.Sequential(*features[a:b]) for a, b in _SLICES)

@@ -38,8 +38,8 @@ from ..evaluation.scoring import reconstruct
 from ..fileio import png_info
 from ..interop.diffusers import load_diffusers_decoder
 from ..interop.diffusers_folder import DiffusersRAE
+from ..interop.encoder_weights import encoder_state
 from ..interop.official import load_official_decoder, read_checkpoint
-from ..interop.pretrained import encoder_state
 from ..models.decoder import ViTDecoder, decoder_from_file
 from ..models.encoder import EncoderConfig, FrozenEncoder
 from ..models.serialization import read_model_file

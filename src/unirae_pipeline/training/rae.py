@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..interop.pretrained import disc_state, lpips_states
+from ..interop.loss_weights import disc_state, lpips_states
 from ..models.discriminator import DinoDiscriminator, DiscConfig
 from ..models.perceptual import LPIPS, LPIPSConfig
 from .modules import TrainModule

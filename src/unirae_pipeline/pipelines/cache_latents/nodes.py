@@ -19,7 +19,7 @@ from ...data.encoding import DTYPES, CacheConfig, encode_block, encode_uint8, sa
 from ...data.images import ImageSet
 from ...data.latents import LatentCache
 from ...data.loading import ImageDataset
-from ...interop.pretrained import encoder_state
+from ...interop.encoder_weights import encoder_state
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...runtime import RuntimeConfig
 from ...runtime.ranks import global_rank, local_device, sharded_job

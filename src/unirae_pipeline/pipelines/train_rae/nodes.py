@@ -17,7 +17,7 @@ from ...data.loading import ImageDataset, load_split_uint8
 from ...evaluation.extractors import Extractor
 from ...evaluation.report import labelled_grid
 from ...evaluation.scoring import paired, reconstruct
-from ...interop.pretrained import encoder_state
+from ...interop.encoder_weights import encoder_state
 from ...models.decoder import DecoderConfig, ViTDecoder, decoder_file, decoder_from_file
 from ...models.encoder import EncoderConfig, FrozenEncoder
 from ...models.serialization import ModelFile, check_fingerprints

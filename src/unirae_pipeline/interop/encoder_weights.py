@@ -1,7 +1,7 @@
-"""The loader layer of pretrained weights: the files that params name, read into state dicts for the model
-constructors, which never open a file. The encoder's (a timm or transformers file, or the encoder part of a
-diffusers RAE folder, in timm's layout), LPIPS' VGG16 and heads, and the DINO discriminator's backbone. Nothing is
-downloaded: a missing file is an error naming its params key."""
+"""The loader layer of pretrained weights, part one: the encoder's file (a timm or transformers file, or the encoder
+part of a diffusers RAE folder), read into a state dict in timm's layout for `FrozenEncoder`, which never opens a
+file (`loss_weights` reads stage 1's loss networks; one module per consumer, so that a stage depends on the readers
+it runs). Nothing is downloaded: a missing file is an error naming its params key."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.discriminator import DiscConfig
 from ..models.encoder import EncoderConfig
-from ..models.perceptual import LPIPSConfig
 from ..models.serialization import read_state_dict
 from .diffusers_folder import DiffusersRAE
 from .hf_encoders import hf_to_timm, is_hf_layout
@@ -36,14 +34,3 @@ def encoder_state(cfg: EncoderConfig) -> StateDict | None:
     else:
         state = read_state_dict(cfg.weights, "encoder.weights")
     return hf_to_timm(state) if is_hf_layout(state) else dict(state)
-
-
-def lpips_states(cfg: LPIPSConfig) -> tuple[StateDict, StateDict]:
-    """torchvision's VGG16 and the LPIPS heads, as their files hold them."""
-    return (read_state_dict(cfg.vgg_weights, "train_rae.lpips.vgg_weights"),
-            read_state_dict(cfg.heads_weights, "train_rae.lpips.heads_weights"))
-
-
-def disc_state(cfg: DiscConfig) -> StateDict | None:
-    """The discriminator's DINO backbone, or None for `none` (a random backbone: tests of the machinery only)."""
-    return None if cfg.weights == "none" else read_state_dict(cfg.weights, "train_rae.disc.weights")
