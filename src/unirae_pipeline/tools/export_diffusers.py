@@ -25,8 +25,8 @@ import yaml
 from ..config.build import build
 from ..data.normalization import STATS_EPS, norm_stats
 from ..interop.diffusers import DIFFUSERS_EPS, reference_name
-from ..interop.diffusers_folder import DiffusersRAE
-from ..interop.hf_encoders import hf_to_timm, is_hf_layout
+from ..interop.encoder_weights import encoder_state
+from ..interop.hf_encoders import hf_to_timm
 from ..interop.official import official_decoder_state
 from ..models.decoder import decoder_from_file, decoder_positions
 from ..models.encoder import EncoderConfig
@@ -61,14 +61,11 @@ def invert(convert: Callable[[dict], dict], template: dict[str, torch.Tensor], t
 
 def source_encoder(cfg: EncoderConfig) -> dict[str, torch.Tensor]:
     """The encoder's weights in timm's layout with their original position table (not resized to the input size)."""
-    if cfg.weights in ("hub", "none"):
+    state = encoder_state(cfg)  # read as the pipeline reads it, before the model resizes the table
+    if state is None:
         raise ValueError(f"encoder.weights is {cfg.weights!r}: the export needs the weights as a local file or a "
                          "diffusers folder (their original position table)")
-    if Path(cfg.weights).is_dir():
-        state = DiffusersRAE(cfg.weights, "encoder.weights").part("encoder.")
-    else:
-        state = read_state_dict(cfg.weights, "encoder.weights")
-    return hf_to_timm(state) if is_hf_layout(state) else dict(state)
+    return state
 
 
 def export(cfg: EncoderConfig, decoder_file: ModelFile, stats: dict[str, torch.Tensor], latent_norm: str,
