@@ -310,6 +310,9 @@ def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     assert stale_by(pkg + "data/crops.py", comment) == {"train_rae"}
     # stage 1's loss networks never stale the encoding of the latents (on ImageNet: a re-encode)
     assert stale_by(pkg + "models/discriminator.py", comment) == {"check_params", "train_rae"}
+    # interop: the FD networks' weights readers run in fid_reference alone; the diffusers export in no stage
+    assert stale_by(pkg + "interop/fid_weights.py", comment) == {"fid_reference"}
+    assert stale_by(pkg + "interop/diffusers_export.py", comment) == set()
     # how a run runs (runtime/: no result can change) and the command-line tools (tools/: no stage runs them)
     untracked = sorted([*(repo / pkg / "runtime").glob("*.py"), *(repo / pkg / "tools").glob("*.py")])
     assert len(untracked) >= 12

@@ -10,10 +10,15 @@ import scipy.linalg
 import torch
 import yaml
 
-from unirae_pipeline.evaluation.classifier import ClassifierConfig, ShapeClassifier, augment
+from unirae_pipeline.evaluation.classifier import (
+    ClassifierConfig,
+    ShapeClassifier,
+    augment,
+    classifier_file,
+    classifier_from_file,
+)
 from unirae_pipeline.evaluation.extractors import Extractor
 from unirae_pipeline.evaluation.fd import feature_stats, frechet_distance
-from unirae_pipeline.models.serialization import ModelFile
 
 
 def scipy_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -47,7 +52,8 @@ def test_classifier_features_predictions_and_augment():
     cfg = ClassifierConfig(width=8, feature_dim=16, blur_sigma=1.0, noise_std=0.1)
     model = ShapeClassifier(cfg, num_classes=5)
     images = torch.randint(0, 256, (7, 3, 16, 16), dtype=torch.uint8)
-    file = ModelFile.of("extractor", model, kind="classifier", config=cfg.to_dict(), num_classes=5)
+    file = classifier_file(model)
+    assert classifier_from_file(file).num_classes == 5 and classifier_from_file(file).cfg == cfg
     features, logits = Extractor(file, batch_size=3)(images)
     assert features.shape == (7, 16) and logits.shape == (7, 5)
     assert torch.allclose(features.float(), model.features(images.float() / 255), atol=1e-6)
@@ -97,10 +103,10 @@ def inception_file(tmp_path_factory):
 
 @pytest.mark.slow  # the real-size Inception-v3
 def test_inception_extractor_from_a_weights_file(inception_file):
-    from unirae_pipeline.evaluation.extractors import read_inception_weights
     from unirae_pipeline.evaluation.fd import inception_score
+    from unirae_pipeline.interop.fid_weights import inception_file as read_inception
 
-    file = ModelFile("extractor", read_inception_weights(str(inception_file)), {"kind": "inception"})
+    file = read_inception(str(inception_file))
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     features, logits = Extractor(file, batch_size=4)(images)
     assert features.shape == (6, 2048) and logits.shape == (6, 1008)
@@ -119,7 +125,7 @@ def _fid(extractor: str, **over):
 
 
 def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
-    from unirae_pipeline.evaluation.extractors import read_inception_weights
+    from unirae_pipeline.interop.fid_weights import inception_file as read_inception
 
     with pytest.raises(FileNotFoundError, match="fid.inception_weights"):
         _fid("inception", inception_weights=str(tmp_path / "missing.pth")).check_environment()
@@ -134,7 +140,7 @@ def test_fid_config_errors_name_the_keys(tmp_path, inception_file):
     _fid("inception", inception_weights=str(inception_file))
     (tmp_path / "evil.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a plain tensor state dict"):
-        read_inception_weights(str(tmp_path / "evil.pth"))
+        read_inception(str(tmp_path / "evil.pth"))
 
 
 @pytest.mark.slow  # a real-size DINOv2 ViT

@@ -68,6 +68,12 @@ def augment(images: torch.Tensor, cfg: ClassifierConfig, generator: torch.Genera
     return x.clamp(0, 1)
 
 
+def classifier_file(model: ShapeClassifier) -> ModelFile:
+    """fid_reference's `extractor` file of a trained classifier: its weights, config and class count."""
+    return ModelFile.of("extractor", model, kind="classifier", config=model.cfg.to_dict(),
+                        num_classes=model.num_classes)
+
+
 def classifier_from_file(file: ModelFile) -> ShapeClassifier:
     """The embedded default's classifier from fid_reference's file, its config built as `fid.classifier` is."""
     meta = file.expect("extractor").meta

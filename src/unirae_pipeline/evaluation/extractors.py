@@ -1,6 +1,7 @@
 """Feature networks of the Fréchet distance: the embedded default's classifier, torch-fidelity's Inception-v3
 (`inception-v3-compat`, the TF-ported network of FID/IS), or DINOv2 ViT-L/14 (FD-DINOv2, Stein et al. 2023: the
-normed CLS token at 224 px), each from a local weights file; never downloaded."""
+normed CLS token at 224 px), each from its `extractor` model file (`interop.fid_weights` reads the foreign weights
+files into one); never downloaded."""
 
 from __future__ import annotations
 
@@ -13,17 +14,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from ..models.serialization import ModelFile, load_strict, read_state_dict
+from ..models.serialization import ModelFile, load_strict
 from ..runtime.ranks import local_device
 from .classifier import classifier_from_file
 
 INCEPTION_FEATURES = ("2048", "logits_unbiased")
-
-
-
-def read_inception_weights(path: str) -> dict[str, torch.Tensor]:
-    """Tensors only (weights_only=True): torch-fidelity itself would unpickle the file without that guard."""
-    return read_state_dict(path, "fid.inception_weights", prefer=())
 
 
 def _inception(state: dict[str, torch.Tensor]) -> nn.Module:
@@ -54,16 +49,6 @@ class DINOv2Features(nn.Module):
         if x.shape[-2:] != (self.SIZE, self.SIZE):
             x = F.interpolate(x, size=(self.SIZE, self.SIZE), mode="bicubic", antialias=True).clamp(0, 1)
         return self.vit.forward_head(self.vit.forward_features((x - self.mean) / self.std), pre_logits=True)
-
-
-def read_dinov2_weights(path: str, model: str) -> dict[str, torch.Tensor]:
-    """A DINOv2 checkpoint (torch-hub or timm layout) as the timm model's state at 224 px: mask token dropped,
-    position table resampled by timm's own filter."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    state = read_state_dict(path, "fid.dinov2_weights")
-    net = timm.create_model(model, pretrained=False, num_classes=0, img_size=DINOv2Features.SIZE)
-    return checkpoint_filter_fn(state, net)
 
 
 class Extractor:

@@ -18,10 +18,11 @@ import torch
 from ...config.fid import FIDConfig
 from ...data.images import ImageSet
 from ...data.loading import ImageDataset, load_split_uint8
-from ...evaluation.classifier import ShapeClassifier, classifier_objective
-from ...evaluation.extractors import Extractor, read_dinov2_weights, read_inception_weights
+from ...evaluation.classifier import ShapeClassifier, classifier_file, classifier_objective
+from ...evaluation.extractors import Extractor
 from ...evaluation.fd import feature_stats, load_reference
 from ...evaluation.scoring import extract
+from ...interop.fid_weights import dinov2_file, inception_file
 from ...models.serialization import ModelFile
 from ...runtime import RuntimeConfig
 from ...runtime.scratch import RunKey
@@ -37,10 +38,9 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
     """The extractor as a model file (the trained classifier, or checked Inception/DINOv2 weights) and a loss curve."""
     no_curve = pd.DataFrame(columns=["step", "loss", "lr"])
     if cfg.extractor == "inception":
-        return ModelFile("extractor", read_inception_weights(cfg.inception_weights), {"kind": "inception"}), no_curve
+        return inception_file(cfg.inception_weights), no_curve
     if cfg.extractor == "dinov2":
-        state = read_dinov2_weights(cfg.dinov2_weights, cfg.dinov2_model)
-        return ModelFile("extractor", state, {"kind": "dinov2", "model": cfg.dinov2_model}), no_curve
+        return dinov2_file(cfg.dinov2_weights, cfg.dinov2_model), no_curve
     if image_set.num_classes < 2:
         raise ValueError(f"fid.extractor classifier needs at least 2 classes, and data.root holds "
                          f"{image_set.num_classes}: use fid.extractor inception or dinov2 for a one-class data set")
@@ -55,9 +55,7 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
     key = RunKey({"fid": cfg, "trainer": trainer, "seed": seed, "data.image_size": image_size},
                  {"classes": image_set.class_names, "counts": {k: len(v) for k, v in image_set.splits.items()}})
     curve = fit(module, batches, trainer, runtime, "classifier", seed, key=key)
-    file = ModelFile.of("extractor", module.ema.module, kind="classifier", config=clf.to_dict(),
-                        num_classes=image_set.num_classes)
-    return file, curve
+    return classifier_file(module.ema.module), curve
 
 
 def reference_statistics(feature_extractor: ModelFile, image_set: ImageSet, image_size: int, cfg: FIDConfig,
