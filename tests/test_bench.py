@@ -39,7 +39,7 @@ def test_bench_data_tiny(tmp_path):
     res = _bench("bench_data.py", ["--size", "tiny", "--latents", "1024", "--batch", "64", "--batches", "4",
                                    "--images", "64", "--workers", "0", "1", "--step-rate", "100"], tmp_path)
     path, cache = res["latent_path"], res["caching"]
-    assert set(path["samples_per_s"]) == {"in_memory", "mmap_0_workers", "mmap_1_workers"}
+    assert set(path["samples_per_s"]) == {"in_memory", "mmap_0_workers", "mmap_1_workers", "checksum_once_per_run"}
     assert path["ratio_vs_in_memory"]["in_memory"] == 1.0 and all(v > 0 for v in path["samples_per_s"].values())
     assert path["feed_margin_vs_step_rate"]["mmap_0_workers"] == path["samples_per_s"]["mmap_0_workers"] / 100
     assert cache["img_per_s"]["cache_fp32_1_workers"] > 0

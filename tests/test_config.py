@@ -38,6 +38,13 @@ def test_presets_and_overrides_compose():
     assert deeper["dit"]["depth"] == 8 and deeper["dit"]["hidden_size"] == 384
     smoke = compose_params(["profile=smoke"], conf_dir=ROOT / "conf")
     assert smoke["train_dit"]["duration"] < 100 and smoke["dit"] == compose_params(conf_dir=ROOT / "conf")["dit"]
+    assert smoke["data"]["shapes"]["train_per_class"] < 100  # the built-in set shrinks too
+    # ... and a user's folder stays theirs, whichever comes first (it composed to a half-filled `shapes` group)
+    for order in (["profile=smoke", "data=folder"], ["data=folder", "profile=smoke"]):
+        mine = compose_params([*order, "data.root=/my/images"], conf_dir=ROOT / "conf")
+        assert mine["data"]["root"] == "/my/images" and mine["data"]["shapes"] is None
+        assert mine["train_dit"]["duration"] == smoke["train_dit"]["duration"]
+        load_params(mine)
 
 
 def test_params_are_one_typed_frozen_tree(params):
@@ -172,9 +179,14 @@ def test_dvc_stages_are_the_kedro_pipelines():
     ("train_dit.batch_size", "abc", "params 'train_dit.batch_size' must be an integer, got 'abc'"),
     ("train_dit.batch_size", 12.5, "'train_dit.batch_size' must be an integer, got 12.5"),
     ("dit.depth", 2.5, "'dit.depth' must be an integer"),
-    ("seed", -1, "'seed' must be an integer >= 0"),
+    ("seed", -1, "'seed' must be an integer in [0, 16777215]"),
     ("train_dit.betas", [0.9], "'train_dit.betas' must be a list of 2 numbers"),
-    ("sample.sampler.guidance_scale", "abc", "'sample.sampler.guidance_scale' must be a number"),
+    ("sample.sampler.guidance_scale", "abc", "'sample.sampler.guidance_scale' must be a finite number"),
+    # non-finite floats pass YAML and every range check (NaN compares false): an all-black sample set, a NaN loss
+    ("sample.sampler.guidance_scale", float("inf"), "'sample.sampler.guidance_scale' must be a finite number, got inf"),
+    ("train_dit.lr", float("nan"), "'train_dit.lr' must be a finite number, got nan"),
+    ("train_dit.betas", [0.9, float("nan")], "'train_dit.betas' must be a list of 2 numbers"),
+    ("seed", 2 ** 40, "'seed' must be an integer in [0, 16777215]"),
     ("runtime.compile", "maybe", "'runtime.compile' must be true or false"),
     ("trainer.accelerator", "tpu", "'trainer.accelerator' must be one of 'auto', 'cpu'"),
     ("train_rae.disc.key_depths", [1, "a"], "'train_rae.disc.key_depths' must be a list of integers"),
@@ -192,6 +204,8 @@ def test_dvc_stages_are_the_kedro_pipelines():
     ("data.image_size", 32, "must equal data.image_size 32: set data.image_size=16"),
     ("fid.train.batch_size", 7000, "fid.train.batch_size 7000 exceeds the 6000 training images"),
     ("data.shapes.num_classes", 1, "data.shapes.num_classes must be >= 2 with fid.extractor classifier"),
+    ("data.shapes.train_per_class", 10 ** 8, "data.shapes: num_classes x (train_per_class + val_per_class) = "
+                                             "1,000,001,000 images of 16 px exceed the 4 GiB"),  # was allocated first
 ])
 def test_invalid_params_fail_early_naming_the_key(p, path, value, message):
     node = p
@@ -339,3 +353,51 @@ def test_a_one_line_edit_reruns_exactly_the_stages_that_run_that_code(tmp_path):
     readers = {name for name, stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].items()
                if "seed" in stage["params"]}
     assert len(readers) > 5 and stale_by("params.yaml", lambda t: t.replace("\nseed: 0\n", "\nseed: 1\n")) == readers
+
+
+def test_check_params_refuses_every_file_it_cannot_read_before_any_stage(p, tmp_path, monkeypatch, capsys):
+    """`python -m unirae_pipeline.config` (DVC's first stage): a data.root that is not there, not set, not readable
+    or holding a name DVC cannot hash, a weights file that is not there, and a params file with YAML aliases are
+    refused in one line naming the key or the line, the marker left as it was; the same params with the files
+    present pass."""
+    from unirae_pipeline.config.params import main
+    from unirae_pipeline.tools.compose import dump
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "marker.txt"
+
+    def check(params: dict | str) -> tuple[int, str]:
+        (tmp_path / "params.yaml").write_text(params if isinstance(params, str) else dump(params), encoding="utf-8")
+        code = main([str(marker)])
+        return code, capsys.readouterr().err
+
+    root = write_folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    p["data"].update(source="imagefolder", root=str(tmp_path / "missing"), lineage=str(tmp_path / "missing"),
+                     shapes=None)
+    p["train_rae"]["batch_size"] = p["train_dit"]["batch_size"] = p["fid"]["train"]["batch_size"] = 2
+    code, said = check(p)
+    assert code == 2 and f"data.root: ImageFolder path '{tmp_path / 'missing'}' does not exist" in said
+    p["data"]["root"] = p["data"]["lineage"] = "???"  # Hydra's "not set": data=folder without data.root
+    assert "add -S data.root=/path/to/images" in check(p)[1]
+    p["data"]["root"] = p["data"]["lineage"] = str(root)
+    with monkeypatch.context() as m:  # (root reads everything: the permission is simulated)
+        m.setattr("os.access", lambda path, mode: False)
+        assert "cannot be read by this user" in check(p)[1]
+    assert not marker.exists()
+    assert check(p) == (0, "") and marker.is_file()
+    odd = os.fsencode(root / "train" / "a") + b"/caf\xe9.png"  # a latin-1 name
+    with open(odd, "wb") as f:
+        f.write((root / "train" / "a" / "0.png").read_bytes())
+    code, said = check(p)
+    assert code == 2 and "caf\\xe9.png" in said and "is not UTF-8, which DVC cannot hash" in said
+    os.remove(odd)
+    p["fid"].update(extractor="inception", inception_weights=str(tmp_path / "pt_inception.pth"))
+    code, said = check(p)
+    assert code == 2 and "fid.inception_weights" in said and "not found" in said
+    p["fid"].update(extractor="classifier", inception_weights=None)
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(9))
+    code, said = check(bomb)  # four to the ninth copies of a list, were it expanded
+    assert code == 2 and "line 1: YAML anchors and aliases" in said and len(said) < 1000
+    assert check(p)[0] == 0

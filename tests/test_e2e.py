@@ -95,15 +95,20 @@ def test_a_forced_rerun_with_the_same_result_stales_nothing(repo):
 
 
 def test_a_rejected_value_stops_the_run_before_any_output_is_removed(repo):
-    """A value params.yaml cannot take (`sample.sampler=heun`: the key is sample.sampler.method; a misspelt new key)
-    stops `dvc exp run` in its first stage, in one line naming the key and the fix, before any stage removes its
-    outputs; composing valid values again reruns only that check, whose marker did not change."""
-    outputs = [repo / "data/07_model_output/samples.npz", repo / "data/06_models/dit.safetensors"]
+    """A value params.yaml cannot take (`sample.sampler=heun`: the key is sample.sampler.method; a misspelt new key; a
+    NaN; your own images at a path that is not there) stops `dvc exp run` in its first stage, in one line naming the
+    key and the fix, before any stage removes its outputs; composing valid values again reruns only that check,
+    whose marker did not change."""
+    outputs = [repo / "data/07_model_output/samples.npz", repo / "data/06_models/dit.safetensors",
+               repo / "data/01_raw/image_set"]
     before = [p.stat().st_mtime_ns for p in outputs]
-    for bad, said in (("sample.sampler=heun", "did you mean sample.sampler.method=heun?"),
-                      ("+dit.dpeth=6", "'dit.dpeth' is not a key of params.yaml (did you mean dit.depth?)")):
-        result = subprocess.run(["dvc", "exp", "run", "-S", "profile=smoke", "-S", "dit.depth=2", "-S", bad], cwd=repo,
-                                env=ENV, capture_output=True, text=True)
+    for bad, said in ((["sample.sampler=heun"], "did you mean sample.sampler.method=heun?"),
+                      (["+dit.dpeth=6"], "'dit.dpeth' is not a key of params.yaml (did you mean dit.depth?)"),
+                      (["train_dit.lr=nan"], "'train_dit.lr' must be a finite number, got nan"),
+                      (["data=folder", "data.root=/no/such/images"],
+                       "data.root: ImageFolder path '/no/such/images' does not exist")):
+        overrides = [arg for value in ["profile=smoke", "dit.depth=2", *bad] for arg in ("-S", value)]
+        result = subprocess.run(["dvc", "exp", "run", *overrides], cwd=repo, env=ENV, capture_output=True, text=True)
         assert result.returncode != 0 and said in result.stdout + result.stderr, result.stderr[-3000:]
         assert stages_run(result.stdout + result.stderr) == ["check_params"]
         assert [p.stat().st_mtime_ns for p in outputs] == before  # nothing was removed or rewritten

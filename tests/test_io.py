@@ -218,3 +218,70 @@ def test_rank_zero_names_ranks_that_never_started(tmp_path, monkeypatch):
     later.join()
     holder.close()
 
+
+
+def flip_bit(path, offset: int) -> None:
+    """One bit of the file at `offset` (from the end when negative) flipped, its mtime kept: disk rot as it looks."""
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+    import os
+
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_flipped_bit_in_a_model_file_fails_its_reader_naming_the_file_and_the_fix(tmp_path):
+    """Weights and statistics carry a SHA-256 of the whole file (header with its checksum blank, then the data):
+    a bit flipped in a tensor, in the metadata or in the checksum itself is refused when the file is read."""
+    torch.manual_seed(0)
+    stats = ModelFile("stats", {"mean": torch.randn(4, 2, 2), "var": torch.rand(4, 2, 2)}, {"fingerprint": "abc"})
+    path = tmp_path / "latent_stats.safetensors"
+    dataset = ModelFileDataset(filepath=str(path), kind="stats")
+    dataset.save(stats)
+    assert torch.equal(dataset.load().tensors["mean"], stats.tensors["mean"]) and dataset.load().meta == stats.meta
+    clean = path.read_bytes()
+    header = int.from_bytes(clean[:8], "little") + 8
+    for where in (-3, clean.index(b"abc") + 1, clean.index(b"unirae.sha256") + 20):  # data, metadata, checksum
+        flip_bit(path, where)
+        with pytest.raises(DatasetError, match=f"{path}: .*dvc checkout {path}"):  # Kedro names the dataset too
+            dataset.load()
+        path.write_bytes(clean)
+    assert where < header and dataset.load().meta == stats.meta
+
+
+def test_a_flipped_bit_in_a_latent_shard_fails_every_reader_and_a_kept_one_is_encoded_again(tmp_path, caplog):
+    """A latent shard with one bit flipped: the statistics stream, the training rows (checked once per run, in
+    threads) and the reconstructions refuse it naming the file and `dvc checkout`; a kept shard of an interrupted
+    cache_latents run that is damaged is encoded again instead of kept."""
+    from unirae_pipeline.data.encoding import Shard, intact_shard, save_shard
+    from unirae_pipeline.data.latent_rows import LatentRows
+    from unirae_pipeline.data.latents import LatentStore
+    from unirae_pipeline.fileio import CorruptFileError
+
+    folder = tmp_path / "work"
+    for k in range(2):
+        shard = Shard("train", torch.randn(3, 4, 2, 2), torch.arange(3), torch.arange(3) + 3 * k,
+                      torch.zeros(3, dtype=torch.uint8))
+        save_shard(folder / "train" / f"shard_{k:05d}.safetensors", shard, "fp")
+    store = LatentStore(tmp_path / "latents")
+    store.assemble(folder, {"train": 2}, {"fingerprint": "fp", "latent_shape": [4, 2, 2]})
+    assert len(LatentRows(store, "train")) == 6 and len(list(store.iter_shards("train"))) == 2
+    damaged = store.shard_files("train")[1]
+    flip_bit(damaged, -5)
+    for read in (lambda: LatentRows(store, "train"), lambda: list(store.iter_shards("train"))):
+        with pytest.raises(CorruptFileError, match=f"{damaged}: its content does not match its checksum.*dvc checkout"):
+            read()
+    assert intact_shard(store.shard_files("train")[0]) and not intact_shard(damaged)
+    assert "encoded again" in caplog.text
+
+
+def test_non_finite_weights_or_statistics_are_never_written(tmp_path):
+    """A model file holding NaN or Inf (a diverged run, NaN inputs) is refused before it is written, with the count
+    and the first tensor; nothing appears at the path."""
+    path = tmp_path / "dit.safetensors"
+    bad = ModelFile("dit", {"a": torch.tensor([1.0, float("nan"), float("inf")]), "b": torch.ones(2),
+                            "steps": torch.tensor([3])}, {})
+    with pytest.raises(DatasetError, match=r"2 non-finite values in 1 tensor\(s\) \(first: 'a'\)"):
+        ModelFileDataset(filepath=str(path), kind="dit").save(bad)
+    assert not path.exists() and not list(tmp_path.iterdir())

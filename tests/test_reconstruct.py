@@ -39,6 +39,8 @@ def test_a_folder_through_the_rae_trained_here(tmp_path, features):
     skipped) comes back as a 16 px PNG at its own path, with finite scores and a labelled grid."""
     images = write_folder(tmp_path / "images", {"a": 3, "b": 3}, size=40)
     (images / "train" / "a" / "broken.png").write_bytes(b"not an image")
+    with Image.open(images / "train" / "a" / "0.png") as img:  # a second image named 0: each keeps its output
+        img.transpose(Image.Transpose.ROTATE_90).save(images / "train" / "a" / "0.jpg", quality=95)
     torch.manual_seed(0)
     decoder = ViTDecoder(DecoderConfig(64, 1, 4, 128, 4, 0.0, "uniform"), 64, 4)
     ModelFileDataset(filepath=str(tmp_path / "decoder.safetensors"), kind="decoder").save(decoder_file(decoder, "any"))
@@ -46,11 +48,13 @@ def test_a_folder_through_the_rae_trained_here(tmp_path, features):
     assert main([str(images), str(out), "--params", str(ROOT / "params.yaml"), "--decoder",
                  str(tmp_path / "decoder.safetensors"), "--features", str(features), "--batch-size", "5"]) == 0
     written = sorted(p.relative_to(out / "images").as_posix() for p in (out / "images").rglob("*.png"))
-    assert written == sorted(f"{split}/{c}/{i}.png" for split in ("train", "val") for c in "ab" for i in range(3))
-    with Image.open(out / "images" / "train" / "a" / "0.png") as img:
-        assert img.size == (16, 16)
+    expected = {f"{split}/{c}/{i}.png" for split in ("train", "val") for c in "ab" for i in range(3)}
+    assert written == sorted(expected - {"train/a/0.png"} | {"train/a/0.png.png", "train/a/0.jpg.png"})
+    with Image.open(out / "images" / "train" / "a" / "0.png.png") as img, \
+            Image.open(out / "images" / "train" / "a" / "0.jpg.png") as other:
+        assert img.size == (16, 16) and not np.array_equal(np.asarray(img), np.asarray(other))
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["count"] == 12 and metrics["image_size"] == 16
+    assert metrics["count"] == 13 and metrics["image_size"] == 16
     assert all(np.isfinite(metrics[k]) for k in ("psnr", "ssim", "recon_fd"))
     with Image.open(out / "reconstructions.png") as grid:
         assert grid_labels(grid) == ["original", "decoded"]

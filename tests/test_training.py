@@ -112,6 +112,22 @@ def test_non_finite_loss_stops_training(params):
         fit(module, TensorBatches((torch.randn(4, 2),), 2, seed=0), trainer, runtime(), "test", seed=0)
 
 
+def test_a_finite_divergence_stops_training_naming_the_lr_key(params):
+    """A loss that blows up but stays finite (lr 1e3 reached 1e28 and was written as a result) stops the run at the
+    step it passed 1e4 times the first step's loss, naming the params key to lower."""
+    calls = []
+
+    def objective(m: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        calls.append(None)
+        return ((m(batch[0]) ** 2).mean() + 1) * (1e28 if len(calls) > 3 else 1.0)
+
+    module = TrainModule(nn.Linear(2, 1), optim(duration=20, batch_size=2, warmup=0), objective)
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    with pytest.raises(FloatingPointError, match=r"training loss [0-9.]+e\+28, over 1e\+04 times the first step's, at "
+                                                 r"step 3: training diverged .* lower train_dit.lr \(now 0.001\)"):
+        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, runtime(), "train_dit", seed=0)
+
+
 def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
     """The loss turns NaN at step 7, between checkpoints (every 2 steps) and checks at logging steps (every 5): the
     run stops naming step 7 before writing the step-8 checkpoint, so the last one holds the finite step-6 state."""

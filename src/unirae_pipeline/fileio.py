@@ -4,6 +4,7 @@ the same bytes for the same content, so that DVC never sees a change nobody made
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -65,20 +66,67 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """safetensors' `save_file`, atomically, with its metadata in sorted order: the library writes it in a hash
-    order that changes from process to process, which would give identical tensors a new file hash."""
+    """safetensors' `save_file`, atomically, with its metadata in sorted order (the library writes it in a hash order
+    that changes from process to process, which would give identical tensors a new file hash) and a checksum of the
+    whole file in it (`CHECKSUM`), which `verify_safetensors` checks."""
+    if CHECKSUM in metadata:
+        raise ValueError(f"{path}: the metadata key {CHECKSUM!r} is the file's checksum")
     with atomic_file(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={**metadata, CHECKSUM: _BLANK})
         with open(tmp, "r+b") as f:
             (size,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(size))
-            if "__metadata__" in header:
-                header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
+            header = {"__metadata__": dict(sorted(header.pop("__metadata__").items())), **header}
             text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
             if len(text) > size:  # the same entries in another order: never longer
                 raise RuntimeError(f"{path}: the sorted safetensors header is longer than the original")
+            text = text.ljust(size, b" ")  # the format pads its header with spaces
             f.seek(8)
-            f.write(text.ljust(size, b" "))  # the format pads its header with spaces
+            f.write(text)
+            digest = _sha256(f, text)
+            f.seek(8 + text.index(_field(_BLANK)))
+            f.write(_field(digest))
+
+
+CHECKSUM = "unirae.sha256"  # the safetensors metadata key of a file's checksum
+_BLANK = "0" * 64  # the checksum's place while the file is hashed (the same length: the header keeps its size)
+_CHUNK = 16 << 20
+
+
+def _field(digest: str) -> bytes:
+    return json.dumps({CHECKSUM: digest}, separators=(",", ":")).encode()[1:-1]
+
+
+def _sha256(f, header: bytes) -> str:
+    """SHA-256 of the header (its checksum blank) and the rest of the open file from its current position."""
+    h = hashlib.sha256(header)
+    while chunk := f.read(_CHUNK):
+        h.update(chunk)  # hashlib releases the GIL: shards are verified in threads
+    return h.hexdigest()
+
+
+def verify_safetensors(path: str | Path, restore: str) -> None:
+    """Refuse a safetensors file written here whose bytes no longer match its checksum (a flipped bit on disk, a
+    truncated copy), naming the file and `restore`, how to get it back: no corrupt tensor reaches a result."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        text = f.read(size) if 0 < size <= path.stat().st_size - 8 else b""
+        try:
+            stored = json.loads(text)["__metadata__"][CHECKSUM]
+        except (ValueError, KeyError, TypeError):
+            stored = None
+        if stored is None or _field(stored) not in text:
+            raise CorruptFileError(f"{path}: no checksum could be read from its header (damaged, or written before "
+                                   f"files carried one): {restore}")
+        if _sha256(f, text.replace(_field(stored), _field(_BLANK), 1)) != stored:
+            raise CorruptFileError(f"{path}: its content does not match its checksum (a flipped bit on disk or a "
+                                   f"partial copy): {restore}")
+
+
+class CorruptFileError(ValueError):
+    """A file written by this pipeline whose bytes changed since."""
 
 
 def npz_member(name: str) -> zipfile.ZipInfo:

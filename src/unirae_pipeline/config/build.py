@@ -1,5 +1,5 @@
 """Typed params: a params.yaml group becomes a validated, frozen dataclass (its sub-groups too), errors naming the
-key; `plain` turns one back into the params.yaml values it was built from."""
+key; `plain` turns one back into the params.yaml values it was built from; `read_params` reads the file."""
 
 from __future__ import annotations
 
@@ -7,11 +7,39 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 T = TypeVar("T")
+
+
+class _PlainLoader(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: Hydra writes none, and nine nested aliases expand a few lines to
+    billions of values (a "billion laughs" file exhausts memory before any check can name a key)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ValueError(f"line {event.start_mark.line + 1}: YAML anchors and aliases (&name, *name) are not "
+                             "read in params files; write the values out (Hydra's composition never writes them)")
+        return super().compose_node(parent, index)
+
+
+def read_params(path: str | Path) -> dict:
+    """A params file (params.yaml) as plain YAML values; a syntax error, an alias or a non-mapping root is a
+    ValueError naming the file."""
+    try:
+        params = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_PlainLoader)  # noqa: S506 - a SafeLoader
+    except (ValueError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: {err}") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{path}: expected a mapping of params groups, got {type(params).__name__}")
+    return params
 
 
 def build(cls: type[T], params: Any, name: str) -> T:
@@ -74,8 +102,8 @@ def _matches(hint: Any, value: Any) -> tuple[bool, str]:
         return isinstance(value, bool), "true or false"
     if hint is int:
         return number and isinstance(value, int), "an integer"
-    if hint is float:
-        return number, "a number"
+    if hint is float:  # NaN and infinity pass YAML (.nan, .inf) and every range check (NaN compares false)
+        return number and (isinstance(value, int) or math.isfinite(value)), "a finite number"
     if hint is str:
         return isinstance(value, str), "a string"
     if origin is typing.Literal:

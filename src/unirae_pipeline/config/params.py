@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..data.encoding import CacheConfig
-from ..data.source import DataConfig, count_images
+from ..data.source import DataConfig, check_file_names, count_images
 from ..diffusion.transport import TransportConfig
 from ..models.decoder import DecoderConfig
 from ..models.dit import DiTConfig
@@ -30,12 +28,13 @@ from ..runtime import RuntimeConfig
 from ..training.fit import TrainerConfig
 from ..training.optim import DiTTrainConfig
 from ..training.rae import RAETrainConfig
-from .build import build
+from .build import build, read_params
 from .fid import FIDConfig
 from .guide import GuideConfig
 from .sample import SampleConfig
 
 BATCH_KEYS = ("train_rae.batch_size", "train_dit.batch_size", "fid.train.batch_size")
+MAX_SEED = 2 ** 24 - 1  # every rank's seed, seed x ranks + rank, fits 32 bits on up to 256 ranks
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,9 @@ class Params:
     seed: int
 
     def __post_init__(self) -> None:
-        if self.seed < 0:  # its type is checked with every other field's
-            raise ValueError(f"params 'seed' must be an integer >= 0, got {self.seed!r}")
+        if not 0 <= self.seed <= MAX_SEED:  # its type is checked with every other field's
+            raise ValueError(f"params 'seed' must be an integer in [0, {MAX_SEED}], got {self.seed!r}: each rank "
+                             "seeds seed x ranks + rank, which Lightning and numpy take as 32 bits (256 ranks)")
         grid = self.encoder.latent_shape[1]
         if self.decoder.patch_size * grid != self.data.image_size:
             raise ValueError(f"decoder.patch_size {self.decoder.patch_size} x the encoder's latent grid {grid} "
@@ -67,6 +67,7 @@ class Params:
                              f"data.image_size {self.data.image_size}: set data.image_size="
                              f"{self.decoder.patch_size * grid}, or decoder.patch_size or encoder.input_size to match")
         if self.data.source == "shapes":  # the built-in set's size is known before it exists
+            self.data.shapes.check_size(self.data.image_size)
             if self.fid.extractor == "classifier" and self.data.shapes.num_classes < 2:
                 raise ValueError("data.shapes.num_classes must be >= 2 with fid.extractor classifier (its metrics "
                                  "are class accuracy and features learnt by telling classes apart)")
@@ -130,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     """Check params.yaml; on success write the marker (argv[0]); on failure one line naming the key, exit code 2."""
     marker = Path((argv if argv is not None else sys.argv[1:])[0])
     try:
-        params = load_params(yaml.safe_load(Path("params.yaml").read_text(encoding="utf-8")))
-        if params.data.source == "imagefolder" and Path(params.data.root).is_dir():
-            _check_image_folder(params)  # its size against the batches, by file name (a missing tree is the
-            # error of the stages that read it: a machine runs the stages whose files it has)
-    except (ValueError, TypeError, KeyError, FileNotFoundError) as err:
-        sys.stderr.write(f"params.yaml: {err.args[0] if err.args else err}\n")
+        params = load_params(read_params("params.yaml"))
+        check_environment(params, [f.name for f in dataclasses.fields(Params)])  # every file a stage will read
+        if params.data.source == "imagefolder":
+            check_file_names(params.data.root)  # DVC hashes the tree (prepare_data's dependency) by name
+    except (ValueError, TypeError, KeyError, FileNotFoundError, PermissionError) as err:
+        message = str(err.args[0] if err.args else err)
+        sys.stderr.write(f"{message if message.startswith('params.yaml') else 'params.yaml: ' + message}\n")
         sys.stderr.write("Nothing ran and no output was removed. Restore the last committed values with "
                          "`git checkout params.yaml` (or `dvc exp apply <exp>`), or fix the value and rerun.\n")
         return 2

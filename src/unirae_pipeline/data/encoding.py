@@ -3,6 +3,7 @@ copies, one atomically written shard file per block, and the `latents` params gr
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Literal
 
 import torch
 
-from ..fileio import write_safetensors
+from ..fileio import CorruptFileError, verify_safetensors, write_safetensors
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -47,6 +50,16 @@ def encode_uint8(encoder: Callable[[torch.Tensor], torch.Tensor], precision: str
             return encoder(images.float() / 255)
 
     return encode
+
+
+def intact_shard(path: Path) -> bool:
+    """Whether a shard kept from an interrupted run is whole (its checksum): a damaged one is encoded again."""
+    try:
+        verify_safetensors(path, "it is encoded again")
+    except CorruptFileError as err:
+        log.warning("%s", err)
+        return False
+    return True
 
 
 def save_shard(path: Path, shard: Shard, fingerprint: str) -> None:

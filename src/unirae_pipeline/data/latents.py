@@ -7,13 +7,14 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, verify_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,30 @@ class LatentStore:
             raise KeyError(f"latent cache at {self.path} has no split {split!r}")
         return [self.path / split / f"shard_{i:05d}.safetensors" for i in range(len(info["shards"]))]
 
+    def restore(self) -> str:
+        return (f"restore the cache with `dvc checkout {self.path}` (DVC's cache keeps the committed copy) or rerun "
+                "cache_latents (`dvc repro -f -s cache_latents`)")
+
+    def check_shard(self, file: Path, fingerprint: str) -> Path:
+        """A shard file after checking its checksum (every byte: once per shard and run) and its encoder."""
+        verify_safetensors(file, self.restore())
+        with safe_open(str(file), framework="pt") as f:
+            if f.metadata().get("fingerprint") != fingerprint:
+                raise ValueError(f"{file}: encoder fingerprint differs from the cache manifest; {self.restore()}")
+        return file
+
+    def checked_files(self, split: str, workers: int = 8) -> list[Path]:
+        """The split's shard files, each checked (`check_shard`) in threads (hashing releases the GIL): what a
+        training run reads row by row, memory-mapped, for many epochs."""
+        fingerprint, files = self.manifest["fingerprint"], self.shard_files(split)
+        with ThreadPoolExecutor(max(1, min(workers, len(files)))) as pool:
+            return list(pool.map(lambda file: self.check_shard(file, fingerprint), files))
+
     def iter_shards(self, split: str) -> Iterator[dict[str, torch.Tensor]]:
+        """Each shard whole, checked as it is opened (readers that stream the cache once)."""
         fingerprint = self.manifest["fingerprint"]
         for file in self.shard_files(split):
-            with safe_open(str(file), framework="pt") as f:
-                if f.metadata().get("fingerprint") != fingerprint:
-                    raise ValueError(f"{file}: encoder fingerprint differs from the cache manifest")
+            with safe_open(str(self.check_shard(file, fingerprint)), framework="pt") as f:
                 yield {k: f.get_tensor(k) for k in f.keys()}
 
     def views(self, split: str) -> torch.Tensor:

@@ -58,6 +58,9 @@ def _stripes(u, v):
     return (abs(u) <= 0.9) & ((abs(v) <= 0.2) | (abs(abs(v) - 0.65) <= 0.2))
 
 
+RENDER_CHUNK = 1024  # images drawn at once (their supersampled masks are float32)
+MAX_BYTES = 4 << 30  # the built-in set lives in memory (uint8): e.g. 1.4 M images of 32 px
+
 SHAPES = {f.__name__[1:]: f for f in (_circle, _ring, _square, _frame, _triangle_up, _triangle_down, _diamond,
                                        _plus, _cross, _stripes)}
 
@@ -78,6 +81,14 @@ class ShapesConfig:
         if self.train_per_class < 1 or self.val_per_class < 1 or self.supersample < 1:
             raise ValueError("data.shapes: the per-class counts and supersample must be >= 1")
 
+    def check_size(self, image_size: int) -> None:
+        """The set is made in memory, before anything is written: refuse it here rather than run out of memory."""
+        count = self.num_classes * (self.train_per_class + self.val_per_class)
+        if count * image_size ** 2 * 3 > MAX_BYTES:
+            raise ValueError(f"data.shapes: num_classes x (train_per_class + val_per_class) = {count:,} images of "
+                             f"{image_size} px exceed the {MAX_BYTES >> 30} GiB the built-in set may hold in memory "
+                             "(use data=folder for a large set)")
+
 
 def class_names(cfg: ShapesConfig) -> list[str]:
     return list(SHAPES)[: cfg.num_classes]
@@ -90,14 +101,18 @@ def render(cfg: ShapesConfig, size: int, labels: np.ndarray, rng: np.random.Gene
     center = size / 2 + rng.uniform(-cfg.jitter, cfg.jitter, (n, 2))
     colour = PALETTE[rng.integers(0, len(PALETTE), n)] * rng.uniform(0.85, 1.0, (n, 1))
     coords = (np.arange(size * ss, dtype=np.float32) + 0.5) / ss
-    u = (coords[None, None, :] - center[:, 0, None, None]) / radius[:, None, None]
-    v = (coords[None, :, None] - center[:, 1, None, None]) / radius[:, None, None]
-    mask = np.zeros((n, size * ss, size * ss), dtype=np.float32)
-    for k, shape in enumerate(list(SHAPES.values())[: cfg.num_classes]):
-        sel = labels == k
-        mask[sel] = shape(u[sel], v[sel])
-    coverage = mask.reshape(n, size, ss, size, ss).mean(axis=(2, 4))  # box-filter anti-aliasing
-    return np.round(coverage[..., None] * colour[:, None, None, :] * 255).astype(np.uint8)
+    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    for start in range(0, n, RENDER_CHUNK):  # the supersampled masks of a chunk at a time: memory is the output's
+        part = slice(start, start + RENDER_CHUNK)
+        u = (coords[None, None, :] - center[part, 0, None, None]) / radius[part, None, None]
+        v = (coords[None, :, None] - center[part, 1, None, None]) / radius[part, None, None]
+        mask = np.zeros((len(u), size * ss, size * ss), dtype=np.float32)
+        for k, shape in enumerate(list(SHAPES.values())[: cfg.num_classes]):
+            sel = labels[part] == k
+            mask[sel] = shape(u[sel], v[sel])
+        coverage = mask.reshape(len(u), size, ss, size, ss).mean(axis=(2, 4))  # box-filter anti-aliasing
+        out[part] = np.round(coverage[..., None] * colour[part, None, None, :] * 255).astype(np.uint8)
+    return out
 
 
 def generate(cfg: ShapesConfig, image_size: int, seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -61,7 +61,8 @@ class ModelFileDataset(_PathDataset):
         self.kind, self.optional = kind, optional
 
     def _write(self, data: ModelFile) -> None:
-        write_safetensors(self._filepath, data.expect(self.kind).tensors, data.encode())
+        data = data.expect(self.kind).check_finite(str(self._filepath))
+        write_safetensors(self._filepath, data.tensors, data.encode())
 
     def load(self) -> ModelFile | None:
         if self.optional and not self._filepath.exists():

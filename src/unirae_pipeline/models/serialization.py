@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fileio import CHECKSUM, verify_safetensors
+
 # what a model file can hold: its catalog entry says which, and the reader checks it
 KINDS = ("dit", "decoder", "stats", "extractor")
 
@@ -55,6 +57,18 @@ class ModelFile:
         """This file, after checking that it holds a `kind` (a catalog entry pointed at the wrong file fails here)."""
         if self.kind != kind:
             raise ValueError(f"expected a {kind} model file, got a {self.kind} one: check the catalog entry's file")
+        return self
+
+    def check_finite(self, where: str) -> ModelFile:
+        """This file, after checking that every float tensor is finite: NaN or Inf weights or statistics are refused
+        before they are written (`where`: the file), never handed on as a result."""
+        bad = {k: int((~torch.isfinite(v)).sum()) for k, v in self.tensors.items() if v.is_floating_point()}
+        bad = {k: n for k, n in bad.items() if n}
+        if bad:
+            first, total = next(iter(bad)), sum(bad.values())
+            raise FloatingPointError(f"{where}: refused to write a {self.kind} model file holding {total:,} "
+                                     f"non-finite values in {len(bad)} tensor(s) (first: {first!r}); the stage that "
+                                     "made it diverged or read non-finite inputs")
         return self
 
     def load_into(self, model: nn.Module) -> nn.Module:
@@ -120,8 +134,16 @@ def read_model_file(path: str | Path, kind: str, param: str) -> ModelFile:
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"{param}: model file {str(path)!r} not found")
+    verify_safetensors(path, restore(path))
     with safe_open(str(path), framework="pt") as f:
-        return ModelFile.decode(kind, {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {}), str(path))
+        strings = {k: v for k, v in (f.metadata() or {}).items() if k != CHECKSUM}
+        return ModelFile.decode(kind, {k: f.get_tensor(k) for k in f.keys()}, strings, str(path))
+
+
+def restore(path: str | Path) -> str:
+    """How to get a damaged output back."""
+    return (f"restore it with `dvc checkout {path}` (DVC's cache keeps the committed copy) or rerun the stage that "
+            "writes it (`dvc repro -f -s <stage>`)")
 
 
 def load_strict(model: nn.Module, state: dict[str, torch.Tensor], param: str) -> nn.Module:

@@ -117,19 +117,20 @@ def wait_for_files(paths: list, what: str, poll_s: float = 1.0, stall_s: float =
         time.sleep(poll_s)
 
 
-def sharded_job(paths: list, make: Callable[[int], None], what: str) -> tuple[int, int]:
+def sharded_job(paths: list, make: Callable[[int], None], what: str,
+                intact: Callable[[Path], bool] | None = None) -> tuple[int, int]:
     """The one resumable, rank-split job of the stages that write shards (cache_latents, sample): shard k is the file
     `paths[k]`, written by `make(k)` once complete. Each rank claims the folder (`claimed`: the same run twice is
     refused) and makes every world-size-th shard that is not on disk (the complete shards of an interrupted run are
-    kept); rank zero then waits for the other ranks' files. A single process never waits. Returns (kept, made) for
-    this rank."""
+    kept, unless `intact` says a kept one is damaged: it is made again); rank zero then waits for the other ranks'
+    files. A single process never waits. Returns (kept, made) for this rank."""
     from .progress import progress
 
     world, rank = world_size(), global_rank()
     kept = made = 0
     with claimed(paths[0].parent):
         for k in progress(range(rank, len(paths), world), what, unit="shard"):
-            if paths[k].is_file():
+            if paths[k].is_file() and (intact is None or intact(paths[k])):
                 kept += 1
             else:
                 make(k)

@@ -6,9 +6,10 @@
 
 Every image under the folder (sub-folders included, unreadable files skipped with a count) is centre-cropped to the
 decoder's size as the pipeline crops, encoded by params.yaml's `encoder` (or the diffusers folder's), decoded, and
-written as `<out>/images/<its path>.png` in uint8 as the reference exports them. `<out>/metrics.json` holds PSNR and
-SSIM against the crops and the FD between the crops' and the reconstructions' features (rFID with `fid.extractor:
-inception`), in the feature network that `fid_reference` built; `<out>/reconstructions.png` shows 8 pairs.
+written as `<out>/images/<its path>.png` (`png_names`) in uint8 as the reference exports them. `<out>/metrics.json`
+holds PSNR and SSIM against the crops and the FD between the crops' and the reconstructions' features (rFID with
+`fid.extractor: inception`), in the feature network that `fid_reference` built; `<out>/reconstructions.png` shows 8
+pairs.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -67,6 +69,14 @@ def image_files(root: Path, workers: int | None = None) -> ImageSet:
                                                               np.asarray(labels, dtype=np.int64))})
 
 
+def png_names(files: list[str]) -> list[str]:
+    """Each image's output name: its path with the suffix .png, or its whole name plus .png where two images would
+    share one (`x.jpg` and `x.png` become `x.jpg.png` and `x.png.png`), so that no reconstruction overwrites another."""
+    plain = [str(Path(f).with_suffix(".png")) for f in files]
+    shared = {name for name, count in Counter(plain).items() if count > 1}
+    return [f + ".png" if name in shared else name for f, name in zip(files, plain)]
+
+
 def load_rae(params_file: Path, decoder_file: Path, diffusers: Path | None, official: Path | None,
              official_params: dict, seed: int) -> tuple[FrozenEncoder, ViTDecoder]:
     """The encoder of `params_file` (weights from the diffusers folder when one is given) and the decoder: the one
@@ -93,7 +103,7 @@ def run(image_set: ImageSet, out: Path, encoder: FrozenEncoder, decoder: ViTDeco
         batch_size: int, workers: int) -> dict[str, float]:
     """Reconstruct and score every image of `image_set` (`image_files`), writing the PNGs, metrics.json and the
     pairs' grid to `out`."""
-    files = image_set.splits["all"].files
+    files = png_names(image_set.splits["all"].files)
     size, device = decoder.image_size, local_device()
     encoder, decoder = encoder.to(device), decoder.to(device)
     loader = torch.utils.data.DataLoader(ImageDataset(image_set, "all", size), batch_size=batch_size,
@@ -110,7 +120,7 @@ def run(image_set: ImageSet, out: Path, encoder: FrozenEncoder, decoder: ViTDeco
     def save(recon: torch.Tensor) -> None:
         nonlocal written
         for image in recon.permute(0, 2, 3, 1).cpu().numpy():
-            target = (out / "images" / files[written]).with_suffix(".png")
+            target = out / "images" / files[written]
             target.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(target)
             written += 1

@@ -26,6 +26,10 @@ from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
 
 log = logging.getLogger(__name__)
+# each training run's name (`fit`'s `name`) -> the learning rate to lower when it diverges (the guide trains by
+# train_dit's recipe)
+LR_KEYS = {"train_rae": "train_rae.lr", "train_dit": "train_dit.lr", "train_guide": "train_dit.lr",
+           "classifier": "fid.train.lr"}
 
 
 @dataclass(frozen=True)
@@ -167,6 +171,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
     if not log.isEnabledFor(logging.DEBUG):  # UNIRAE_LOG_LEVEL=DEBUG keeps Lightning's messages
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # Lightning resets it to INFO on import
     L.seed_everything(seed, workers=True, verbose=False)
+    module.lr_key = LR_KEYS.get(name, module.lr_key)
     if runtime.compile:
         module.compile_model()
     history = LossHistory(runtime.log_every_n_steps)

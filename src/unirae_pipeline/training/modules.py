@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import lightning as L
@@ -11,6 +12,7 @@ from torch import nn
 from .optim import EMA, OptimConfig, build_optimizer
 
 Objective = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+DIVERGED = 1e4  # a loss this many times the first step's (at least 1) is a divergence, not training
 
 
 class TrainModule(L.LightningModule):
@@ -24,7 +26,10 @@ class TrainModule(L.LightningModule):
             model.requires_grad_(True)
         self.model, self.optim, self.objective = model, optim, objective
         self.ema = EMA(model, optim.ema_decay)
-        self._first_bad: torch.Tensor | None = None  # on the device: the first step with a non-finite loss, else -1
+        self._first_bad: torch.Tensor | None = None  # on the device: the first diverged step, else -1
+        self._first_loss: torch.Tensor | None = None  # |loss| of this process's first step (at least 1)
+        self._bad_loss: torch.Tensor | None = None  # the loss of the first diverged step
+        self.lr_key = "the stage's lr"  # the params key to lower when it diverges (`fit` names it)
 
     def compile_model(self) -> None:
         """Train through torch.compile of the model; the EMA, checkpoints and outputs keep the plain module."""
@@ -51,17 +56,27 @@ class TrainModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _watch(self, loss: torch.Tensor) -> None:
-        """Note the first non-finite loss on the device, without a host sync: checking it every step would stall
-        the GPU's queue once per step. `_check` reads it at every logging step, before each checkpoint and at the
-        end, so no checkpoint or output holds weights trained on a NaN/Inf loss."""
-        bad = ~torch.isfinite(loss.detach())
-        first = torch.full_like(bad, -1, dtype=torch.long) if self._first_bad is None else self._first_bad
-        self._first_bad = torch.where(bad & (first < 0), self.global_step, first)
+        """Note the first diverged step on the device, without a host sync (checking it every step would stall the
+        GPU's queue once per step): a non-finite loss, or one `DIVERGED` times this process's first (a finite
+        divergence: lr 1e3 reaches 1e28 and would be written as a result). `_check` reads it at every logging step,
+        before each checkpoint and at the end, so no checkpoint or output holds weights trained on it."""
+        loss = loss.detach().float()
+        if self._first_loss is None:
+            self._first_loss = loss.abs().nan_to_num(1.0).clamp_min(1.0)
+            self._first_bad, self._bad_loss = torch.full_like(loss, -1, dtype=torch.long), torch.zeros_like(loss)
+        bad = ~torch.isfinite(loss) | (loss.abs() > DIVERGED * self._first_loss)
+        new = bad & (self._first_bad < 0)
+        self._first_bad = torch.where(new, self.global_step, self._first_bad)
+        self._bad_loss = torch.where(new, loss, self._bad_loss)
 
     def _check(self) -> None:
         if self._first_bad is not None and (step := int(self._first_bad)) >= 0:
-            raise FloatingPointError(f"non-finite training loss at step {step}: training stopped; the last checkpoint "
-                                     "(if any) holds the state before it")
+            loss = float(self._bad_loss)
+            what = ("non-finite training loss" if not math.isfinite(loss) else
+                    f"training loss {loss:.3g}, over {DIVERGED:.0e} times the first step's,")
+            raise FloatingPointError(f"{what} at step {step}: training diverged and stopped (the last checkpoint, if "
+                                     f"any, holds the state before it); lower {self.lr_key} (now {self.optim.lr:g}) "
+                                     "or check the inputs")
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.global_step % self.trainer.log_every_n_steps == 0:  # Lightning syncs to log here anyway

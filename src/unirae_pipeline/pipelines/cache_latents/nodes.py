@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from ...data.encoding import DTYPES, CacheConfig, encode_block, encode_uint8, save_shard
+from ...data.encoding import DTYPES, CacheConfig, encode_block, encode_uint8, intact_shard, save_shard
 from ...data.images import ImageSet
 from ...data.latents import LatentCache
 from ...data.loading import ImageDataset
@@ -67,7 +67,7 @@ def cache_latents(image_set: ImageSet, image_size: int, encoder: EncoderConfig, 
         encoded += len(rows)
         log.debug("rank %d: %s shard %d (%d images) cached", global_rank(), split, k, len(rows))
 
-    kept, _ = sharded_job(paths, encode_shard, "latent shards")
+    kept, _ = sharded_job(paths, encode_shard, "latent shards", intact=intact_shard)
     seconds = time.perf_counter() - start
     log.info("rank %d: encoded %d images in %.1f s (%.0f img/s); %d complete shards kept from an earlier run",
              global_rank(), encoded, seconds, encoded / max(seconds, 1e-9), kept)

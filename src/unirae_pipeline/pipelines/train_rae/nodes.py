@@ -85,13 +85,16 @@ def evaluate_rae(decoder: ModelFile, latents: LatentStore, image_set: ImageSet, 
     images = torch.utils.data.DataLoader(ImageDataset(image_set, "val", latents.manifest["image_size"]),
                                          batch_size=256, num_workers=runtime.num_workers)
     total = latents.manifest["splits"]["val"]["count"]
-    pick = set(torch.linspace(0, total - 1, 16).long().tolist())  # spread over val, which is ordered by class
+    shown = 16 if total >= 16 else min(total, 8)  # two pairs of rows of 8, or one pair for a small val set
+    pick = set(torch.linspace(0, total - 1, shown).long().tolist())  # spread over val, which is ordered by class
     with tf32(use_tf32), torch.no_grad():  # as in training (the reference's stage-1 evaluation: TF32 off)
         result = reconstruct(decoder_from_file(decoder).to(device), extractor,
                              paired(latents.iter_shards("val"), images, 256), device, pick)
     metrics = result.metrics(extractor.kind, {"mu": reference_stats["val_mu"], "sigma": reference_stats["val_sigma"]})
     log.info("decoder on val (%d images): %s", result.count, metrics)
     real, fake = (torch.stack([result.shown[i][j] for i in sorted(result.shown)]) for j in (0, 1))
-    rows = torch.cat([real[:8], fake[:8], real[8:], fake[8:]])  # a row of originals above its reconstructions
-    grid = labelled_grid(rows.permute(0, 2, 3, 1).numpy(), ncol=8, rows=["original", "decoded"] * 2)
+    ncol = min(8, len(real))
+    rows = torch.cat([torch.cat([real[i:i + ncol], fake[i:i + ncol]]) for i in range(0, len(real), ncol)])
+    labels = ["original", "decoded"] * (len(real) // ncol)
+    grid = labelled_grid(rows.permute(0, 2, 3, 1).numpy(), ncol=ncol, rows=labels)
     return metrics, grid
