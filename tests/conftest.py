@@ -14,6 +14,9 @@ import yaml
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+PLOTS_TEMPLATE = ".dvc/plots.html"  # scripts/setup.sh writes it (tools.plots_template): dvc plots draw offline
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def documentation() -> str:
@@ -23,10 +26,11 @@ def documentation() -> str:
 
 
 def copy_repository(dest: Path) -> Path:
-    """The tracked (and untracked, not ignored) files as they are in the working tree, as a clone would hold them."""
+    """The tracked (and untracked, not ignored) files as they are in the working tree, as a clone would hold them
+    after `scripts/setup.sh` (which writes the offline page template of `dvc plots`)."""
     files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
+    for rel in [*filter(None, files), PLOTS_TEMPLATE]:  # and what the set-up makes (ignored: not committed)
         if (ROOT / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, dest / rel)

@@ -229,6 +229,24 @@ def test_precision_recall_of_matching_and_disjoint_sets():
     assert collapsed["precision"] > 0.9 and collapsed["recall"] < 0.5  # mode collapse: precise, no coverage
 
 
+def test_precision_recall_need_enough_images(caplog):
+    """Precision/recall on a few hundred points are k-NN manifolds that cover nearly everything (1.0 for a trained and
+    an untrained model of a 200-image folder): below 500 samples or reference images they are left out, with a
+    warning, and kept from 500."""
+    from unirae_pipeline.evaluation.scoring import Features, sample_scores
+
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(600, 8, generator=gen)
+    reference = {**feature_stats(real.numpy()), "features": real.numpy()}
+
+    def scores(n: int) -> dict:
+        found = Features(torch.randn(n, 8, generator=gen), torch.zeros(n, 0), torch.zeros(n, dtype=torch.long))
+        return sample_scores(found, "dinov2", reference)
+
+    assert {"precision", "recall"} <= set(scores(500))
+    assert set(scores(200)) == {"fd"} and "too few images (200 < 500)" in caplog.text
+
+
 def test_psnr_and_ssim():
     from unirae_pipeline.evaluation.fd import psnr_ssim
 

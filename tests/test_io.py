@@ -285,3 +285,31 @@ def test_non_finite_weights_or_statistics_are_never_written(tmp_path):
     with pytest.raises(DatasetError, match=r"2 non-finite values in 1 tensor\(s\) \(first: 'a'\)"):
         ModelFileDataset(filepath=str(path), kind="dit").save(bad)
     assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_a_flipped_bit_in_samples_or_statistics_fails_its_reader_and_a_kept_sample_shard_is_made_again(tmp_path):
+    """The ADM npz of samples and the reference statistics carry a SHA-256 member (`unirae.sha256`, which ADM
+    readers ignore); a bit flipped in an image or a statistic is refused when the stage opens the file. A sample
+    shard kept from an interrupted run is checked against the checksum beside it and made again when damaged."""
+    from unirae_pipeline.data.samples import SampleSet, intact_shard, write_shard
+    from unirae_pipeline.io.samples import SamplesDataset
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    shard = tmp_path / "cache" / "shard_00000.npy"
+    shard.parent.mkdir()
+    write_shard(shard, images)
+    assert intact_shard(shard)
+    samples = SamplesDataset(filepath=str(tmp_path / "samples.npz"))
+    samples.save(SampleSet([np.load(shard, mmap_mode="r")], np.arange(6), (8, 8, 3)))
+    stats = NpzDataset(filepath=str(tmp_path / "reference_stats.npz"))
+    stats.save({"mu": rng.normal(size=4), "sigma": np.eye(4)})
+    assert set(stats.load()) == {"mu", "sigma"} and np.load(tmp_path / "samples.npz")["arr_0"].shape == (6, 8, 8, 3)
+    assert np.array_equal(np.concatenate(list(samples.load().chunks(4))), images)
+    for dataset, path, into in ((samples, tmp_path / "samples.npz", 200),
+                                (stats, tmp_path / "reference_stats.npz", 140)):
+        flip_bit(path, path.read_bytes().index(b"\x93NUMPY") + into)  # an image byte, a float of mu
+        with pytest.raises(DatasetError, match=f"{path}: its content does not match its checksum.*dvc checkout {path}"):
+            dataset.load()
+    flip_bit(shard, -1)
+    assert not intact_shard(shard)

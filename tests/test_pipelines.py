@@ -155,7 +155,8 @@ def test_metrics_and_reports(chain):
     assert set(metrics) >= {"class_accuracy", "fd", "fd_untrained", "fd_ratio"}
     assert 0 <= metrics["class_accuracy"] <= 1 and metrics["fd"] >= 0
     assert set(outputs["rae_metrics"]) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
-    assert {"precision", "recall"} <= set(metrics) and 0 <= metrics["recall"] <= 1
+    # 40 samples: too few for precision/recall (1.0 for any model), which the metrics say instead of a number
+    assert not {"precision", "recall"} & set(metrics) and metrics["precision_recall"] == "too few images (40 < 500)"
     assert list(outputs["dit_loss"].columns) == ["step", "loss", "lr"]
     assert outputs["sample_grid"].size[0] >= 512 and outputs["reconstructions"].size[0] >= 512
     names = catalog.load("latents").manifest["class_names"]  # rows in label order: class folders sorted by name
@@ -171,6 +172,27 @@ def test_sample_refuses_artefacts_of_another_encoder(chain):
     with pytest.raises(ValueError, match="fingerprints differ"):
         sample_node(outputs["dit"], outputs["dit_snapshot"], outputs["dit_guide"], forged, outputs["latent_stats"],
                     params.sample, params.diffusion, 0, params.runtime)
+
+
+def test_non_finite_samples_and_reconstructions_are_never_written(chain, tmp_path):
+    """A decoder that gives NaN (one bias of its last layer) would quantize to black pixels, written and scored as a
+    result: sampling and stage 1's evaluation stop instead, with the count, and no sample shard is written."""
+    from unirae_pipeline.pipelines.sample import nodes
+    from unirae_pipeline.pipelines.train_rae.nodes import evaluate_rae
+
+    params, catalog, outputs = chain
+    tensors = dict(outputs["decoder"].tensors)
+    last = [k for k in tensors if k.endswith(".bias")][-1]
+    tensors[last] = torch.full_like(tensors[last], float("nan"))
+    broken = replace(outputs["decoder"], tensors=tensors)
+    inputs = list(_sample_inputs(chain, tmp_path, num_per_class=2, batch_size=4, shard_size=8))
+    inputs[3] = broken
+    with pytest.raises(FloatingPointError, match=r"sample: batch 0: [\d,]+ of [\d,]+ decoded values are NaN or Inf"):
+        nodes.sample(*inputs)
+    assert not list(tmp_path.rglob("shard_*.npy"))
+    with pytest.raises(FloatingPointError, match="reconstructions from image 0: .* NaN or Inf"):
+        evaluate_rae(broken, catalog.load("latents"), catalog.load("image_set"), outputs["feature_extractor"],
+                     outputs["reference_stats"], False, params.runtime)
 
 
 def test_autoguidance_uses_the_guide_snapshot(chain):
@@ -338,7 +360,7 @@ def test_sampling_resumes_from_complete_shards_and_exports_the_adm_npz(chain, tm
     dataset.save(resumed)
     assert not resumed.cache.exists()  # shards removed once the npz is complete
     with np.load(tmp_path / "samples.npz") as npz:
-        assert npz.files == ["arr_0", "arr_1"] and npz["arr_0"].dtype == np.uint8
+        assert npz.files == ["arr_0", "arr_1", "unirae.sha256"] and npz["arr_0"].dtype == np.uint8  # ADM + checksum
         assert np.array_equal(npz["arr_0"], np.concatenate(list(unbroken.chunks(60))))
         assert np.array_equal(npz["arr_1"], unbroken.labels)
     loaded = dataset.load()

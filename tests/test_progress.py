@@ -34,6 +34,22 @@ def test_without_bars_a_heartbeat_logs_done_rate_and_time_left(monkeypatch, capl
         heartbeat_s()
 
 
+def test_the_time_left_follows_the_rate_of_the_last_period(monkeypatch, caplog):
+    """100 steps in the first minute, then 1 per minute (the machine got busy): the estimate says 898 minutes left at
+    the new rate, not the 9 that the rate since the start would still claim."""
+    monkeypatch.setenv("UNIRAE_PROGRESS", "0")
+    monkeypatch.setenv("UNIRAE_HEARTBEAT_S", "60")
+    clock = iter([0.0, 60.0, 120.0])
+    monkeypatch.setattr("unirae_pipeline.runtime.progress.time.perf_counter", lambda: next(clock))
+    with caplog.at_level(logging.INFO, logger="unirae_pipeline"):
+        counter = Progress(1000, "train_dit", unit="step")
+        counter.update(100)
+        counter.update(1)
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.endswith("100/1000 step, 1.67 step/s, about 540 s left")
+    assert second.endswith("101/1000 step, 0.02 step/s, about 53940 s left")
+
+
 @pytest.mark.parametrize("method,steps", [("euler", 5), ("heun", 5), ("euler_maruyama", 4)])
 def test_the_sampling_progress_counts_every_network_evaluation(method, steps):
     """`SamplerConfig.evaluations` (the sampling bar's total) is the number of velocity calls a batch makes."""

@@ -8,6 +8,7 @@ from functools import partial
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from unirae_pipeline.config.build import build
@@ -126,6 +127,26 @@ def test_a_finite_divergence_stops_training_naming_the_lr_key(params):
     with pytest.raises(FloatingPointError, match=r"training loss [0-9.]+e\+28, over 1e\+04 times the first step's, at "
                                                  r"step 3: training diverged .* lower train_dit.lr \(now 0.001\)"):
         fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, runtime(), "train_dit", seed=0)
+
+
+def test_tensorboard_names_each_run_by_stage_and_run_key_with_its_params(params, tmp_path, monkeypatch):
+    """`tensorboard --logdir logs` lists `<stage>/<run key>` (not version_0, version_1, ...), each run's params as
+    hparams.yaml; a rerun of the same key (a resume) writes into the same run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.chdir(tmp_path)
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    key = RunKey({"dit": {"depth": 3}, "seed": 0})
+    for _ in range(2):
+        module = TrainModule(nn.Linear(2, 1), optim(duration=4, batch_size=2, warmup=0),
+                             lambda m, batch: (m(batch[0]) ** 2).mean())
+        fit(module, TensorBatches((torch.randn(8, 2),), 2, seed=0), trainer, runtime(log_every_n_steps=1), "train_dit",
+            seed=0, key=key)
+    assert [p.relative_to(tmp_path / "logs").as_posix() for p in (tmp_path / "logs").glob("*/*")] == [
+        f"train_dit/{key.key}"]
+    run = tmp_path / "logs" / "train_dit" / key.key
+    assert yaml.safe_load((run / "hparams.yaml").read_text()) == {"dit.depth": 3, "seed": 0}  # Lightning's record
+    assert "loss" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
 
 
 def test_a_nan_loss_never_reaches_a_checkpoint(params, tmp_path, monkeypatch):
@@ -248,6 +269,7 @@ RANKS_SCRIPT = '''
 import os, sys
 import lightning as L
 import torch
+import yaml
 from torch import nn
 from unirae_pipeline.runtime import RuntimeConfig
 from unirae_pipeline.runtime.scratch import RunKey

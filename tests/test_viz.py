@@ -15,13 +15,9 @@ import pytest
 
 from unirae_pipeline.pipeline_registry import STAGES
 
-from .conftest import ROOT, copy_repository
+from .conftest import CHROMIUM_FLAGS, ROOT, copy_repository
 
 pytestmark = pytest.mark.slow  # kedro viz build and a browser: subprocesses
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 @pytest.fixture(scope="module")
 def chromium() -> str:

@@ -138,11 +138,64 @@ def npz_member(name: str) -> zipfile.ZipInfo:
 
 
 def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """`np.savez(path, **arrays)`, atomically and byte-reproducibly (np.savez stamps each member with the time)."""
-    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, value in arrays.items():
-            with zf.open(npz_member(f"{key}.npy"), "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    """`np.savez(path, **arrays)`, atomically and byte-reproducibly (np.savez stamps each member with the time), sealed
+    with its checksum (`seal_npz`)."""
+    if NPZ_CHECKSUM in arrays:
+        raise ValueError(f"{path}: the member {NPZ_CHECKSUM!r} is the file's checksum")
+    with atomic_file(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, value in arrays.items():
+                with zf.open(npz_member(f"{key}.npy"), "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+        seal_npz(tmp)
+
+
+NPZ_CHECKSUM = "unirae.sha256"  # the npz member (np.load's key) holding the SHA-256 of every other member
+
+
+def _npz_digest(zf: zipfile.ZipFile) -> str:
+    h = hashlib.sha256()
+    for info in zf.infolist():
+        if info.filename != f"{NPZ_CHECKSUM}.npy":
+            h.update(info.filename.encode() + b"\0")
+            with zf.open(info) as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+    return h.hexdigest()
+
+
+def seal_npz(path: str | Path) -> None:
+    """Append the checksum member to a complete npz (readers of the ADM layout load `arr_0` and ignore it)."""
+    with zipfile.ZipFile(path) as zf:
+        digest = _npz_digest(zf)
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open(npz_member(f"{NPZ_CHECKSUM}.npy"), "w") as f:
+            np.lib.format.write_array(f, np.array(digest), allow_pickle=False)
+
+
+def verify_npz(path: str | Path, restore: str) -> None:
+    """Refuse an npz written here whose members no longer match its checksum (every byte read once; zip's own CRC
+    of a member counts as a mismatch too)."""
+    stored = same = None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            with zf.open(f"{NPZ_CHECKSUM}.npy") as f:
+                stored = str(np.lib.format.read_array(f, allow_pickle=False))
+            same = _npz_digest(zf) == stored
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
+        pass  # a damaged directory or checksum member (stored None), or a member failing its CRC (same None)
+    if stored is None:
+        raise CorruptFileError(f"{path}: no checksum could be read from it (damaged, or written before files carried "
+                               f"one): {restore}")
+    if not same:
+        raise CorruptFileError(f"{path}: its content does not match its checksum (a flipped bit on disk or a partial "
+                               f"copy): {restore}")
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a whole file: the checksum of files without a metadata slot (.npy shards), kept beside them."""
+    with open(path, "rb") as f:
+        return _sha256(f, b"")
 
 
 def png_info(image: Image.Image) -> PngInfo:

@@ -4,6 +4,7 @@ back memory-mapped."""
 
 from __future__ import annotations
 
+import logging
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_file, npz_member
+from ..fileio import atomic_file, file_sha256, npz_member, seal_npz
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,11 +48,27 @@ class SampleSet:
 
 
 def write_shard(path: Path, images: np.ndarray) -> np.ndarray:
-    """One shard as .npy, atomically; returned memory-mapped."""
+    """One shard as .npy, atomically, its checksum beside it (`<shard>.sha256`, written first: the shard's
+    existence says both are complete); returned memory-mapped."""
     with atomic_file(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, images)
+        with atomic_file(checksum_file(path)) as side:
+            side.write_text(file_sha256(tmp) + "\n", encoding="utf-8")
     return read_shard(path)
+
+
+def checksum_file(shard: Path) -> Path:
+    return shard.with_name(shard.name + ".sha256")
+
+
+def intact_shard(path: Path) -> bool:
+    """Whether a shard kept from an interrupted run still matches its checksum: a damaged one is sampled again."""
+    side = checksum_file(path)
+    if side.is_file() and side.read_text(encoding="utf-8").strip() == file_sha256(path):
+        return True
+    log.warning("%s: does not match its checksum (%s); it is sampled again", path, side)
+    return False
 
 
 def read_shard(path: Path) -> np.ndarray:
@@ -69,6 +88,7 @@ def write_adm_npz(path: Path, samples: SampleSet) -> None:
                     f.write(block.tobytes())
             with zf.open(npz_member("arr_1.npy"), "w", force_zip64=True) as f:
                 np.lib.format.write_array(f, np.asarray(samples.labels, dtype=np.int64))
+        seal_npz(tmp)
 
 
 def read_adm_npz(path: Path) -> SampleSet:

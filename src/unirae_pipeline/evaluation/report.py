@@ -40,6 +40,15 @@ def grid_labels(image: Image.Image) -> list[str]:
     return json.loads(image.info[LABELS_KEY])
 
 
+def check_finite(images: torch.Tensor, what: str) -> torch.Tensor:
+    """`images` after checking that every value is finite: quantizing turns NaN into black pixels, which would then be
+    written and scored as a result (`what` names them and the stage)."""
+    if bad := int((~torch.isfinite(images)).sum()):
+        raise FloatingPointError(f"{what}: {bad:,} of {images.numel():,} decoded values are NaN or Inf; nothing was "
+                                 "written from them (a diverged model, or settings that overflow)")
+    return images
+
+
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """float images ~[0, 1] -> uint8 exactly as the reference exports samples and reconstructions (`sample_ddp.py`,
     `stage1_sample_ddp.py`): clamp to [0, 1], times 255, truncated (not rounded: about half the pixels would differ

@@ -3,6 +3,7 @@ features of real images, the metrics of generated samples, and the reconstructio
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -12,8 +13,9 @@ from torch import nn
 
 from .extractors import Extractor
 from .fd import feature_stats, frechet_distance, inception_score, precision_recall, psnr_ssim
-from .report import quantize
+from .report import check_finite, quantize
 
+log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (latents, uint8 original images, labels)
 
 
@@ -39,12 +41,25 @@ def extract(extractor: Extractor, batches: Iterable[tuple[torch.Tensor, torch.Te
     return Features.concat([Features(*extractor(images), labels) for images, labels in batches])
 
 
+MIN_PR_IMAGES = 500  # below this, k-NN manifolds (k = 3) of a few hundred points cover nearly everything: precision
+# 1.0 for a trained and an untrained model alike (a 200-image folder), so the metric is left out
+
+
+def pr_skipped(fewest: int) -> str:
+    """The metrics' note when precision/recall are left out."""
+    return f"too few images ({fewest} < {MIN_PR_IMAGES})"
+
+
 def sample_scores(found: Features, kind: str, reference: dict[str, np.ndarray]) -> dict[str, float]:
     """FD to the reference, precision/recall when the reference keeps its features, and class accuracy
     (classifier) or Inception score (Inception)."""
     scores = {"fd": frechet_distance(feature_stats(found.features), reference)}
     if "features" in reference:  # a reference with its features (computed, or an ADM batch with images)
-        scores.update(precision_recall(found.features, torch.from_numpy(reference["features"])))
+        if (fewest := min(len(found.features), len(reference["features"]))) >= MIN_PR_IMAGES:
+            scores.update(precision_recall(found.features, torch.from_numpy(reference["features"])))
+        else:
+            log.warning("precision/recall not computed: %s (%d samples, %d reference images)", pr_skipped(fewest),
+                        len(found.features), len(reference["features"]))
     if kind == "classifier":
         scores["class_accuracy"] = found.accuracy()
     elif kind == "inception":
@@ -82,7 +97,7 @@ def reconstruct(decoder: nn.Module, extractor: Extractor, pairs: Iterable[Batch]
     out = Reconstructions()
     for z, real, labels in pairs:
         real = real.to(device, non_blocking=True)
-        recon = quantize(decoder(z.to(device).float()))
+        recon = quantize(check_finite(decoder(z.to(device).float()), f"reconstructions from image {out.count}"))
         if keep is not None:
             keep(recon)
         for k, v in psnr_ssim(recon, real).items():

@@ -14,8 +14,8 @@ import pandas as pd
 from kedro.io import AbstractDataset, DatasetError
 from PIL import Image
 
-from ..fileio import atomic_file, png_info, write_npz, write_safetensors
-from ..models.serialization import KINDS, ModelFile, read_model_file
+from ..fileio import NPZ_CHECKSUM, atomic_file, png_info, verify_npz, write_npz, write_safetensors
+from ..models.serialization import KINDS, ModelFile, read_model_file, restore
 from ..runtime.ranks import global_rank, is_rank_zero
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,9 @@ class NpzDataset(_PathDataset):
         write_npz(self._filepath, data)
 
     def load(self) -> dict[str, np.ndarray]:
-        with np.load(self._require(), allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
+        verify_npz(self._require(), restore(self._filepath))
+        with np.load(self._filepath, allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files if k != NPZ_CHECKSUM}
 
 
 class JSONDataset(_PathDataset):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 
 from ..data.samples import SampleSet, read_adm_npz, write_adm_npz
+from ..fileio import verify_npz
+from ..models.serialization import restore
 from .datasets import _PathDataset
 
 
@@ -18,4 +20,5 @@ class SamplesDataset(_PathDataset):
             shutil.rmtree(data.cache, ignore_errors=True)
 
     def load(self) -> SampleSet:
-        return read_adm_npz(self._require())
+        verify_npz(self._require(), restore(self._filepath))
+        return read_adm_npz(self._filepath)

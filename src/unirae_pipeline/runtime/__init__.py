@@ -15,6 +15,7 @@ killed stage still resumes from its shards and checkpoints (DESIGN: results vs r
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -50,4 +51,20 @@ class RuntimeConfig:
 
     def scratch_dir(self, kind: str) -> Path:
         """The scratch folder of one kind of work in progress: latents, samples or ckpts."""
-        return Path(self.scratch) / kind
+        return in_repository(self.scratch) / kind
+
+    @property
+    def logs_dir(self) -> Path:
+        return in_repository(self.logs)
+
+
+def repository_root() -> Path:
+    """The repository a run belongs to: DVC's `DVC_ROOT` (which `dvc queue` points at the real repository, not the
+    temporary copy its worker runs in), else the current folder (a plain `kedro run`)."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
+
+
+def in_repository(path: str) -> Path:
+    """A `runtime` path, relative ones taken from the repository (`repository_root`): a queued run's checkpoints and
+    logs outlive its temporary copy, so that a retried task resumes and `tensorboard --logdir logs` finds it."""
+    return Path(path) if Path(path).is_absolute() else repository_root() / path

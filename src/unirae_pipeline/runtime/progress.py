@@ -35,13 +35,13 @@ def heartbeat_s() -> float:
 
 class Progress:
     """`total` units of work: a bar on stderr when progress is shown, else a log line at most every heartbeat
-    period (done, rate, time left)."""
+    period (done, the last period's rate, the time left at that rate)."""
 
     def __init__(self, total: int | None, desc: str, unit: str = "it", initial: int = 0) -> None:
         self.desc, self.unit, self.total, self.done, self.initial = desc, unit, total, initial, initial
         self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True,
                         leave=False) if show_progress() else None
-        self.start = self.last = time.perf_counter()
+        self.last, self.last_done = time.perf_counter(), initial
         self.period = heartbeat_s()
 
     def update(self, n: int = 1) -> None:
@@ -51,8 +51,10 @@ class Progress:
             return
         now = time.perf_counter()
         if now - self.last >= self.period:
-            self.last = now
-            rate = (self.done - self.initial) / max(now - self.start, 1e-9)  # since this process started
+            # the rate of the last period, not since the start: a machine that slows down (another job, throttling)
+            # would otherwise show the early rate's "time left" for a long time
+            rate = (self.done - self.last_done) / max(now - self.last, 1e-9)
+            self.last, self.last_done = now, self.done
             left = f", about {(self.total - self.done) / rate:.0f} s left" if self.total and rate > 0 else ""
             of = f"/{self.total}" if self.total else ""
             log.info("%s: %d%s %s, %.2f %s/s%s", self.desc, self.done, of, self.unit, rate, self.unit, left)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..config.build import plain, run_key
+from . import repository_root
 
 PARAMS_FILE = "params.json"
+REPOSITORY_FILE = "repository.txt"
 _MISSING = object()  # a key the candidate params do not have
 
 
@@ -54,6 +56,8 @@ class RunKey:
         record = folder / PARAMS_FILE
         if not record.is_file():
             record.write_text(json.dumps(flatten(self.params), sort_keys=True, default=str) + "\n", encoding="utf-8")
+        if not (folder / REPOSITORY_FILE).is_file():  # whose it is, on a scratch space that clones share
+            (folder / REPOSITORY_FILE).write_text(f"{repository_root()}\n", encoding="utf-8")
         return folder
 
 
@@ -62,6 +66,7 @@ class Entry:
     path: Path
     params: dict[str, Any] | None  # None: no record (made before records existed): never pruned
     size: int
+    repository: str | None  # the repository whose run made it (None: made before this was recorded)
 
     def used_by(self, candidates: Iterable[dict[str, Any]]) -> bool:
         return self.params is None or any(
@@ -76,4 +81,5 @@ def entries(root: Path) -> Iterator[Entry]:
             record = run / PARAMS_FILE
             params = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
             size = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
-            yield Entry(run, params, size)
+            owner = run / REPOSITORY_FILE
+            yield Entry(run, params, size, owner.read_text(encoding="utf-8").strip() if owner.is_file() else None)

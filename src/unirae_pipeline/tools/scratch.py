@@ -3,8 +3,9 @@
     python -m unirae_pipeline.tools.scratch            # list every folder: in use, or referred to by nothing
     python -m unirae_pipeline.tools.scratch --prune    # remove those neither the workspace nor an experiment uses
 
-keeps what the workspace's `params.yaml` or any DVC experiment (`dvc exp show`) could still resume, and every folder a
-live process holds.
+keeps what the workspace's `params.yaml` or any DVC experiment (`dvc exp show`) could still resume, every folder a
+live process holds, and every folder another repository's run made (a scratch space that clones share: this
+repository's experiments cannot tell whether the other still needs it) unless `--all-repositories`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ..config.build import read_params
+from ..runtime import in_repository, repository_root
 from ..runtime.ranks import in_use
 from ..runtime.scratch import entries, flatten
 
@@ -42,27 +43,25 @@ def experiment_params(cwd: Path) -> list[dict[str, Any]]:
 
 
 def candidates(cwd: Path) -> list[dict[str, Any]]:
-    workspace = flatten(yaml.safe_load((cwd / "params.yaml").read_text(encoding="utf-8")))
-    return [workspace, *experiment_params(cwd)]
+    return [flatten(read_params(cwd / "params.yaml")), *experiment_params(cwd)]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prune", action="store_true", help="remove the folders nothing refers to (default: list)")
+    parser.add_argument("--all-repositories", action="store_true",
+                        help="also judge (and prune) the folders of other repositories' runs by this one's params")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cwd = Path.cwd()
-    workspace = yaml.safe_load((cwd / "params.yaml").read_text(encoding="utf-8"))
-    root = Path(workspace["runtime"]["scratch"])
-    if not root.is_absolute():
-        root = cwd / root
+    root, here = in_repository(read_params(cwd / "params.yaml")["runtime"]["scratch"]), str(repository_root())
     users = candidates(cwd)
     unused = 0
     for entry in entries(root):
-        running = in_use(entry.path)
-        used = running or entry.used_by(users)
-        state = "running" if running else "in use" if entry.params is not None and used else \
-            "no record, kept" if used else "unused"
+        running, foreign = in_use(entry.path), entry.repository != here and not args.all_repositories
+        used = running or foreign or entry.used_by(users)
+        state = "running" if running else "another repo's" if foreign else \
+            "in use" if entry.params is not None and used else "no record, kept" if used else "unused"
         if not used and args.prune:
             shutil.rmtree(entry.path)
             state = "removed"

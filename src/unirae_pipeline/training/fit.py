@@ -21,7 +21,7 @@ from ..runtime import RuntimeConfig
 from ..runtime.checkpoints import intact
 from ..runtime.progress import Progress, show_progress
 from ..runtime.ranks import claimed
-from ..runtime.scratch import RunKey
+from ..runtime.scratch import RunKey, flatten
 from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
 
@@ -189,6 +189,10 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
     manual = not module.automatic_optimization  # steps, accumulates and clips itself (stage 1's two steps)
     if manual:
         module.accumulate = cfg.accumulate_grad_batches
+    # one TensorBoard run per stage and run key (a resumed run continues its own), its params as hparams
+    logger = TensorBoardLogger(runtime.logs_dir, name=name, version=key.key if key else None, default_hp_metric=False)
+    if key is not None:
+        logger.log_hyperparams(flatten(key.params))
     strategy = cfg.strategy
     if strategy == "ddp" and getattr(module, "partly_unused", False):
         strategy = "ddp_find_unused_parameters_true"  # e.g. the discriminator heads before they start training
@@ -197,7 +201,7 @@ def fit(module: TrainModule, batches: TensorBatches | KeyedBatches, cfg: Trainer
         num_nodes=cfg.num_nodes, strategy=strategy, precision=cfg.precision,
         accumulate_grad_batches=1 if manual else cfg.accumulate_grad_batches,
         gradient_clip_val=None if manual else module.optim.grad_clip or None, callbacks=[history, *callbacks, *extra],
-        logger=TensorBoardLogger(runtime.logs, name=name), log_every_n_steps=runtime.log_every_n_steps,
+        logger=logger, log_every_n_steps=runtime.log_every_n_steps,
         enable_checkpointing=ckpt_dir is not None, enable_progress_bar=show_progress(), enable_model_summary=False,
         use_distributed_sampler=False)  # our batch streams take each rank's slice of every global batch themselves
     start = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 
 from ...data.samples import SampleSet
 from ...evaluation.extractors import Extractor
-from ...evaluation.scoring import extract, sample_scores
+from ...evaluation.scoring import extract, pr_skipped, sample_scores
 from ...models.serialization import ModelFile
 from ...runtime.progress import progress
 
@@ -37,6 +37,8 @@ def evaluate(samples: SampleSet, samples_untrained: SampleSet, feature_extractor
     start = time.perf_counter()
     trained = _score(samples, extractor, reference_stats)
     metrics = {**trained, "num_samples": len(samples)}
+    if "features" in reference_stats and "precision" not in trained:  # too few images: say so, never print 1.0
+        metrics["precision_recall"] = pr_skipped(min(len(samples), len(reference_stats["features"])))
     rows = [{"model": "trained", **trained}]
     if len(samples_untrained):  # empty when sample.untrained_baseline is off
         untrained = _score(samples_untrained, extractor, reference_stats)

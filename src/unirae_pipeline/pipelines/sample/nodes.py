@@ -20,11 +20,11 @@ from PIL import Image
 
 from ...config.sample import SampleConfig
 from ...data.normalization import denormalize, norm_stats
-from ...data.samples import SampleSet, read_shard, write_shard
+from ...data.samples import SampleSet, intact_shard, read_shard, write_shard
 from ...diffusion.sampler_config import SamplerConfig
 from ...diffusion.sampling import integrate, module_velocity, time_grid, with_guidance
 from ...diffusion.transport import TransportConfig, VelocityFn, shift_factor
-from ...evaluation.report import labelled_grid, to_uint8_nhwc
+from ...evaluation.report import check_finite, labelled_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_file
 from ...models.dit import build_dit, dit_config, dit_from_file
 from ...models.serialization import ModelFile, check_fingerprints, digest
@@ -76,7 +76,7 @@ def generate(velocity: VelocityFn, latent_shape: tuple[int, int, int], decoder: 
         with autocast:
             z = integrate(counted, noise, y.to(device), grid, sampler, generator)
             images = decoder(denormalize(z.float(), mean, var))
-        out.append(to_uint8_nhwc(images.float()))
+        out.append(to_uint8_nhwc(check_finite(images.float(), f"sample: batch {first_batch + i}")))
     steps.close()
     return np.concatenate(out)
 
@@ -90,7 +90,8 @@ def generate_shards(folder: Path, labels: torch.Tensor, cfg: SampleConfig, image
     starts = range(0, len(labels), cfg.shard_size)
     paths = [folder / f"shard_{k:05d}.npy" for k in range(len(starts))]
     kept, made = sharded_job(paths, lambda k: write_shard(paths[k], make(
-        labels[starts[k]: starts[k] + cfg.shard_size], starts[k] // cfg.batch_size)), "sample shards")
+        labels[starts[k]: starts[k] + cfg.shard_size], starts[k] // cfg.batch_size)), "sample shards",
+        intact=intact_shard)
     if kept:
         log.info("resumed %s: %d of this rank's %d shards were complete", folder, kept, kept + made)
     if global_rank() != 0:
