@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -120,8 +123,6 @@ def test_dvc_plots_draw_every_chart_offline(repo, tmp_path):
     """`dvc plots show` through the set-up's page template (`.dvc/config`: plots.html_template): the page loads
     nothing from a CDN, and in Chromium with every host name unresolvable each Vega chart draws (DVC's own page
     draws none there: only the two image grids appeared)."""
-    import shutil
-
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: scripts/setup.sh installs it (Debian's package, as root)"
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], repo)
@@ -230,6 +231,52 @@ def test_progress_bars_and_log_levels_come_from_the_environment(repo):
     assert "sampled 40 images" not in silent and " INFO " not in silent
     verbose = run(["kedro", "run", "--pipelines", "cache_latents"], repo, UNIRAE_LOG_LEVEL="DEBUG")
     assert "rank 0: train shard 0" in verbose and "Loading data from" in verbose
+
+
+def test_a_killed_queue_worker_is_recovered_and_its_task_resumes_from_its_checkpoints(repo):
+    """A queued train_dit killed with its worker (SIGKILL to the whole process group: a reboot, an out-of-memory
+    kill) after its first checkpoint: the checkpoint is in the repository's scratch, not the queue's temporary copy;
+    docs/troubleshooting.md's commands clear the task and its copy, and the same values queued again resume from
+    that checkpoint and finish."""
+    import signal
+    import time
+
+    values = ["-S", "profile=smoke", "-S", "train_dit.duration=400", "-S", "runtime.checkpoint_every_n_steps=10"]
+    before = set((repo / ".cache" / "ckpts").glob("train_dit-*"))
+    run(["dvc", "exp", "run", "--queue", "-n", "killed", *values], repo)
+    worker = subprocess.Popen(["dvc", "queue", "start"], cwd=repo, env=ENV, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (made := [f for f in set((repo / ".cache" / "ckpts").glob("train_dit-*")) - before
+                        if (f / "last.ckpt").is_file()]):
+        assert time.time() < deadline, run(["dvc", "queue", "status"], repo)
+        time.sleep(2)
+    # `dvc queue start` daemonizes its worker inside the session it was started in: kill that whole session (the
+    # worker, its task and the task's kedro run), as a reboot would
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if os.getsid(int(proc.name)) == worker.pid:
+                    os.kill(int(proc.name), signal.SIGKILL)
+    worker.wait()
+    assert list((repo / ".dvc" / "tmp" / "exps").glob("tmp*"))  # the killed task's temporary copy is left behind
+    # the documented recovery
+    assert re.search(r"killed .*Running", run(["dvc", "queue", "status"], repo))  # what the user finds
+    for clear in ("kill", "remove"):  # either may find the task gone already
+        subprocess.run(["dvc", "queue", clear, "killed"], cwd=repo, env=ENV, capture_output=True)
+    assert "killed" not in run(["dvc", "queue", "status"], repo)
+    run(["dvc", "exp", "clean"], repo)
+    for copy in (repo / ".dvc" / "tmp" / "exps").glob("tmp*"):
+        shutil.rmtree(copy)
+    run(["dvc", "exp", "run", "--queue", "-n", "retried", *values], repo)
+    run(["dvc", "queue", "start"], repo)
+    while re.search(r"\b(Queued|Running)\b", status := run(["dvc", "queue", "status"], repo)):
+        assert time.time() < deadline + 600, status
+        time.sleep(5)
+    assert "Success" in status, status
+    assert f"resuming from {made[0] / 'last.ckpt'}" in run(["dvc", "queue", "logs", "retried"], repo)
+    run(["dvc", "exp", "remove", "retried"], repo)  # the later tests compare their own experiments
+    run(["dvc", "queue", "remove", "--all"], repo)
 
 
 EXP_SHOW = ("dvc exp show --only-changed --drop Created|State|Executor|data/.*|src/.*|/.*|data\\.(lineage|shapes).*|"
