@@ -111,7 +111,7 @@ def pipeline_rate(size: str, batch: int, device: str, compiled: bool, steps: int
     preset, shape, classes = SIZES[size]
     model = build_dit(dit_preset(preset), shape, classes, seed=0)
     optim = OptimConfig("steps", warmup + steps, batch, 2e-4, 2e-5, (0.9, 0.95), 0.0, 0, "constant", None, None,
-                        0.9995, 1.0)
+                        0.9995, 1.0, False)
     transport = TransportConfig("logit_normal", 4096, 0.0, 1.0, "var")
     stats = torch.zeros(shape), torch.ones(shape)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=shift_factor(shape, 4096),

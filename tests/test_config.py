@@ -202,7 +202,6 @@ def test_dvc_stages_are_the_kedro_pipelines():
     ("train_rae.resize_ratio", 0.9, "train_rae.resize_ratio must be >= 1"),  # a resize smaller than the crop
     # across groups
     ("data.image_size", 32, "must equal data.image_size 32: set data.image_size=16"),
-    ("fid.train.batch_size", 7000, "fid.train.batch_size 7000 exceeds the 6000 training images"),
     ("data.shapes.num_classes", 1, "data.shapes.num_classes must be >= 2 with fid.extractor classifier"),
     ("data.shapes.train_per_class", 10 ** 8, "data.shapes: num_classes x (train_per_class + val_per_class) = "
                                              "1,000,001,000 images of 16 px exceed the 4 GiB"),  # was allocated first
@@ -214,6 +213,15 @@ def test_invalid_params_fail_early_naming_the_key(p, path, value, message):
         node = node[part]
     node[leaf] = value
     with pytest.raises(ValueError, match=re.escape(message)):
+        load_params(p)
+
+
+def test_a_fixed_batch_larger_than_the_built_in_set_is_refused(p):
+    """The built-in set's size is known from params: a batch without fit_batch that exceeds it fails the check."""
+    p["fid"]["train"]["batch_size"] = 7000
+    load_params(p)  # fitted to the 6000 images by the stage
+    p["fid"]["train"]["fit_batch"] = False
+    with pytest.raises(ValueError, match="fid.train.batch_size 7000 exceeds the 6000 training images"):
         load_params(p)
 
 
@@ -238,8 +246,12 @@ def test_an_image_folder_too_small_or_with_one_class_fails_before_any_stage(p, t
     p["data"].update(source="imagefolder", root=str(root), lineage=str(root), shapes=None)
     p["train_rae"]["batch_size"] = p["train_dit"]["batch_size"] = 4
     p["fid"]["train"]["batch_size"] = 5
+    check_environment(load_params(p), ["data"])  # the default recipes fit their batches to the set
+    for recipe in (p["train_rae"], p["train_dit"], p["fid"]["train"]):
+        recipe["fit_batch"] = False
     with pytest.raises(ValueError, match=re.escape(f"fid.train.batch_size 5 exceeds the 4 training images (image "
-                                                   f"files in {root}/train)")):
+                                                   f"files in {root}/train): lower it, or set "
+                                                   f"fid.train.fit_batch=true")):
         check_environment(load_params(p), ["data"])
     check_environment(load_params(p), ["train_dit"])  # a stage that does not read the tree does not count it
     p["fid"]["extractor"], p["fid"]["inception_weights"] = "inception", str(root / "train" / "a" / "0.png")

@@ -200,8 +200,9 @@ def test_a_batch_larger_than_an_image_folder_names_its_key(tmp_path, params):
     from .conftest import runtime, typed, write_folder
 
     image_set = scan_image_folder(write_folder(tmp_path / "imgs", {"a": 3, "b": 3}))
+    fixed = _fid("classifier", train={**params["fid"]["train"], "fit_batch": False})
     with pytest.raises(ValueError, match="fid.train.batch_size 128 exceeds the data set size 6"):
-        build_feature_extractor(image_set, 16, _fid("classifier"), typed("trainer", params["trainer"]), 0, runtime())
+        build_feature_extractor(image_set, 16, fixed, typed("trainer", params["trainer"]), 0, runtime())
 
 
 def test_reference_npz_in_the_adm_layout(tmp_path):

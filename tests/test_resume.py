@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent('''
 
     cfg = DiTConfig(32, 2, 2, 32, 1, 2, 2.0, 1, 0.1, 0.2, 16)
     model = build_dit(cfg, (8, 2, 2), 3, seed=0)
-    optim = OptimConfig("steps", 30, 16, 2e-3, 1e-5, (0.9, 0.95), 0.0, 3, "cosine", None, None, 0.9, 1.0)
+    optim = OptimConfig("steps", 30, 16, 2e-3, 1e-5, (0.9, 0.95), 0.0, 3, "cosine", None, None, 0.9, 1.0, False)
     transport = TransportConfig("uniform", 4096, 0.0, 1.0, "mean_var")
     module = TrainModule(model, optim, partial(dit_objective, transport=transport, shift=1.0))
     data = torch.randn(70, 8, 2, 2, generator=torch.Generator().manual_seed(1)), torch.arange(70) % 3
@@ -185,9 +185,9 @@ RAE_SCRIPT = textwrap.dedent('''
     tiny = json.loads(sys.argv[3])  # the sizes of the DINO weights file
     cfg = build(RAETrainConfig, dict(
         unit="steps", duration=14, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0, warmup=2,
-        schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0, source="images",
-        resize_ratio=1.25, lpips_weight=1.0, lpips_start=0, gan_weight=0.75, disc_start=6, disc_upd_start=4,
-        max_d_weight=1e4, diffaug=True, train_tables=False, tf32=False,
+        schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0, fit_batch=False,
+        source="images", resize_ratio=1.25, lpips_weight=1.0, lpips_start=0, gan_weight=0.75, disc_start=6,
+        disc_upd_start=4, max_d_weight=1e4, diffaug=True, train_tables=False, tf32=False,
         lpips={"vgg_weights": "vgg16.pth", "heads_weights": sys.argv[2]},
         disc={"model": "vit_small_patch8_224", "weights": "dino.pth", "input_size": 32, "key_depths": [1],
               "kernel_size": 3, "overrides": tiny}), "train_rae")

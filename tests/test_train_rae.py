@@ -59,7 +59,7 @@ def weights(tmp_path_factory) -> dict[str, str]:
 def recipe(weights: dict[str, str], **over) -> dict:
     base = dict(unit="steps", duration=12, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0,
                 warmup=2, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0,
-                source="latents", resize_ratio=1.25, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
+                fit_batch=False, source="latents", resize_ratio=1.25, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
                 disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True, train_tables=False, tf32=False,
                 lpips={"vgg_weights": weights["vgg"], "heads_weights": LPIPS_HEADS},
                 disc={"model": "vit_small_patch8_224", "weights": weights["dino"], "input_size": 32,

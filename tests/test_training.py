@@ -27,7 +27,7 @@ from .conftest import runtime
 def optim(**over) -> OptimConfig:
     base = dict(unit="steps", duration=100, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95],
                 weight_decay=0.0, warmup=10, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9,
-                grad_clip=1.0)
+                grad_clip=1.0, fit_batch=False)
     return build(OptimConfig, {**base, **over}, "train_dit")  # as params.yaml's groups are built
 
 
@@ -59,6 +59,29 @@ def test_recipes_in_epochs_convert_to_steps(params):
     assert (steps.unit, steps.steps, steps.decay_start, steps.decay_end) == ("steps", 800 * spe, 40 * spe, 800 * spe)
     with pytest.raises(ValueError, match="in_steps"):
         _ = cfg.steps
+
+
+def test_a_small_set_fits_the_batch_and_keeps_the_images_seen(params):
+    """fit_batch halves a batch that leaves fewer than MIN_BATCHES_PER_EPOCH per epoch, the LRs by sqrt(2) and the
+    step-counted times doubled each time; epochs keep their count; without fit_batch the recipe is unchanged (and the
+    batch classes refuse a set smaller than it)."""
+    from unirae_pipeline.training.fit import recipe_in_steps
+    from unirae_pipeline.training.optim import MIN_BATCHES_PER_EPOCH
+
+    trainer = build(TrainerConfig, params["trainer"], "trainer")
+    cfg = optim(batch_size=128, duration=1000, warmup=50, decay_end=800, fit_batch=True)
+    assert recipe_in_steps(cfg, 128 * MIN_BATCHES_PER_EPOCH, trainer, "train_dit") == cfg  # already fits
+    small = recipe_in_steps(cfg, 100, trainer, "train_dit")  # 100 // 16 = 6 >= 4 > 100 // 32
+    assert (small.batch_size, small.steps, small.warmup, small.decay_end) == (16, 8000, 400, 6400)
+    assert (small.lr, small.final_lr) == pytest.approx((1e-3 / 8 ** 0.5, 1e-5 / 8 ** 0.5))
+    assert small.batch_size * small.steps == cfg.batch_size * cfg.steps
+    accumulated = build(TrainerConfig, {**params["trainer"], "accumulate_grad_batches": 2}, "trainer")
+    assert recipe_in_steps(cfg, 100, accumulated, "train_dit").batch_size == 8  # the global batch counts
+    assert recipe_in_steps(cfg, 3, trainer, "train_dit").batch_size == 1
+    epochs = recipe_in_steps(optim(unit="epochs", duration=10, warmup=1, batch_size=64, fit_batch=True), 100,
+                             trainer, "train_dit")
+    assert (epochs.batch_size, epochs.steps, epochs.warmup) == (16, 10 * 6, 6)
+    assert recipe_in_steps(optim(batch_size=128), 100, trainer, "train_dit").batch_size == 128
 
 
 def test_ema_update_is_a_lerp():
@@ -296,7 +319,7 @@ class Stop(L.Callback):
 
 torch.manual_seed(0)
 module = TrainModule(nn.Linear(2, 1), OptimConfig("steps", 4, 4, 1e-2, 1e-3, (0.9, 0.95), 0.0, 0, "constant", None,
-                                                  None, 0.9, 0.0), objective)
+                                                  None, 0.9, 0.0, False), objective)
 start = module.global_step
 fit(module, TensorBatches((torch.randn(64, 2),), 4, seed=0), TrainerConfig("cpu", 2, 1, "ddp", "32-true", 1),
     RuntimeConfig(0, 1, 2, False, "cpu", ".cache", "logs"), "ranks", seed=3, callbacks=(Stop(),),

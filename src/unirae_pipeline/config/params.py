@@ -75,14 +75,19 @@ class Params:
                                    "data.shapes: num_classes x train_per_class")
 
     def batch_keys(self) -> tuple[str, ...]:
-        """The batch sizes drawn from the training images (the FID classifier's only when it is trained here)."""
-        return BATCH_KEYS if self.fid.extractor == "classifier" else BATCH_KEYS[:2]
+        """The fixed batch sizes drawn from the training images (the FID classifier's only when it is trained here;
+        a recipe with `fit_batch` fits its batch to any set)."""
+        keys = BATCH_KEYS if self.fid.extractor == "classifier" else BATCH_KEYS[:2]
+        return tuple(key for key in keys if not self.get(key.replace("batch_size", "fit_batch")))
 
     def check_batch_sizes(self, images: int, source: str) -> None:
-        """No batch of the training stages may exceed the training set (each epoch drops its last partial batch)."""
+        """No fixed batch of the training stages may exceed the training set (each epoch drops its last partial
+        batch)."""
         for key in self.batch_keys():
             if self.get(key) > images:
-                raise ValueError(f"{key} {self.get(key)} exceeds the {images} training images ({source})")
+                fit = key.replace("batch_size", "fit_batch")
+                raise ValueError(f"{key} {self.get(key)} exceeds the {images} training images ({source}): lower "
+                                 f"it, or set {fit}=true to fit it to the set")
 
     def get(self, key: str) -> Any:
         """The value at a dotted params key (`sample.sampler.method`), as typed as the tree holds it."""
@@ -114,7 +119,7 @@ def check_environment(params: Params, keys: Iterable[str]) -> None:
 def _check_image_folder(params: Params) -> None:
     """The couplings of an ImageFolder tree with the other groups, from a count by file name that stops at the
     largest batch: checked by the first stage (prepare_data reads `data`), before any stage spends compute."""
-    limit = max(params.get(key) for key in params.batch_keys())
+    limit = max((params.get(key) for key in params.batch_keys()), default=1)
     classes, images = count_images(params.data.root, "train", limit)
     if params.fid.extractor == "classifier" and classes < 2:
         raise ValueError(f"data.root {params.data.root!r} has {classes} class folder(s) in train/; fid.extractor "

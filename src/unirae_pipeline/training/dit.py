@@ -18,7 +18,7 @@ from ..models.serialization import ModelFile, check_fingerprints
 from ..runtime import RuntimeConfig
 from ..runtime.scratch import RunKey
 from .data import KeyedBatches
-from .fit import EMASnapshot, TrainerConfig, fit, steps_per_epoch
+from .fit import EMASnapshot, TrainerConfig, fit, recipe_in_steps
 from .modules import TrainModule
 from .objectives import dit_objective
 from .optim import DiTTrainConfig
@@ -35,9 +35,9 @@ def fit_dit(latents: LatentStore, latent_stats: ModelFile, cfg: DiTConfig, optim
     fingerprint = check_fingerprints(latents=manifest["fingerprint"],
                                      latent_stats=latent_stats.expect("stats").meta["fingerprint"])
     shape, num_classes = tuple(manifest["latent_shape"]), len(manifest["class_names"])
-    batches = KeyedBatches(LatentRows(latents, "train"), optim.batch_size, seed, run.num_workers,
-                           views=latents.views("train"), key="train_dit.batch_size")
-    optim = optim.in_steps(steps_per_epoch(batches.num_samples, optim.batch_size, trainer))
+    rows, views = LatentRows(latents, "train"), latents.views("train")
+    optim = recipe_in_steps(optim, len(views), trainer, "train_dit")  # the guide's recipe is train_dit's too
+    batches = KeyedBatches(rows, optim.batch_size, seed, run.num_workers, views=views, key="train_dit.batch_size")
     model = build_dit(cfg, shape, num_classes, seed)
     stats = norm_stats(latent_stats.tensors, transport.latent_norm)
     module = TrainModule(model, optim, partial(dit_objective, transport=transport,

@@ -24,6 +24,7 @@ from ..runtime.ranks import claimed
 from ..runtime.scratch import RunKey, flatten
 from .data import KeyedBatches, TensorBatches
 from .modules import TrainModule
+from .optim import MIN_BATCHES_PER_EPOCH, OptimConfig
 
 log = logging.getLogger(__name__)
 # each training run's name (`fit`'s `name`) -> the learning rate to lower when it diverges (the guide trains by
@@ -125,12 +126,30 @@ def tf32(enabled: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> int:
-    """Optimizer steps in one pass over the data: the global batch is batch x accumulation x devices x nodes."""
+def replicas(cfg: TrainerConfig) -> int:
+    """Batches in one optimizer step: accumulation x devices x nodes (the global batch over the per-device one)."""
     devices = cfg.devices if isinstance(cfg.devices, int) else 1 if cfg.accelerator == "cpu" else None
     if devices is None:
-        raise ValueError("trainer.devices must be a number when a recipe counts epochs")
-    return num_samples // (batch_size * cfg.accumulate_grad_batches * devices * cfg.num_nodes)
+        raise ValueError("trainer.devices must be a number when a recipe counts epochs or fits its batch")
+    return cfg.accumulate_grad_batches * devices * cfg.num_nodes
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, cfg: TrainerConfig) -> int:
+    """Optimizer steps in one pass over the data: the global batch is batch x accumulation x devices x nodes."""
+    return num_samples // (batch_size * replicas(cfg))
+
+
+def recipe_in_steps(recipe: OptimConfig, num_samples: int, cfg: TrainerConfig, key: str) -> OptimConfig:
+    """A stage's recipe for its `num_samples` training items, counted in optimizer steps: its batch fitted to the
+    set (`OptimConfig.fitted`, logged when it changes) and its epochs converted. `key`: the recipe's params group."""
+    if recipe.unit == "steps" and not recipe.fit_batch:
+        return recipe  # nothing to convert: a multi-device run with devices "auto" needs no count
+    fitted = recipe.fitted(num_samples, replicas(cfg))
+    if fitted.batch_size != recipe.batch_size:
+        log.info("%s: %d training items hold fewer than %d batches of %d (%s.fit_batch): batch %d, lr %.3g, "
+                 "duration %g %s", key, num_samples, MIN_BATCHES_PER_EPOCH, recipe.batch_size, key,
+                 fitted.batch_size, fitted.lr, fitted.duration, fitted.unit)
+    return fitted.in_steps(steps_per_epoch(num_samples, fitted.batch_size, cfg))
 
 
 class RankSeed(L.Callback):

@@ -10,6 +10,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+MIN_BATCHES_PER_EPOCH = 4  # `fit_batch` halves a batch until an epoch holds this many
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -20,6 +22,7 @@ class OptimConfig:
     `decay_start` (null: the end of warm-up) to `final_lr` at `decay_end` (null: the end) and stays there; the
     reference stage-2 recipe is constant for 40 epochs, linear to 2e-5 at epoch 800. `decay_end` may lie past
     `duration`: a run stopped early on a longer schedule, as the paper's 80-epoch snapshot of its 800-epoch run.
+    `fit_batch`: a training set too small for `batch_size` gets a smaller batch instead of a refusal (`fitted`).
     """
 
     unit: Literal["steps", "epochs"]
@@ -35,6 +38,7 @@ class OptimConfig:
     decay_end: float | None
     ema_decay: float
     grad_clip: float
+    fit_batch: bool
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -64,6 +68,23 @@ class OptimConfig:
         if self.unit != "steps":
             raise ValueError("convert the recipe with in_steps() first")
         return int(self.duration)
+
+    def fitted(self, num_samples: int, replicas: int) -> OptimConfig:
+        """The recipe for a training set of `num_samples` items, each optimizer step taking `replicas` batches
+        (accumulation x devices x nodes). With `fit_batch`, a batch that leaves fewer than MIN_BATCHES_PER_EPOCH
+        steps per epoch is halved until it leaves that many (down to 1), the LRs scaled by the square root of the
+        ratio (the rule for Adam) and step-counted times by its inverse: the run sees as many images, and a set of
+        a few dozen images trains as well as the recipe's set rather than taking one noisy step per epoch."""
+        batch = self.batch_size
+        while self.fit_batch and batch > 1 and num_samples // (batch * replicas) < MIN_BATCHES_PER_EPOCH:
+            batch //= 2
+        if batch == self.batch_size:
+            return self
+        ratio = self.batch_size / batch
+        times = {} if self.unit == "epochs" else {
+            k: None if getattr(self, k) is None else getattr(self, k) * ratio for k in self.TIMES}
+        return replace(self, batch_size=batch, lr=self.lr / math.sqrt(ratio),
+                       final_lr=self.final_lr / math.sqrt(ratio), **times)
 
     def in_steps(self, steps_per_epoch: int) -> OptimConfig:
         """The same recipe counted in optimizer steps."""

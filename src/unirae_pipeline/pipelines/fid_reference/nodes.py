@@ -27,7 +27,7 @@ from ...models.serialization import ModelFile
 from ...runtime import RuntimeConfig
 from ...runtime.scratch import RunKey
 from ...training.data import TensorBatches
-from ...training.fit import TrainerConfig, fit, steps_per_epoch
+from ...training.fit import TrainerConfig, fit, recipe_in_steps
 from ...training.modules import TrainModule
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def build_feature_extractor(image_set: ImageSet, image_size: int, cfg: FIDConfig
                          f"{image_set.num_classes}: use fid.extractor inception or dinov2 for a one-class data set")
     clf = cfg.classifier
     images, labels = load_split_uint8(image_set, "train", image_size)
-    batches = TensorBatches((images, labels), cfg.train.batch_size, seed, key="fid.train.batch_size")
-    optim = cfg.train.in_steps(steps_per_epoch(len(labels), cfg.train.batch_size, trainer))
+    optim = recipe_in_steps(cfg.train, len(labels), trainer, "fid.train")
+    batches = TensorBatches((images, labels), optim.batch_size, seed, key="fid.train.batch_size")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ShapeClassifier(clf, image_set.num_classes)

@@ -25,7 +25,7 @@ from ...runtime import RuntimeConfig
 from ...runtime.ranks import local_device
 from ...runtime.scratch import RunKey
 from ...training.data import KeyedBatches, TensorBatches
-from ...training.fit import TrainerConfig, fit, steps_per_epoch, tf32
+from ...training.fit import TrainerConfig, fit, recipe_in_steps, tf32
 from ...training.rae import RAEModule, RAETrainConfig
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,12 @@ def train_rae(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig,
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
         size = manifest["image_size"]
         crops = RandomCrops(image_set, "train", size, int(recipe.resize_ratio * size), seed)
-        batches = KeyedBatches(crops, recipe.batch_size, seed, run.num_workers, key="train_rae.batch_size")
+        optim = recipe_in_steps(recipe, len(crops), trainer, "train_rae")
+        batches = KeyedBatches(crops, optim.batch_size, seed, run.num_workers, key="train_rae.batch_size")
     else:  # the cached centre-crop latents and their images, held in memory
         z, images = _targets(latents, image_set, "train")
-        batches = TensorBatches((z, images), recipe.batch_size, seed, key="train_rae.batch_size")
-    optim = recipe.in_steps(steps_per_epoch(batches.num_samples, recipe.batch_size, trainer))
+        optim = recipe_in_steps(recipe, len(z), trainer, "train_rae")
+        batches = TensorBatches((z, images), optim.batch_size, seed, key="train_rae.batch_size")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = ViTDecoder(cfg, channels, grid, encoder.pixel_norm)
