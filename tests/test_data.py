@@ -490,3 +490,24 @@ def test_bf16_caching_is_close_to_fp32_and_cached_apart(tmp_path):
     fp32, bf16 = caches["fp32"], caches["bf16"]
     assert fp32.shape == bf16.shape == (10, 64, 4, 4) and not torch.equal(fp32, bf16)
     assert (bf16 - fp32).norm() / fp32.norm() < 0.01  # 0.003 here; bf16 rounds at 0.004
+
+
+def test_example_folders_are_the_packaged_sets_split_per_class(tmp_path):
+    """tools.example_folders writes scikit-learn's digits and scikit-image's LFW faces as ImageFolder trees that the
+    pipeline indexes: every image once, each class split by the val fraction, the pixels those of the package."""
+    from PIL import Image
+
+    from unirae_pipeline.data.images import scan_image_folder
+    from unirae_pipeline.tools.example_folders import faces, write_folder
+
+    assert write_folder("faces", tmp_path / "faces") == {"train": 160, "val": 40}
+    image_set = scan_image_folder(tmp_path / "faces")
+    assert image_set.class_names == ["face", "non_face"]
+    assert {k: len(v) for k, v in image_set.splits.items()} == {"train": 160, "val": 40}
+    images, _, _ = faces()
+    (first,) = [f for f in (tmp_path / "faces").rglob("0.png") if f.parent.name == "face"]
+    assert np.array_equal(np.asarray(Image.open(first)), images[0])
+    counts = write_folder("digits", tmp_path / "digits", val_fraction=0.5)
+    assert counts["train"] + counts["val"] == 1797 and abs(counts["train"] - counts["val"]) <= 10
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_folder("digits", tmp_path / "digits")
