@@ -89,8 +89,9 @@ def test_the_chain_at_twice_the_resolution(tmp_path):
 def test_your_own_images_with_the_readme_command(tmp_path):
     """The README's `data=folder` line, its root a small folder of 40 px images in two classes, on the smoke profile
     (which composes with data=folder: training stages cut to seconds, the folder kept): every stage runs on 16 px
-    centre crops of those images. The same line with the default batch sizes is refused by `check_params` naming the
-    key."""
+    centre crops of those images, unmirrored (the folder preset's default), each training stage's batch fitted to the
+    40 training images (smoke's 64 halved to 8: 5 batches per epoch, 8 x the steps). The same line with fixed
+    batches is refused by `check_params`, naming the key and fit_batch."""
     import shlex
     import subprocess
     import sys
@@ -100,23 +101,27 @@ def test_your_own_images_with_the_readme_command(tmp_path):
     (line,) = [line for line in (ROOT / "README.md").read_text().splitlines() if "-S data=folder" in line]
     tokens = shlex.split(line)
     overrides = [tokens[i + 1] for i, t in enumerate(tokens) if t == "-S"]
+    assert overrides == ["data=folder", "data.root=/path/to/images"]  # nothing else to pick
     root = write_folder(tmp_path / "images", {"cat": 20, "dog": 20}, size=40)
     for extra in [f for f in (root / "val").rglob("*.png") if int(f.stem) >= 3]:
         extra.unlink()  # 6 val images: fewer than the 16 that train_rae's grid shows (it failed after training)
     overrides = [o.replace("/path/to/images", str(root)) for o in overrides]
     params, catalog, out = run_chain(tmp_path / "run", ["profile=smoke", *overrides])  # the smoke profile keeps them
     assert catalog.load("image_set").class_names == ["cat", "dog"] and params.data.root == str(root)
-    assert catalog.load("latents").manifest["splits"]["train"]["count"] == 2 * 40  # plain + mirrored
+    assert catalog.load("latents").manifest["splits"]["train"]["count"] == 40 and not params.latents.hflip
+    assert params.train_dit.batch_size == 64 and params.train_dit.duration == 20
+    assert out["dit_loss"]["step"].max() == 8 * 20 == out["rae_loss"]["step"].max()
     assert np.concatenate(list(out["samples"].chunks(64))).shape == (2 * 4, 16, 16, 3)
     assert grid_labels(out["reconstructions"]) == ["original", "decoded"]  # one pair of rows of 6
     work = tmp_path / "check"
     work.mkdir()
-    defaults = compose_params([o for o in overrides if "batch_size" not in o], conf_dir=ROOT / "conf")
-    (work / "params.yaml").write_text(dump(defaults), encoding="utf-8")
+    fixed = compose_params([*overrides, "train_rae.fit_batch=false", "train_dit.fit_batch=false",
+                            "fid.train.fit_batch=false"], conf_dir=ROOT / "conf")
+    (work / "params.yaml").write_text(dump(fixed), encoding="utf-8")
     refused = subprocess.run([sys.executable, "-m", "unirae_pipeline.config", str(work / "marker.txt")], cwd=work,
                              capture_output=True, text=True)
     assert refused.returncode == 2 and not (work / "marker.txt").exists()
-    assert "exceeds the 40 training images" in refused.stderr and "batch_size" in refused.stderr
+    assert "exceeds the 40 training images" in refused.stderr and "fit_batch=true" in refused.stderr
 
 
 def test_latent_cache_holds_train_plain_and_flipped_plus_val(chain):
