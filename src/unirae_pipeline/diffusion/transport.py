@@ -69,3 +69,36 @@ def flow_matching_loss(model: VelocityFn, x: torch.Tensor, y: torch.Tensor, t: t
     tb = t.view(-1, *([1] * (x.dim() - 1)))
     x_t = (1 - tb) * x + tb * noise
     return (model(x_t, t, y) - (noise - x)).pow(2).mean()
+
+
+def x_to_velocity(x_t: torch.Tensor, x_hat: torch.Tensor, t: torch.Tensor, t_eps: float) -> torch.Tensor:
+    """A prediction of the clean latent as a velocity on the linear path, (x_t - x_hat) / max(t, t_eps) (RAEv2's
+    `convert_model_pred`): the clamp keeps the division finite at t -> 0, where x-prediction is well posed."""
+    return (x_t - x_hat) / t.view(-1, *([1] * (x_t.dim() - 1))).clamp_min(t_eps)
+
+
+def draw_raev2(x: torch.Tensor, y: torch.Tensor, *, null_label: int, label_dropout: float, shift: float,
+               logit_mean: float = 0.0, logit_std: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A training step's labels (dropped to the null class with `label_dropout`), noise and times, from the global
+    generators in RAEv2's order and devices (`Transport.training_losses`: label mask, noise like x, then an
+    untruncated logit-normal time on the CPU, shifted): a seed gives RAEv2's draws."""
+    drop = torch.rand(y.shape[0], device=y.device) < label_dropout
+    noise = torch.randn_like(x)
+    t = shift_time(torch.sigmoid(torch.randn(x.shape[0]) * logit_std + logit_mean), shift)
+    return torch.where(drop, torch.full_like(y, null_label), y), noise, t.to(x)
+
+
+def x_prediction_losses(model: Callable[..., tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, y: torch.Tensor,
+                        t: torch.Tensor, noise: torch.Tensor, *, t_eps: float,
+                        base_coeff: float) -> dict[str, torch.Tensor]:
+    """RAEv2's objective for a model that predicts the clean latent with two heads `(full, base)`: each prediction
+    converted to a velocity (`x_to_velocity`) and scored by its squared error against the path's velocity, the base
+    head's weighted by `base_coeff`, summed elementwise before the mean. Returns the total and both heads' means."""
+    tb = t.view(-1, *([1] * (x.dim() - 1)))
+    x_t = (1 - tb) * x + tb * noise
+    target = x_to_velocity(x_t, x, t, t_eps)  # = noise - x wherever t >= t_eps
+    full, base = model(x_t, t, y)
+    full_err = (x_to_velocity(x_t, full, t, t_eps) - target).pow(2)
+    base_err = (x_to_velocity(x_t, base, t, t_eps) - target).pow(2)
+    return {"loss": (full_err + base_coeff * base_err).mean(), "loss_full": full_err.mean(),
+            "loss_base": base_err.mean()}

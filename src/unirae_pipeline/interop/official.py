@@ -1,4 +1,5 @@
-"""Converters for the released RAE checkpoints (bytetriper/RAE): DiT-DH, ViT decoders, latent statistics.
+"""Converters for the released RAE checkpoints (bytetriper/RAE): DiT-DH, ViT decoders, latent statistics; and for
+RAEv2's (nanovisionx/RAEv2): its DiT with the internal-guidance base head.
 
 Each function takes an already loaded state dict (use `read_checkpoint`, which never unpickles code) and the
 official config's keyword arguments, checks every key, and returns our module with identical outputs.
@@ -14,6 +15,7 @@ import torch
 
 from ..models.decoder import DecoderConfig, ViTDecoder
 from ..models.dit import DiTConfig, DiTDH
+from ..models.dit_raev2 import RAEv2DiT, RAEv2DiTConfig
 from ..models.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from ..models.layers import Rope2D
 from ..models.serialization import load_strict, read_state_dict
@@ -82,6 +84,50 @@ def load_official_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, p
                 _check_table(f"{name}.{part}", state.pop(f"{name}.{part}"), ours)
     state.setdefault("pos_embed", model.pos_embed.detach().clone())  # as trained (the reference's GPU trainer) or not
     load_strict(model, state, "official DiT-DH")
+    return model.eval()
+
+
+def load_raev2_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, in_channels: int, patch_size: Any = 1,
+                   hidden_size: Any = (1152, 2048), depth: Any = (28, 2), num_heads: Any = (16, 16),
+                   mlp_ratio: float = 4.0, base_model_depth: int = 8, num_classes: int = 1000,
+                   condition_type: str = "label", cond_arch: Any = None, **unused: Any) -> RAEv2DiT:
+    """Our RAEv2 DiT from a `DiTwDDTHeadIG` state dict (a released checkpoint's "ema"); keyword names and defaults
+    are those of RAEv2's class and its config's `stage_2.params` (`cond_arch` its `conditioning.arch`, a dict or an
+    object with `num_t_tokens`/`num_c_tokens`; the counts are also read from the weights)."""
+    if condition_type != "label":
+        raise ValueError(f"RAEv2 DiT with condition_type={condition_type!r} is not supported (class labels only)")
+    for key, value in unused.items():
+        if key in ("enable_repa", "use_cfg_conds") and value:
+            raise ValueError(f"RAEv2 DiT with {key}={value} is not supported (the released ImageNet models: False)")
+        if key not in ("context_dim", "enable_repa", "use_cfg_conds", "repa_layer_depth", "z_dim"):
+            raise TypeError(f"load_raev2_dit: unknown keyword {key!r}")
+    p_s, p_x = _pair(patch_size, "patch_size")
+    if p_s != p_x:
+        raise ValueError(f"RAEv2 DiT with trunk and head patch sizes {p_s} != {p_x} is not supported")
+    state = _strip(state_dict)
+    for name in ("t_embedder.W", "t_embedder.learnable_tokens", "ctx_embedder.learnable_tokens"):
+        if name not in state:
+            raise KeyError(f"RAEv2 DiT state dict has no {name!r} (is this a DiTwDDTHeadIG checkpoint?)")
+    tokens = {"num_t_tokens": state["t_embedder.learnable_tokens"].shape[0],
+              "num_c_tokens": state["ctx_embedder.learnable_tokens"].shape[0]}
+    for key, count in tokens.items():
+        given = cond_arch.get(key) if isinstance(cond_arch, dict) else getattr(cond_arch, key, None)
+        if given is not None and given != count:
+            raise ValueError(f"RAEv2 DiT: cond_arch.{key}={given} but the weights hold {count} tokens")
+    (d, dh), (depth_s, depth_h), (heads_s, heads_h) = (_pair(hidden_size, "hidden_size"), _pair(depth, "depth"),
+                                                        _pair(num_heads, "num_heads"))
+    cfg = RAEv2DiTConfig(hidden_size=d, depth=depth_s, num_heads=heads_s, head_hidden_size=dh, head_depth=depth_h,
+                         head_num_heads=heads_h, mlp_ratio=mlp_ratio, patch_size=p_s, base_depth=base_model_depth,
+                         time_tokens=tokens["num_t_tokens"], class_tokens=tokens["num_c_tokens"],
+                         fourier_features=state["t_embedder.W"].shape[0])
+    model = RAEv2DiT(cfg, in_channels, input_size, num_classes)
+    # RAEv2 stores its RoPE tables; ours are computed: check that they agree, then drop them.
+    ropes = {"enc_rope": model.blocks[0].attn.rope, "dec_rope": model.blocks[-1].attn.rope}
+    for name, rope in ropes.items():
+        for part, ours in (("freqs_cos", rope.cos), ("freqs_sin", rope.sin)):
+            if f"{name}.{part}" in state:
+                _check_table(f"{name}.{part}", state.pop(f"{name}.{part}"), ours)
+    load_strict(model, state, "RAEv2 DiT")
     return model.eval()
 
 

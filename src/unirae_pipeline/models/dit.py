@@ -26,6 +26,7 @@ from .layers import (
     modulate,
     sincos_pos_embed_2d,
     swiglu_hidden,
+    unpatchify,
     xavier_flat_,
 )
 from .serialization import ModelFile
@@ -171,9 +172,7 @@ class DiTBackbone(nn.Module):
         return torch.where(drop, torch.full_like(y, self.num_classes), y)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        p, c, g = self.cfg.patch_size, self.in_channels, self.grid
-        x = x.view(x.shape[0], g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(x.shape[0], c, g * p, g * p)
+        return unpatchify(x, self.cfg.patch_size, self.in_channels)
 
 
 class DiTDH(DiTBackbone):

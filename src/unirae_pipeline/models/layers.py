@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -52,6 +54,20 @@ class SwiGLU(nn.Module):
         return self.w3(nn.functional.silu(a) * b)
 
 
+class SplitSwiGLU(nn.Module):
+    """The same gated MLP with separate value and gate matrices (RAEv2's names): Muon orthogonalizes each matrix on
+    its own, so fusing them would change the update, not only the checkpoint's keys."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden)
+        self.w2 = nn.Linear(dim, hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w3(nn.functional.silu(self.w1(x)) * self.w2(x))
+
+
 def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
     """Hidden width that keeps SwiGLU's parameter count close to a plain 4x MLP (LLaMA's 2/3 rule)."""
     return int(2 / 3 * mlp_ratio * dim)
@@ -61,9 +77,10 @@ class Rope2D(nn.Module):
     """Axial 2-D rotary embedding (EVA style): half of each head rotates with the row, half with the column.
 
     Adjacent channel pairs are rotated; frequencies are the language-model ones, 1/10000^(2i/d), d = head_dim/2.
+    `extra_tokens` rows follow the grid unrotated (RAEv2's in-context time and class tokens have no position).
     """
 
-    def __init__(self, head_dim: int, grid: int, theta: float = 10000.0) -> None:
+    def __init__(self, head_dim: int, grid: int, theta: float = 10000.0, extra_tokens: int = 0) -> None:
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"2-D RoPE needs a head dimension divisible by 4, got {head_dim}")
@@ -74,6 +91,7 @@ class Rope2D(nn.Module):
         rows = angles[:, None, :].expand(grid, grid, axis_dim)
         cols = angles[None, :, :].expand(grid, grid, axis_dim)
         full = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
+        full = torch.cat([full, full.new_zeros(extra_tokens, head_dim)])  # angle 0: the identity
         self.register_buffer("cos", full.cos().float(), persistent=False)
         self.register_buffer("sin", full.sin().float(), persistent=False)
 
@@ -82,6 +100,13 @@ class Rope2D(nn.Module):
         pairs = x.unflatten(-1, (-1, 2))
         rotated = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
         return x * self.cos.to(x.dtype) + rotated * self.sin.to(x.dtype)
+
+
+def unpatchify(x: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+    """(B, g*g, p*p*C) patch tokens in row-major order -> (B, C, g*p, g*p), as DiT's."""
+    g = math.isqrt(x.shape[1])
+    x = x.reshape(x.shape[0], g, g, patch, patch, channels).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(x.shape[0], channels, g * patch, g * patch)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,135 @@
+"""RAEv2 (nanovisionx/RAEv2@8a0d238): our modules reproduce its code's, checked against fixtures that its code made
+(tests/fixtures/make_raev2_fixtures.py) and its released configs (tests/fixtures/raev2_configs.json)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from unirae_pipeline.diffusion.transport import draw_raev2, x_prediction_losses, x_to_velocity
+from unirae_pipeline.interop.official import load_raev2_dit
+from unirae_pipeline.models.dit_raev2 import RAEv2DiTConfig, build_raev2_dit
+from unirae_pipeline.models.layers import count_params
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[dict[str, torch.Tensor], dict]:
+    with safe_open(str(FIXTURES / "raev2_tiny.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["dit"])
+
+
+@pytest.fixture(scope="module")
+def configs() -> dict:
+    return json.loads((FIXTURES / "raev2_configs.json").read_text())["configs"]
+
+
+def part(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def test_dit_equals_raev2s_for_identical_weights_both_heads(tiny):
+    tensors, kwargs = tiny
+    model = load_raev2_dit(part(tensors, "dit."), **kwargs)
+    with torch.no_grad():
+        full, base = model(tensors["dit_in.x"], tensors["dit_in.t"], tensors["dit_in.y"])
+    assert rel_err(full, tensors["dit_out.full"]) < 1e-5 and rel_err(base, tensors["dit_out.base"]) < 1e-5
+    assert full.shape == base.shape == (3, 32, 4, 4) and model.cfg.base_depth == 2
+    assert (model.cfg.time_tokens, model.cfg.class_tokens, model.cfg.fourier_features) == (4, 8, 256)
+
+
+def test_the_base_head_reads_the_trunk_after_base_depth_blocks(tiny):
+    """Changing a block after the base head's depth changes the full prediction and leaves the base one as it was."""
+    tensors, kwargs = tiny
+    model = load_raev2_dit(part(tensors, "dit."), **kwargs)
+    args = tensors["dit_in.x"], tensors["dit_in.t"], tensors["dit_in.y"]
+    with torch.no_grad():
+        model.blocks[2].mlp.w3.bias.add_(1.0)
+        full, base = model(*args)
+    assert torch.equal(base, model(*args)[1]) and rel_err(base, tensors["dit_out.base"]) < 1e-5
+    assert rel_err(full, tensors["dit_out.full"]) > 1e-2
+
+
+def test_a_seed_draws_raev2s_initial_weights(tiny):
+    """Same modules, created and initialized in RAEv2's order: the seed RAEv2 built its model from gives its weights
+    (the Fourier frequencies, the learned tokens, every default-initialized Linear, the zeroed heads)."""
+    tensors, kwargs = tiny
+    ours = load_raev2_dit(part(tensors, "dit."), **kwargs)  # the architecture
+    built = build_raev2_dit(ours.cfg, (32, 4, 4), 10, seed=0).state_dict()
+    init = {k: v for k, v in part(tensors, "init.").items() if "rope" not in k}
+    assert built.keys() == init.keys()
+    assert all(torch.equal(built[k], v) for k, v in init.items()), [k for k, v in init.items()
+                                                                     if not torch.equal(built[k], v)][:5]
+    assert not built["base_final_layer.linear.weight"].any() and not built["final_layer.linear.weight"].any()
+
+
+def test_released_size_has_875m_parameters(configs):
+    """The released ImageNet-256 stage-2 model, built from its config's keywords: 875.2 M parameters."""
+    cfg = configs["configs/stage2/training/imagenet-dinov3l-k7.yaml"]
+    params, arch = cfg["stage_2"]["params"], cfg["conditioning"]["arch"]
+    (d, dh), (depth, head_depth), (heads, head_heads) = params["hidden_size"], params["depth"], params["num_heads"]
+    dit = RAEv2DiTConfig(hidden_size=d, depth=depth, num_heads=heads, head_hidden_size=dh, head_depth=head_depth,
+                         head_num_heads=head_heads, mlp_ratio=params["mlp_ratio"], patch_size=params["patch_size"][0],
+                         base_depth=params["base_model_depth"], time_tokens=arch["num_t_tokens"],
+                         class_tokens=arch["num_c_tokens"], fourier_features=256)
+    with torch.device("meta"):
+        model = build_raev2_dit(dit, (params["in_channels"], params["input_size"], params["input_size"]),
+                                cfg["misc"]["num_classes"], seed=0)
+    assert round(count_params(model) / 1e6, 1) == 875.2
+
+
+def test_loader_refuses_what_it_cannot_hold(tiny):
+    tensors, kwargs = tiny
+    state = part(tensors, "dit.")
+    with pytest.raises(KeyError, match="unknown keys \\['extra.weight'\\]"):
+        load_raev2_dit({**state, "extra.weight": torch.zeros(1)}, **kwargs)
+    with pytest.raises(KeyError, match="missing keys \\['base_final_layer.linear.bias'\\]"):
+        load_raev2_dit({k: v for k, v in state.items() if k != "base_final_layer.linear.bias"}, **kwargs)
+    with pytest.raises(ValueError, match="cond_arch.num_c_tokens=4 but the weights hold 8"):
+        load_raev2_dit(state, **kwargs, cond_arch={"num_t_tokens": 4, "num_c_tokens": 4})
+    with pytest.raises(ValueError, match="enc_rope.freqs_cos in the checkpoint differs"):
+        load_raev2_dit({**state, "enc_rope.freqs_cos": state["enc_rope.freqs_cos"] * 2}, **kwargs)
+    with pytest.raises(ValueError, match="dit.base_depth must be in \\[1, dit.depth=4\\], got 5"):
+        load_raev2_dit(state, **{**kwargs, "base_model_depth": 5})
+    with pytest.raises(ValueError, match="condition_type='text' is not supported"):
+        load_raev2_dit(state, **kwargs, condition_type="text")
+    wrapped = {f"module._orig_mod.{k}": v for k, v in state.items()}  # DDP and torch.compile prefixes
+    assert load_raev2_dit(wrapped, **kwargs).cfg.depth == 4
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_objective_equals_raev2s_training_losses_for_a_seed(tiny, seed):
+    """Label mask, noise and time drawn in RAEv2's order from the same seed, then its loss: x-prediction turned into
+    velocity with t clamped at 0.05, both heads, the base head weighted 1, summed before the mean."""
+    tensors, kwargs = tiny
+    with safe_open(str(FIXTURES / "raev2_tiny.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    shift, dropout = float(meta["loss_shift"]), float(meta["label_dropout"])
+    model = load_raev2_dit(part(tensors, "dit."), **kwargs)
+    x, y, want = tensors["loss_in.x"], tensors["loss_in.y"], part(tensors, f"loss_{seed}.")
+    torch.manual_seed(seed)
+    labels, noise, t = draw_raev2(x, y, null_label=10, label_dropout=dropout, shift=shift)
+    assert torch.equal(labels == 10, want["mask"]) and torch.equal(noise, want["noise"]) and torch.equal(t, want["t"])
+    with torch.no_grad():
+        terms = x_prediction_losses(model, x, labels, t, noise, t_eps=0.05, base_coeff=1.0)
+    assert rel_err(terms["loss"], want["loss"]) < 1e-5 and rel_err(terms["loss_base"], want["loss_base"]) < 1e-5
+    assert torch.allclose(terms["loss"], terms["loss_full"] + terms["loss_base"])
+
+
+def test_x_to_velocity_clamps_small_times():
+    """Below t_eps the division uses t_eps (finite at t = 0); above it, (x_t - x_hat) / t is the path's velocity."""
+    x, noise = torch.randn(2, 3, 2, 2), torch.randn(2, 3, 2, 2)
+    t = torch.tensor([0.0, 0.5])
+    x_t = (1 - t.view(-1, 1, 1, 1)) * x + t.view(-1, 1, 1, 1) * noise
+    v = x_to_velocity(x_t, x, t, 0.05)
+    assert torch.allclose(v[1], noise[1] - x[1], atol=1e-6) and torch.equal(v[0], torch.zeros_like(v[0]))
+    assert torch.allclose(x_to_velocity(x_t, x - 1, t, 0.05)[0], torch.full_like(v[0], 20.0))
