@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .sampler_config import SamplerConfig
-from .transport import T_MAX, VelocityFn, shift_time
+from .transport import T_MAX, VelocityFn, shift_time, x_to_velocity
 
 
 def with_guidance(cfg: SamplerConfig, model: VelocityFn, null_label: int,
@@ -33,6 +33,43 @@ def module_velocity(net: nn.Module, device: torch.device | str, compile: bool) -
 def time_grid(num_steps: int, s: float) -> torch.Tensor:
     """Decreasing grid from t = 1 (noise) to shift(1 - T_MAX), i.e. the reference's shifted linspace."""
     return shift_time(1 - torch.linspace(0, T_MAX, num_steps, dtype=torch.float64), s)
+
+
+def raev2_time_grid(num_steps: int, s: float) -> torch.Tensor:
+    """RAEv2's grid: `num_steps` + 1 points from t = 1 to t = 0 in fp32, shifted; Euler never evaluates the model at
+    the last point, so x-prediction's division by t stays away from 0 (`x_to_velocity` clamps it anyway)."""
+    return shift_time(torch.linspace(1.0, 0.0, num_steps + 1), s)
+
+
+def internally_guided_velocity(net: nn.Module, t_eps: float, null_label: int, ig_scale: float, ig_t_min: float,
+                               ig_t_max: float, cfg_scale: float = 1.0, cfg_t_min: float = 0.0, cfg_t_max: float = 1.0,
+                               uncond_ig_scale: float | None = None) -> VelocityFn:
+    """The velocity of a two-head clean-latent predictor (RAEv2's DiT, `(full, base)`) under RAEv2's guidance.
+
+    Internal guidance (IG): base + w (full - base) on [ig_t_min, ig_t_max], the base head as the weak model, one
+    forward for both. With CFG above 1: IG on the conditional and the null-class halves of one doubled forward (the
+    null half with `uncond_ig_scale`, default `ig_scale`), then CFG on [cfg_t_min, cfg_t_max]. Neither: the full head.
+    Mixed as predictions of the clean latent in the sampler's dtype (autocast's bf16 outputs cast up), then turned
+    into a velocity (`x_to_velocity`), in RAEv2's order.
+    """
+    use_ig = ig_scale > 1.0 or uncond_ig_scale not in (None, 1.0)  # RAEv2's `GuidanceConfig.use_ig`
+    uncond_scale = ig_scale if uncond_ig_scale is None else uncond_ig_scale
+
+    def mix(full: torch.Tensor, base: torch.Tensor, scale: float, t: torch.Tensor) -> torch.Tensor:
+        return base + scale * (full - base) if use_ig and _inside(t, ig_t_min, ig_t_max) else full
+
+    def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if not (cfg_scale > 1.0 and _inside(t, cfg_t_min, cfg_t_max)):
+            full, base = net(x, t, y)
+            x_hat = mix(full.to(x.dtype), base.to(x.dtype), ig_scale, t)
+        else:
+            full, base = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, null_label)]))
+            (full_c, full_u), (base_c, base_u) = full.to(x.dtype).chunk(2), base.to(x.dtype).chunk(2)
+            cond, uncond = mix(full_c, base_c, ig_scale, t), mix(full_u, base_u, uncond_scale, t)
+            x_hat = uncond + cfg_scale * (cond - uncond)
+        return x_to_velocity(x, x_hat, t, t_eps)
+
+    return velocity
 
 
 def guided_velocity(model: VelocityFn, null_label: int, scale: float, t_min: float, t_max: float) -> VelocityFn:

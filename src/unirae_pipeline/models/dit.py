@@ -79,7 +79,7 @@ class FourierTimeEmbed(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = 2 * math.pi * t.float()[:, None] * self.W[None]
+        angles = t.float()[:, None] * self.W[None] * 2 * math.pi  # the references' order of rounding
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.mlp[0].weight.dtype))
 
 

@@ -160,8 +160,9 @@ class RAEv2DiT(nn.Module):
         self.s_projector = nn.Linear(d, dh) if d != dh else nn.Identity()
         self.t_embedder = TimeTokens(d, cfg.fourier_features, cfg.time_tokens)
         self.ctx_embedder = ClassTokens(num_classes, d, cfg.class_tokens)
-        rope = Rope2D(d // cfg.num_heads, grid, extra_tokens=cfg.time_tokens + cfg.class_tokens)
-        head_rope = Rope2D(dh // cfg.head_num_heads, grid)
+        tokens = cfg.time_tokens + cfg.class_tokens
+        rope = Rope2D(d // cfg.num_heads, grid, extra_tokens=tokens, dtype=torch.float32)  # as RAEv2 trained
+        head_rope = Rope2D(dh // cfg.head_num_heads, grid, dtype=torch.float32)
         self.blocks = nn.ModuleList(
             [TrunkBlock(d, cfg.num_heads, cfg.mlp_ratio, rope) for _ in range(cfg.depth)]
             + [HeadBlock(dh, cfg.head_num_heads, cfg.mlp_ratio, head_rope) for _ in range(cfg.head_depth)])

@@ -78,15 +78,17 @@ class Rope2D(nn.Module):
 
     Adjacent channel pairs are rotated; frequencies are the language-model ones, 1/10000^(2i/d), d = head_dim/2.
     `extra_tokens` rows follow the grid unrotated (RAEv2's in-context time and class tokens have no position).
+    `dtype` is the precision the angles are computed in (RAE: float64; RAEv2: float32, whose tables differ by ~1e-6).
     """
 
-    def __init__(self, head_dim: int, grid: int, theta: float = 10000.0, extra_tokens: int = 0) -> None:
+    def __init__(self, head_dim: int, grid: int, theta: float = 10000.0, extra_tokens: int = 0,
+                 dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         if head_dim % 4:
             raise ValueError(f"2-D RoPE needs a head dimension divisible by 4, got {head_dim}")
         axis_dim = head_dim // 2
-        freqs = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float64) / axis_dim)
-        angles = torch.arange(grid, dtype=torch.float64)[:, None] * freqs[None]  # (grid, axis_dim/2)
+        freqs = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=dtype) / axis_dim)
+        angles = torch.arange(grid, dtype=dtype)[:, None] * freqs[None]  # (grid, axis_dim/2)
         angles = angles.repeat_interleave(2, dim=-1)  # (grid, axis_dim): one angle per adjacent pair
         rows = angles[:, None, :].expand(grid, grid, axis_dim)
         cols = angles[None, :, :].expand(grid, grid, axis_dim)
