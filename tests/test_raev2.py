@@ -19,6 +19,7 @@ from unirae_pipeline.diffusion.transport import draw_raev2, x_prediction_losses,
 from unirae_pipeline.interop.official import load_raev2_dit
 from unirae_pipeline.models.dit_raev2 import RAEv2DiTConfig, build_raev2_dit
 from unirae_pipeline.models.layers import count_params
+from unirae_pipeline.training.muon import GRAM_RESTARTS, newton_schulz
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -169,3 +170,77 @@ def test_euler_samples_equal_raev2s_under_each_guidance(tiny, settings, name):
     grid = raev2_time_grid(int(settings["sample_steps"]), float(settings["loss_shift"]))
     out = sample_ode(velocity, tensors["sample_in.z"], tensors["sample_in.y"], grid, "euler")
     assert out.dtype == torch.float64 and rel_err(out, tensors[f"sample_out.{name}"]) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def optim() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    with safe_open(str(FIXTURES / "raev2_optim.safetensors"), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+
+# Half precision: the iteration runs in fp16 (unit roundoff 4.9e-4) and the update is rounded to bf16 (3.9e-3), so
+# two CPUs may differ by a few bf16 units in an update; 2e-2 of the largest still fails any wrong coefficient, step
+# order, LR adjustment or parameter split.
+HALF = 2e-2
+
+
+@pytest.mark.parametrize("shape", ["square", "wide", "tall"])
+def test_newton_schulz_equals_raev2s(optim, shape):
+    """Polar Express's five per-step coefficients, the fp16 iteration, the Gram form with its restart for
+    non-square matrices: RAEv2's orthogonalization of the same bf16 matrices."""
+    tensors, _ = optim
+    assert tuple(tensors["ns.restarts"].tolist()) == GRAM_RESTARTS
+    out = newton_schulz(tensors[f"ns.{shape}.in"]).to(torch.bfloat16).float()  # Muon's updates are bf16
+    want = tensors[f"ns.{shape}.out"].float()
+    assert rel_err(out, want) < HALF
+    singular = torch.linalg.svdvals(out)  # near-orthogonal: singular values near 1 (Polar Express's band)
+    assert singular.min() > 0.5 and singular.max() < 1.3
+
+
+def test_muon_adamw_steps_equal_raev2s_gmuon(optim):
+    """From the same weights and (clipped) gradients: three steps of Muon for the matrices and AdamW for the rest,
+    the linear schedule (constant to epoch 25) moving both, and the EMA, as RAEv2's loop takes them."""
+    from unirae_pipeline.models.dit_raev2 import RAEv2DiT
+    from unirae_pipeline.training.muon import muon_adamw
+    from unirae_pipeline.training.optim import EMA, OptimConfig, lr_factor
+
+    tensors, meta = optim
+    model = load_raev2_dit(part(tensors, "init."), **json.loads(meta["dit"])).train()
+    assert isinstance(model, RAEv2DiT)
+    model.requires_grad_(True)  # RAEv2 trains every parameter, the Fourier frequencies too
+    lr, spe = float(meta["lr"]), int(meta["steps_per_epoch"])
+    recipe = OptimConfig(unit="epochs", duration=80, batch_size=8, lr=lr, final_lr=lr / 10, betas=(0.9, 0.95),
+                         weight_decay=0.0, warmup=0, schedule="linear", decay_start=25, decay_end=50,
+                         ema_decay=0.9995, grad_clip=1.0, fit_batch=False).in_steps(spe)
+    opt = muon_adamw(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(recipe, step))
+    ema = EMA(model, recipe.ema_decay)
+    params = dict(model.named_parameters())
+    for step in range(3):
+        for name, p in params.items():
+            p.grad = tensors[f"step{step}.grad.{name}"].clone()
+        before = {name: p.detach().clone() for name, p in params.items()}
+        opt.step()
+        opt.zero_grad()
+        sched.step()
+        ema.update(model)
+        for name, p in params.items():
+            moved, want = p.detach() - before[name], tensors[f"step{step}.param.{name}"] - before[name]
+            assert want.abs().max() > 0 and rel_err(moved, want) < HALF, (step, name)
+        assert torch.allclose(torch.tensor([g["lr"] for g in opt.param_groups], dtype=torch.float64),
+                              tensors[f"step{step}.lr"])
+    for name, p in ema.module.named_parameters():
+        assert torch.allclose(p, tensors[f"ema.{name}"], rtol=0, atol=2e-6), name  # lerp vs mul/add: a few ulps
+
+
+def test_linear_schedule_equals_raev2s(optim):
+    """Constant to epoch 25 (no warm-up, not from zero), linear to a tenth at epoch 50, then held."""
+    from unirae_pipeline.training.optim import OptimConfig, lr_factor
+
+    tensors, meta = optim
+    spe = int(meta["steps_per_epoch"])
+    recipe = OptimConfig(unit="epochs", duration=80, batch_size=8, lr=1.0, final_lr=0.1, betas=(0.9, 0.95),
+                         weight_decay=0.0, warmup=0, schedule="linear", decay_start=25, decay_end=50,
+                         ema_decay=0.9995, grad_clip=1.0, fit_batch=False).in_steps(spe)
+    ours = torch.tensor([lr_factor(recipe, s) for s in range(len(tensors["schedule"]))], dtype=torch.float64)
+    assert torch.allclose(ours, tensors["schedule"], rtol=0, atol=1e-12)
