@@ -244,3 +244,43 @@ def test_linear_schedule_equals_raev2s(optim):
                          ema_decay=0.9995, grad_clip=1.0, fit_batch=False).in_steps(spe)
     ours = torch.tensor([lr_factor(recipe, s) for s in range(len(tensors["schedule"]))], dtype=torch.float64)
     assert torch.allclose(ours, tensors["schedule"], rtol=0, atol=1e-12)
+
+
+def test_encoder_readout_equals_raev2s_on_a_native_dinov3_file(tmp_path):
+    """RAEv2's readout (each listed block through the affine-free final norm, registers and CLS dropped, their mean,
+    plus the last listed block's mean over tokens) of a DINOv3 that facebookresearch/dinov3 built with its ViT-L/16
+    settings, read from its native layout through `encoder.weights`: equal to RAEv2's encoder class."""
+    from safetensors.torch import save_file
+
+    from unirae_pipeline.interop.encoder_weights import encoder_state
+    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
+
+    with safe_open(str(FIXTURES / "raev2_encoder.safetensors"), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    sizes, layers = json.loads(meta["sizes"]), json.loads(meta["layers"])
+    save_file(part(tensors, "encoder."), str(tmp_path / "dinov3.safetensors"))
+    cfg = EncoderConfig("vit_large_patch16_dinov3_qkvb.lvd1689m", str(tmp_path / "dinov3.safetensors"),
+                        sizes["img_size"], {k: sizes[k] for k in ("embed_dim", "depth", "num_heads")},
+                        layers=layers, readout="mean_plus_global")
+    enc = FrozenEncoder(cfg, seed=0, state=encoder_state(cfg))
+    latents = enc(tensors["encoder_in"])
+    assert latents.shape == (2, 64, 4, 4)
+    assert rel_err(latents.flatten(2).transpose(1, 2), tensors["encoder_out"]) < 1e-5
+    last = FrozenEncoder(EncoderConfig(cfg.model, cfg.weights, cfg.input_size, cfg.overrides), 0, encoder_state(cfg))
+    assert rel_err(last(tensors["encoder_in"]).flatten(2).transpose(1, 2), tensors["encoder_out"]) > 0.1
+
+
+def test_encoder_readout_params_are_checked_and_fingerprinted():
+    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
+
+    tiny = dict(model="vit_small_patch14_reg4_dinov2", weights="none", input_size=16,
+                overrides={"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4})
+    with pytest.raises(ValueError, match="'last' reads the final block"):
+        EncoderConfig(**tiny, layers=[1, 3])
+    with pytest.raises(ValueError, match="'last' reads the final block"):
+        EncoderConfig(**tiny, readout="mean_plus_global")
+    with pytest.raises(ValueError, match=r"encoder.layers \[1, 4\] must be increasing 0-based block indices"):
+        EncoderConfig(**tiny, layers=[1, 4], readout="mean_plus_global")
+    plain, k2 = EncoderConfig(**tiny), EncoderConfig(**tiny, layers=[1, 3], readout="mean_plus_global")
+    assert FrozenEncoder(plain, 0).fingerprint() != FrozenEncoder(k2, 0).fingerprint()
+    assert "layers" not in plain.identity()  # the default readout keeps the fingerprints cached latents carry

@@ -3,7 +3,8 @@ SigLIP2, MAE), DINOv3, or a tiny seeded one.
 
 The reference RAE keeps the encoder's final LayerNorm but removes its affine parameters, drops the CLS and
 register tokens, and reshapes the patch tokens to a (B, C, h, w) latent. What its transformers implementations do
-beyond the timm architecture (input normalization, position-table resizing, norm eps) is `Family`'s.
+beyond the timm architecture (input normalization, position-table resizing, norm eps) is `Family`'s. RAEv2 reads
+several blocks instead of the last (`EncoderConfig.readout`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
@@ -63,10 +65,16 @@ class EncoderConfig:
     weights: str
     input_size: int
     overrides: dict = field(default_factory=dict)  # timm constructor overrides (the tiny default's sizes)
+    layers: tuple[int, ...] = ()
+    readout: Literal["last", "mean_plus_global"] = "last"
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(self.layers))
         if self.input_size < 1:
             raise ValueError(f"encoder.input_size must be positive, got {self.input_size}")
+        if (self.readout == "last") != (not self.layers):
+            raise ValueError(f"encoder.readout {self.readout!r} with encoder.layers {list(self.layers)}: 'last' reads "
+                             "the final block (layers: []), 'mean_plus_global' the blocks that layers lists")
         try:
             timm.models.get_arch_name(self.model)
             known = timm.is_model(self.model)
@@ -104,7 +112,19 @@ class EncoderConfig:
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, h, w) of this encoder's latents, from `meta_model`."""
         vit = self.meta_model()
+        depth = len(vit.blocks)
+        if any(not 0 <= i < depth for i in self.layers) or list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"encoder.layers {list(self.layers)} must be increasing 0-based block indices of "
+                             f"{self.model!r}'s {depth} blocks")
         return vit.embed_dim, *vit.patch_embed.grid_size
+
+    def identity(self) -> dict:
+        """What names this encoder in its fingerprint: the params, without the readout's when it is the default
+        (so the latents cached before RAEv2's readout existed keep their fingerprint and are reused)."""
+        values = asdict(self)
+        if self.readout == "last":
+            del values["layers"], values["readout"]
+        return values
 
     def check_environment(self) -> None:
         """The weights file exists (checked when a stage that reads `encoder` starts)."""
@@ -150,6 +170,8 @@ class FrozenEncoder(nn.Module):
     def _timm_state(self, vit: nn.Module, state: dict[str, torch.Tensor], param: str) -> dict[str, torch.Tensor]:
         """Weights in timm's layout for `vit`: pooling heads and the final norm's affine (which the RAE drops) left
         out, the position table resized to `encoder.input_size` as the reference's implementation resizes it."""
+        if "storage_tokens" in state:  # facebookresearch/dinov3's own layout (a native .pth): timm's converter
+            state = timm.models.eva.checkpoint_filter_fn(state, vit)
         state = {k: v for k, v in state.items() if not k.startswith((*UNUSED_HEADS, "norm."))}
         check_keys(vit, state, param)  # a file of another family fails here, naming keys, not in the resizing
         if "pos_embed" in state and state["pos_embed"].shape != vit.pos_embed.shape:
@@ -167,7 +189,7 @@ class FrozenEncoder(nn.Module):
 
     def fingerprint(self) -> str:
         """Hash of the configuration and every weight, stored with the latents it produced."""
-        h = hashlib.sha256(json.dumps(asdict(self.cfg), sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps(self.cfg.identity(), sort_keys=True).encode())
         for name, tensor in sorted(self.vit.state_dict().items()):
             h.update(name.encode())
             h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
@@ -177,7 +199,13 @@ class FrozenEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[-1] != self.cfg.input_size or images.shape[-2] != self.cfg.input_size:
             images = F.interpolate(images, size=(self.cfg.input_size,) * 2, mode="bicubic", align_corners=False)
-        tokens = self.vit.forward_features((images - self.mean) / self.std)[:, self.num_prefix_tokens:]
+        x = (images - self.mean) / self.std
+        if self.cfg.readout == "last":
+            tokens = self.vit.forward_features(x)[:, self.num_prefix_tokens:]
+        else:  # RAEv2: each listed block through the final norm, their mean, plus the last one's mean over tokens
+            blocks = self.vit.forward_intermediates(x, indices=list(self.cfg.layers), norm=True, output_fmt="NLC",
+                                                    intermediates_only=True)
+            tokens = torch.stack(blocks).mean(dim=0) + blocks[-1].mean(dim=1, keepdim=True)
         b, n, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
 
