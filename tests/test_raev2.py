@@ -284,3 +284,19 @@ def test_encoder_readout_params_are_checked_and_fingerprinted():
     plain, k2 = EncoderConfig(**tiny), EncoderConfig(**tiny, layers=[1, 3], readout="mean_plus_global")
     assert FrozenEncoder(plain, 0).fingerprint() != FrozenEncoder(k2, 0).fingerprint()
     assert "layers" not in plain.identity()  # the default readout keeps the fingerprints cached latents carry
+
+
+def test_decoder_outputs_pixels_as_raev2s_decode():
+    """RAEv2's stage-1 decoder reads a released `decoder.pt` and, after the statistics are undone (mean and var,
+    `load_official_stats`), its output is the image: no ImageNet de-normalization, unlike RAE's."""
+    from unirae_pipeline.data.normalization import denormalize
+    from unirae_pipeline.interop.official import load_official_stats, load_raev2_decoder
+
+    with safe_open(str(FIXTURES / "raev2_decoder.safetensors"), framework="pt") as f:
+        tensors, sizes = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["decoder"])
+    decoder = load_raev2_decoder(part(tensors, "decoder."), **sizes)
+    stats = load_official_stats({"mean": tensors["stats.mean"], "var": tensors["stats.var"]})
+    with torch.no_grad():
+        image = decoder(denormalize(tensors["decoder_in"], stats["mean"], stats["var"]))
+    assert decoder.pixel_norm == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    assert rel_err(image, tensors["decoder_out"]) < 1e-5

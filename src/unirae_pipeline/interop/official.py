@@ -188,6 +188,14 @@ def load_official_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int,
     return model.eval()
 
 
+def load_raev2_decoder(state_dict: dict[str, torch.Tensor], hidden_size: int, depth: int, num_heads: int,
+                       mlp_dim: int, patch_size: int, latent_dim: int, num_patches: int) -> ViTDecoder:
+    """Our ViT decoder from a released RAEv2 `decoder.pt`: RAE's `GeneralDecoder`, whose output RAEv2 takes as the
+    image itself (no de-normalization: the identity pixel norm). Its `stats.pt` loads with `load_official_stats`."""
+    return load_official_decoder(state_dict, hidden_size, depth, num_heads, mlp_dim, patch_size, latent_dim,
+                                 num_patches, image_mean=(0.0, 0.0, 0.0), image_std=(1.0, 1.0, 1.0))
+
+
 def load_official_stats(obj: dict[str, Any]) -> dict[str, torch.Tensor]:
     """{'mean', 'var'} of the full latent shape from an official `stat.pt` dict; a missing mean (the released
     DINOv2-B statistics are variance only) becomes zeros, as the reference treats it."""
