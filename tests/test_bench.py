@@ -64,3 +64,12 @@ def test_bench_encoders_tiny(tmp_path):
     res = _bench("bench_encoders.py", ["--presets", "tiny", "--batch", "4", "--steps", "2", "--warmup", "1"], tmp_path)
     assert res["baseline"] == "tiny fp32" and res["ratio"]["tiny fp32"] == 1.0
     assert set(res["img_per_s"]) == {"tiny fp32", "tiny bf16"} and all(v > 0 for v in res["img_per_s"].values())
+
+
+@pytest.mark.slow
+def test_bench_raev2_tiny(tmp_path):
+    """RAEv2's step on cached latents against the same step encoding online, with and without the optimizer."""
+    res = _bench("bench_raev2.py", ["--size", "tiny", "--batch", "4", "--steps", "1", "--warmup", "1"], tmp_path)
+    assert res["latent_shape"] == [64, 4, 4] and res["ratio_vs_online"]["online_encoding"] == 1.0
+    assert set(res["img_per_s"]) == {"cached_latents", "online_encoding", "cached_latents_no_optimizer",
+                                     "online_encoding_no_optimizer"} and all(v > 0 for v in res["img_per_s"].values())

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 
+from unirae_pipeline.config.build import build
 from unirae_pipeline.diffusion.sampling import (
     internally_guided_velocity,
     raev2_time_grid,
@@ -22,6 +24,7 @@ from unirae_pipeline.models.layers import count_params
 from unirae_pipeline.training.muon import GRAM_RESTARTS, newton_schulz
 
 FIXTURES = Path(__file__).parent / "fixtures"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def read_tiny() -> tuple[dict[str, torch.Tensor], dict, dict[str, str]]:
@@ -89,15 +92,19 @@ def test_a_seed_draws_raev2s_initial_weights(tiny):
     assert not built["base_final_layer.linear.weight"].any() and not built["final_layer.linear.weight"].any()
 
 
-def test_released_size_has_875m_parameters(configs):
-    """The released ImageNet-256 stage-2 model, built from its config's keywords: 875.2 M parameters."""
+def test_released_size_preset_is_raev2s_config_with_875m_parameters(configs):
+    """conf/raev2_dit/xl.yaml holds the released ImageNet-256 model's values, checked one by one against its config
+    (stage_2.params, conditioning.arch): 875.2 M parameters on its 1024x16x16 latents."""
     cfg = configs["configs/stage2/training/imagenet-dinov3l-k7.yaml"]
     params, arch = cfg["stage_2"]["params"], cfg["conditioning"]["arch"]
-    (d, dh), (depth, head_depth), (heads, head_heads) = params["hidden_size"], params["depth"], params["num_heads"]
-    dit = RAEv2DiTConfig(hidden_size=d, depth=depth, num_heads=heads, head_hidden_size=dh, head_depth=head_depth,
-                         head_num_heads=head_heads, mlp_ratio=params["mlp_ratio"], patch_size=params["patch_size"][0],
-                         base_depth=params["base_model_depth"], time_tokens=arch["num_t_tokens"],
-                         class_tokens=arch["num_c_tokens"], fourier_features=256)
+    dit = build(RAEv2DiTConfig, yaml.safe_load((ROOT / "conf/raev2_dit/xl.yaml").read_text()), "raev2_dit")
+    theirs = {"hidden_size": params["hidden_size"][0], "head_hidden_size": params["hidden_size"][1],
+              "depth": params["depth"][0], "head_depth": params["depth"][1], "num_heads": params["num_heads"][0],
+              "head_num_heads": params["num_heads"][1], "mlp_ratio": params["mlp_ratio"],
+              "patch_size": params["patch_size"][0], "base_depth": params["base_model_depth"],
+              "time_tokens": arch["num_t_tokens"], "class_tokens": arch["num_c_tokens"],
+              "fourier_features": 256}  # GaussianFourierEmbedding's default embedding_size
+    assert dit.to_dict() == theirs and params["patch_size"][0] == params["patch_size"][1]
     with torch.device("meta"):
         model = build_raev2_dit(dit, (params["in_channels"], params["input_size"], params["input_size"]),
                                 cfg["misc"]["num_classes"], seed=0)
