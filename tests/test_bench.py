@@ -51,13 +51,15 @@ def test_the_prepared_gpu_run_works_small_on_the_cpu(tmp_path):
     """bench/gpu_run.sh, the one script a GPU session runs, end to end at tiny size."""
     env = {**os.environ, "OUT": str(tmp_path), "DEVICE": "cpu",
            "DIT_ARGS": "--sizes tiny --batch 16 --steps 2 --warmup 1 --sample-batch 4 --sample-steps 3 --no-compile",
-           "DATA_ARGS": "--size tiny --latents 256 --batch 16 --batches 3 --images 32 --workers 0 1"}
+           "DATA_ARGS": "--size tiny --latents 256 --batch 16 --batches 3 --images 32 --workers 0 1",
+           "RAEV2_ARGS": "--size tiny --batch 4 --steps 1 --warmup 1"}
     result = subprocess.run(["bash", str(ROOT / "bench" / "gpu_run.sh")], cwd=ROOT, env=env, capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     dit, data = (json.loads(next(tmp_path.glob(f"{k}-*.json")).read_text()) for k in ("dit", "data"))
     assert dit["train"]["tiny"]["img_per_s"]["train_dit_fit_eager"] > 0
     assert data["latent_path"]["feed_margin_vs_step_rate"]["in_memory"] > 0
+    assert json.loads(next(tmp_path.glob("raev2-*.json")).read_text())["img_per_s"]["cached_latents"] > 0
 
 
 def test_bench_encoders_tiny(tmp_path):
