@@ -279,7 +279,7 @@ def test_a_killed_queue_worker_is_recovered_and_its_task_resumes_from_its_checkp
     run(["dvc", "queue", "remove", "--all"], repo)
 
 
-EXP_SHOW = ("dvc exp show --only-changed --drop Created|State|Executor|data/.*|src/.*|/.*|data\\.(lineage|shapes).*|"
+EXP_SHOW = ("dvc exp show --only-changed --drop Created|State|Executor|.*/.*|data\\.(source|lineage|shapes).*|"
             "num_.*|.*accuracy.*|"
             ".*_untrained|fd_ratio|precision|recall|psnr|ssim|recon_fd --keep "
             "^(fd|class_accuracy|inception_score|data/05_model_input/reference_stats.npz)$ --sort-by fd "
