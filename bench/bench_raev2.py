@@ -2,7 +2,7 @@
 DINOv3-L K=7 at every step): same DiT, batch, objective and optimizer, as a ratio measured in one run.
 
 Pure torch + timm (runs on the GPU image without kedro/dvc): `PYTHONPATH=src python bench/bench_raev2.py`. Random
-weights (the speed is the weights'). `--size XL`: RAEv2's released DiT (conf/raev2_dit/xl.yaml) on encoder=dinov3_l_k7
+weights (the speed is the weights'). `--size XL`: RAEv2's released DiT (conf/dit/raev2_XL.yaml) on encoder=dinov3_l_k7
 at 256 px, bf16 autocast as RAEv2's README trains; `--size tiny`: the small DiT and an 8-block, 64-wide DINOv3 at
 64 px (the CPU check). Results go to bench/results/raev2-<device>-<date>.json.
 """
@@ -32,7 +32,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 TINY_ENCODER = {"model": "vit_large_patch16_dinov3_qkvb.lvd1689m", "weights": "none", "input_size": 64,
                 "overrides": {"embed_dim": 64, "depth": 8, "num_heads": 4}, "layers": [1, 3, 5, 7],
                 "readout": "mean_plus_global"}
-SIZES = {"XL": ("xl", None), "tiny": ("tiny", TINY_ENCODER)}  # DiT preset, encoder (None: encoder=dinov3_l_k7)
+# the DiT preset (conf/dit/) and the encoder (None: encoder=dinov3_l_k7) of each size
+SIZES = {"XL": ("raev2_XL", None), "tiny": ("raev2_tiny", TINY_ENCODER)}
 
 
 def sync(device: str) -> None:
@@ -66,7 +67,7 @@ def main() -> None:
     preset, encoder = SIZES[args.size]
     encoder = encoder or {**yaml.safe_load((CONF / "encoder/dinov3_l_k7.yaml").read_text()), "weights": "none"}
     enc = FrozenEncoder(EncoderConfig(**encoder), seed=0).to(device)
-    dit_cfg = RAEv2DiTConfig(**yaml.safe_load((CONF / f"raev2_dit/{preset}.yaml").read_text()))
+    dit_cfg = RAEv2DiTConfig(**yaml.safe_load((CONF / f"dit/{preset}.yaml").read_text()))
     num_classes = 1000
     model = build_raev2_dit(dit_cfg, enc.latent_shape, num_classes, seed=0).to(device).train().requires_grad_(True)
     opt = muon_adamw(model.parameters(), lr=2e-4)

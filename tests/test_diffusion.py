@@ -98,17 +98,22 @@ def test_cfg_combines_on_the_interval_only():
 def test_sampler_config_errors_name_the_key():
     from unirae_pipeline.config.build import build
 
-    fields = ("method", "num_steps", "guidance", "guidance_scale", "guidance_t_min", "guidance_t_max", "sde_norm")
+    fields = ("method", "num_steps", "guidance", "guidance_scale", "guidance_t_min", "guidance_t_max", "sde_norm",
+              "ig_scale", "ig_t_min", "ig_t_max")
 
     def sampler(*values):
         return build(SamplerConfig, dict(zip(fields, values)), "sample.sampler")
 
     with pytest.raises(ValueError, match="'sample.sampler.method' must be one of 'euler', 'heun', 'euler_maruyama'"):
-        sampler("rk4", 50, "cfg", 1.0, 0.0, 1.0, 1.0)
+        sampler("rk4", 50, "cfg", 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="guidance_t_min"):
-        sampler("euler", 50, "cfg", 1.0, 0.8, 0.2, 1.0)
+        sampler("euler", 50, "cfg", 1.0, 0.8, 0.2, 1.0, 1.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="ig_t_min/ig_t_max must satisfy"):
+        sampler("euler", 50, "cfg", 1.0, 0.0, 1.0, 1.0, 1.78, 0.5, 0.1)
+    with pytest.raises(ValueError, match="ig_scale must be >= 1"):
+        sampler("euler", 50, "cfg", 1.0, 0.0, 1.0, 1.0, 0.5, 0.0, 1.0)
     with pytest.raises(ValueError, match="'sample.sampler.guidance' must be 'cfg' or 'autoguidance'"):
-        sampler("euler", 50, "pag", 1.0, 0.0, 1.0, 1.0)
+        sampler("euler", 50, "pag", 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0)
 
 
 def gaussian_velocity(mu: float, s: float):
@@ -128,7 +133,7 @@ def gaussian_velocity(mu: float, s: float):
 @pytest.mark.parametrize("method", ["euler", "heun", "euler_maruyama"])
 def test_samplers_reach_the_data_distribution(method):
     mu, s = 2.0, 0.5
-    cfg = SamplerConfig(method, 101, "cfg", 1.0, 0.0, 1.0, 1.0)
+    cfg = SamplerConfig(method, 101, "cfg", 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0)
     generator = torch.Generator().manual_seed(0)
     noise = torch.randn(20000, 1, generator=generator, dtype=torch.float64)
     grid = time_grid(cfg.num_steps, 1.0)
@@ -137,7 +142,7 @@ def test_samplers_reach_the_data_distribution(method):
 
 
 def test_sde_differs_from_ode_only_by_noise():
-    cfg = SamplerConfig("euler_maruyama", 21, "cfg", 1.0, 0.0, 1.0, 0.0)  # zero diffusion: exactly the Euler ODE
+    cfg = SamplerConfig("euler_maruyama", 21, "cfg", 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0)  # zero diffusion: the Euler ODE
     noise, grid, v = torch.randn(5, 1), time_grid(21, 1.0).float(), gaussian_velocity(0.0, 1.0)
     assert torch.allclose(integrate(v, noise, None, grid, cfg), sample_ode(v, noise, None, grid, "euler"))
 

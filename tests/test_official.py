@@ -118,7 +118,8 @@ def test_sampling_with_official_checkpoints_through_the_catalog(official, tmp_pa
     params = typed("sample", {"num_per_class": 2, "batch_size": 8, "shard_size": 8, "grid_per_class": 2,
                               "precision": "bf16", "untrained_baseline": False,
                               "sampler": {"method": "euler", "num_steps": 4, "guidance": "cfg", "guidance_scale": 1.5,
-                                          "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0}})
+                                          "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0,
+                                          "ig_scale": 1.0, "ig_t_min": 0.0, "ig_t_max": 1.0}})
     diffusion = typed("diffusion", {"time_dist": "uniform", "shift_base": 4096, "logit_mean": 0.0, "logit_std": 1.0,
                                     "latent_norm": "var"})
     samples, baseline, grid = sample(dit, None, dit, decoder, stats, params, diffusion, 0, scratch(tmp_path))

@@ -53,7 +53,7 @@ def test_the_time_left_follows_the_rate_of_the_last_period(monkeypatch, caplog):
 @pytest.mark.parametrize("method,steps", [("euler", 5), ("heun", 5), ("euler_maruyama", 4)])
 def test_the_sampling_progress_counts_every_network_evaluation(method, steps):
     """`SamplerConfig.evaluations` (the sampling bar's total) is the number of velocity calls a batch makes."""
-    cfg = SamplerConfig(method, steps, "cfg", 1.0, 0.0, 1.0, 1.0)
+    cfg = SamplerConfig(method, steps, "cfg", 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0)
     calls = []
 
     def velocity(x, t, y):

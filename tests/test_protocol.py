@@ -126,7 +126,7 @@ def test_euler_and_heun_with_cfg_interval_and_autoguidance_equal_the_reference(r
     shift = shift_factor(tuple(z.shape[1:]), meta["shift_base"])
     methods = {"euler": "euler", "heun2": "heun"}
     for name, (method, num_steps, guidance, scale, (t_min, t_max)) in meta["samplers"].items():
-        sampler = SamplerConfig(methods[method], num_steps, guidance, scale, t_min, t_max, 1.0)
+        sampler = SamplerConfig(methods[method], num_steps, guidance, scale, t_min, t_max, 1.0, 1.0, 0.0, 1.0)
         velocity = with_guidance(sampler, model, model.num_classes, guide)
         with torch.no_grad():
             out = integrate(velocity, z, y, time_grid(num_steps, shift).float(), sampler)

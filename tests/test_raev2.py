@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors import safe_open
 
-from unirae_pipeline.config.build import build
+from unirae_pipeline.config.build import build_typed
+from unirae_pipeline.config.params import load_params
 from unirae_pipeline.diffusion.sampling import (
     internally_guided_velocity,
     raev2_time_grid,
@@ -19,8 +20,10 @@ from unirae_pipeline.diffusion.sampling import (
 )
 from unirae_pipeline.diffusion.transport import draw_raev2, x_prediction_losses, x_to_velocity
 from unirae_pipeline.interop.official import load_raev2_dit
+from unirae_pipeline.models.dit import AnyDiTConfig
 from unirae_pipeline.models.dit_raev2 import RAEv2DiTConfig, build_raev2_dit
 from unirae_pipeline.models.layers import count_params
+from unirae_pipeline.tools.compose import compose_params
 from unirae_pipeline.training.muon import GRAM_RESTARTS, newton_schulz
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -92,23 +95,106 @@ def test_a_seed_draws_raev2s_initial_weights(tiny):
     assert not built["base_final_layer.linear.weight"].any() and not built["final_layer.linear.weight"].any()
 
 
-def test_released_size_preset_is_raev2s_config_with_875m_parameters(configs):
-    """conf/raev2_dit/xl.yaml holds the released ImageNet-256 model's values, checked one by one against its config
-    (stage_2.params, conditioning.arch): 875.2 M parameters on its 1024x16x16 latents."""
+@pytest.fixture(scope="module")
+def profile() -> dict:
+    return compose_params(["profile=raev2"], conf_dir=ROOT / "conf")
+
+
+def test_profile_raev2_holds_the_released_dit_with_875m_parameters(configs, profile):
+    """profile=raev2's DiT (dit=raev2_XL) is the released ImageNet-256 model, value by value against its config
+    (stage_2.params, conditioning): 875.2 M parameters on its 1024x16x16 latents."""
     cfg = configs["configs/stage2/training/imagenet-dinov3l-k7.yaml"]
-    params, arch = cfg["stage_2"]["params"], cfg["conditioning"]["arch"]
-    dit = build(RAEv2DiTConfig, yaml.safe_load((ROOT / "conf/raev2_dit/xl.yaml").read_text()), "raev2_dit")
+    params, cond = cfg["stage_2"]["params"], cfg["conditioning"]
+    dit = build_typed(AnyDiTConfig, profile["dit"], "dit")
     theirs = {"hidden_size": params["hidden_size"][0], "head_hidden_size": params["hidden_size"][1],
               "depth": params["depth"][0], "head_depth": params["depth"][1], "num_heads": params["num_heads"][0],
               "head_num_heads": params["num_heads"][1], "mlp_ratio": params["mlp_ratio"],
               "patch_size": params["patch_size"][0], "base_depth": params["base_model_depth"],
-              "time_tokens": arch["num_t_tokens"], "class_tokens": arch["num_c_tokens"],
+              "time_tokens": cond["arch"]["num_t_tokens"], "class_tokens": cond["arch"]["num_c_tokens"],
+              "class_dropout_prob": cond["cfg_dropout_prob"], "label_init_std": 0.02, "arch": "raev2",
               "fourier_features": 256}  # GaussianFourierEmbedding's default embedding_size
-    assert dit.to_dict() == theirs and params["patch_size"][0] == params["patch_size"][1]
+    assert isinstance(dit, RAEv2DiTConfig) and dit.to_dict() == theirs
+    assert params["patch_size"][0] == params["patch_size"][1] and cond["type"] == "label"
+    shape = cfg["misc"]["latent_size"]
+    assert shape == [params["in_channels"], params["input_size"], params["input_size"]]
     with torch.device("meta"):
-        model = build_raev2_dit(dit, (params["in_channels"], params["input_size"], params["input_size"]),
-                                cfg["misc"]["num_classes"], seed=0)
+        model = build_raev2_dit(dit, tuple(shape), cfg["misc"]["num_classes"], seed=0)
     assert round(count_params(model) / 1e6, 1) == 875.2
+
+
+def _global_batch(params: dict, stage: str) -> int:
+    trainer = params["trainer"]
+    return params[stage]["batch_size"] * trainer["devices"] * trainer["num_nodes"] * trainer["accumulate_grad_batches"]
+
+
+def test_profile_raev2_equals_raev2s_three_configs(configs, profile):
+    """profile=raev2 against RAEv2's stage-1 training, stage-2 training and sampling YAMLs, value by value: what
+    each key of theirs sets is the same here (the DiT in the test above)."""
+    s1 = configs["configs/stage1/training/dinov3l-k7-imagenet.yaml"]
+    s2 = configs["configs/stage2/training/imagenet-dinov3l-k7.yaml"]
+    sampling = configs["configs/stage2/sampling/imagenet-dinov3l-k7.yaml"]
+    enc, dec, rae = profile["encoder"], profile["decoder"], profile["train_rae"]
+    # stage 1: the encoder, the decoder (no de-normalization, tau 0.8), the recipe, the GAN
+    name = s1["stage_1"]["params"]["encoder_name"]
+    assert name == f"dinov3mls-vit-l16[layers={'.'.join(map(str, enc['layers']))}]"
+    assert (enc["model"], enc["readout"], enc["input_size"]) == (
+        "vit_large_patch16_dinov3_qkvb.lvd1689m", "mean_plus_global", s1["stage_1"]["params"]["resolution"])
+    assert profile["data"]["image_size"] == s1["training"]["image_size"] == s2["training"]["image_size"]
+    assert not dec["denormalize"] and dec["noise_tau"] == s1["stage_1"]["params"]["noise_tau"]
+    assert (dec["hidden_size"], dec["depth"], dec["num_heads"], dec["mlp_dim"]) == (1152, 28, 16, 4096)  # ViTXL
+    t1, sched = s1["training"], s1["training"]["scheduler"]
+    assert _global_batch(profile, "train_rae") == t1["global_batch_size"] and rae["duration"] == t1["epochs"]
+    assert (rae["unit"], rae["lr"], list(rae["betas"]), rae["weight_decay"], rae["ema_decay"], rae["grad_clip"]) == (
+        "epochs", t1["optimizer"]["lr"], t1["optimizer"]["betas"], t1["optimizer"]["weight_decay"], t1["ema_decay"],
+        t1["clip_grad"])
+    assert sched["warmup_from_zero"] and (rae["schedule"], rae["warmup"], rae["final_lr"]) == (
+        sched["type"], sched["warmup_epochs"], sched["final_lr"])
+    assert rae["decay_end"] in (None, sched["decay_end_epoch"]) and sched["decay_end_epoch"] == t1["epochs"]
+    loss = s1["gan"]["loss"]
+    assert (rae["lpips_weight"], rae["gan_weight"], rae["lpips_start"], rae["disc_start"], rae["disc_upd_start"],
+            rae["max_d_weight"]) == (loss["perceptual_weight"], loss["disc_weight"], loss["lpips_start"],
+                                     loss["disc_start"], loss["disc_upd_start"], loss["max_d_weight"])
+    assert s1["gan"]["scheduler"] == sched and s1["gan"]["optimizer"] == t1["optimizer"]
+    assert rae["disc"]["kernel_size"] == s1["gan"]["arch"]["ks"] and s1["gan"]["augment"]["cutout"] == 0
+    assert rae["source"] == "images" and rae["resize_ratio"] == 1.0  # Resize(256) of 256 px images: no crop
+    assert not profile["latents"]["hflip"]  # RAEv2 mirrors no image in either stage
+    # stage 2: the latents' normalization, the objective, the optimizer and its schedule
+    assert s2["stage_1"]["params"]["noise_tau"] == 0.0  # the decoder in eval mode: no noise in stage 2 anyway
+    assert profile["diffusion"]["latent_norm"] == "mean_var"  # stats.pt: mean and var
+    assert s2["transport"] == {"prediction": "x", "time_dist_type": "logit-normal_0_1"}
+    diffusion = profile["diffusion"]
+    assert (diffusion["time_dist"], diffusion["logit_mean"], diffusion["logit_std"]) == ("logit_normal", 0.0, 1.0)
+    misc = s2["misc"]
+    assert diffusion["shift_base"] == misc["time_dist_shift_base"]
+    assert misc["time_dist_shift_dim"] == misc["latent_size"][0] * misc["latent_size"][1] * misc["latent_size"][2]
+    t2, dit = s2["training"], profile["train_dit"]
+    assert _global_batch(profile, "train_dit") == t2["global_batch_size"] and t2["grad_accum_steps"] == 1
+    assert (dit["unit"], dit["duration"], dit["ema_decay"], dit["grad_clip"]) == (
+        "epochs", t2["epochs"], t2["ema_decay"], t2["clip_grad"])
+    opt = t2["optimizer"]
+    assert (opt["type"], opt["ns_coefficients_preset"], opt["ns_use_kernels"]) == (
+        "gmuon", "POLAR_EXPRESS_COEFFICIENTS", False)  # training.muon's POLAR_EXPRESS, in plain torch
+    assert (dit["lr"], dit["weight_decay"], dit["muon"]["momentum"], dit["muon"]["nesterov"]) == (
+        opt["lr"], opt["weight_decay"], opt["momentum"], opt["nesterov"])
+    assert list(dit["betas"]) == [0.9, 0.95] and dit["muon"]["precision"] == "fp16"  # AdamW's defaults in RAEv2
+    sched = t2["scheduler"]
+    assert not sched["warmup_from_zero"] and dit["warmup"] == 0  # its "warm-up" holds the LR constant
+    assert (dit["schedule"], dit["decay_start"], dit["decay_end"], dit["lr"], dit["final_lr"]) == (
+        sched["type"], sched["warmup_epochs"], sched["decay_end_epoch"], sched["base_lr"], sched["final_lr"])
+    assert dit["train_tables"] and profile["seed"] == t2["global_seed"]
+    assert profile["trainer"]["precision"] == "bf16-mixed" and profile["runtime"]["compile"]  # its README's flags
+    # sampling: the same models, RAEv2's grid with 100 Euler steps, internal guidance, no CFG
+    assert sampling["stage_2"]["params"] == s2["stage_2"]["params"] and sampling["conditioning"] == s2["conditioning"]
+    sampler, guidance = profile["sample"]["sampler"], sampling["guidance"]
+    assert (sampler["method"], sampler["num_steps"] - 1) == ("euler", sampling["sampler"]["num_steps"])
+    assert (sampler["ig_scale"], sampler["ig_t_min"], sampler["ig_t_max"]) == (
+        guidance["ig"]["scale"], guidance["ig"]["t_min"], guidance["ig"]["t_max"])
+    assert (sampler["guidance"], sampler["guidance_scale"], sampler["guidance_t_min"], sampler["guidance_t_max"]) == (
+        "cfg", guidance["cfg"]["scale"], guidance["cfg"]["t_min"], guidance["cfg"]["t_max"])
+    evaluation = sampling["eval"]["datasets"]["imagenet"]
+    assert profile["sample"]["num_per_class"] * misc["num_classes"] == evaluation["num_samples"]
+    assert profile["sample"]["precision"] == "bf16"
+    assert load_params(profile).dit.arch == "raev2"  # and the whole tree builds
 
 
 def test_loader_refuses_what_it_cannot_hold(tiny):
@@ -307,3 +393,90 @@ def test_decoder_outputs_pixels_as_raev2s_decode():
         image = decoder(denormalize(tensors["decoder_in"], stats["mean"], stats["var"]))
     assert decoder.pixel_norm == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     assert rel_err(image, tensors["decoder_out"]) < 1e-5
+
+
+def test_sampling_released_raev2_models_through_the_catalog(tiny, tmp_path):
+    """RAEv2's release in conf/local/catalog.yml: its checkpoint (the `ema` entry), decoder.pt and stats.pt, read by
+    OfficialModelDataset as kinds raev2_dit, raev2_decoder and raev2_stats, feed the sample node, which integrates
+    RAEv2's grid with internal guidance and decodes without de-normalizing: the images of the same steps taken by
+    hand. RAE's statistics carry another fingerprint and are refused beside RAEv2's DiT."""
+    from unirae_pipeline.data.normalization import denormalize
+    from unirae_pipeline.diffusion.transport import shift_factor
+    from unirae_pipeline.evaluation.report import to_uint8_nhwc
+    from unirae_pipeline.io.official import OfficialModelDataset
+    from unirae_pipeline.pipelines.sample.nodes import balanced_labels, sample
+
+    from .conftest import scratch, typed
+
+    tensors, kwargs = tiny
+    with safe_open(str(FIXTURES / "raev2_decoder.safetensors"), framework="pt") as f:
+        dec, sizes = {k: f.get_tensor(k) for k in f.keys()}, json.loads(f.metadata()["decoder"])
+    torch.save({"ema": part(tensors, "dit."), "model": {}}, tmp_path / "checkpoint.pt")
+    torch.save(part(dec, "decoder."), tmp_path / "decoder.pt")
+    torch.save({"mean": dec["stats.mean"], "var": dec["stats.var"]}, tmp_path / "stats.pt")
+    dit = OfficialModelDataset(filepath=str(tmp_path / "checkpoint.pt"), kind="raev2_dit", params=kwargs).load()
+    decoder = OfficialModelDataset(filepath=str(tmp_path / "decoder.pt"), kind="raev2_decoder", params=sizes).load()
+    stats = OfficialModelDataset(filepath=str(tmp_path / "stats.pt"), kind="raev2_stats").load()
+    ig = {"ig_scale": 1.78, "ig_t_min": 0.1, "ig_t_max": 1.0}
+    params = typed("sample", {"num_per_class": 1, "batch_size": 10, "shard_size": 10, "grid_per_class": 1,
+                              "precision": "fp32", "untrained_baseline": False,
+                              "sampler": {"method": "euler", "num_steps": 6, "guidance": "cfg", "guidance_scale": 1.0,
+                                          "guidance_t_min": 0.0, "guidance_t_max": 1.0, "sde_norm": 1.0, **ig}})
+    diffusion = typed("diffusion", {"time_dist": "logit_normal", "shift_base": 4096, "logit_mean": 0.0,
+                                    "logit_std": 1.0, "latent_norm": "mean_var"})
+    samples, _, _ = sample(dit, None, dit, decoder, stats, params, diffusion, 0, scratch(tmp_path))
+    images = np.concatenate(list(samples.chunks(64)))
+
+    model = load_raev2_dit(part(tensors, "dit."), **kwargs)
+    decode = OfficialModelDataset(filepath=str(tmp_path / "decoder.pt"), kind="raev2_decoder", params=sizes).load()
+    from unirae_pipeline.models.decoder import decoder_from_file
+
+    decode = decoder_from_file(decode).eval()
+    labels = balanced_labels(10, 1, 0)
+    noise = torch.randn((10, 32, 4, 4), generator=torch.Generator().manual_seed(0))
+    velocity = internally_guided_velocity(model, 0.05, 10, 1.78, 0.1, 1.0)
+    with torch.no_grad():
+        z = sample_ode(velocity, noise, labels, raev2_time_grid(5, shift_factor((32, 4, 4), 4096)), "euler")
+        want = to_uint8_nhwc(decode(denormalize(z, dec["stats.mean"], dec["stats.var"])))
+    assert images.shape == (10, 16, 16, 3) and np.abs(images.astype(int) - want.astype(int)).max() <= 1
+    assert decode.pixel_norm == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    rae_stats = OfficialModelDataset(filepath=str(tmp_path / "stats.pt"), kind="stats").load()
+    with pytest.raises(ValueError, match="fingerprints differ"):
+        sample(dit, None, dit, decoder, rae_stats, params, diffusion, 0, scratch(tmp_path))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["dit=raev2_tiny"], "diffusion.time_dist=logit_normal"),
+    (["method=raev2", "sample.sampler.guidance=autoguidance", "sample.sampler.guidance_scale=1.5"], "AutoGuidance"),
+    (["method=raev2", "guide=tiny"], "guide=snapshot"),
+    (["sample.sampler.ig_scale=1.5"], "sample.sampler.ig_scale=1"),
+    (["dit.arch=ddt"], "'dit.arch' must be one of 'dit_dh', 'raev2'"),
+])
+def test_params_of_the_other_method_are_refused_naming_the_key(overrides, message):
+    from unirae_pipeline.config.params import load_params
+
+    with pytest.raises(ValueError, match=message):
+        load_params(compose_params(overrides, conf_dir=ROOT / "conf"))
+
+
+def test_method_raev2_switches_every_part_and_muon_trains_with_the_schedule():
+    """`method=raev2` on the embedded default: RAEv2's DiT, Muon (fp32 iterations on a CPU), the decoder's output
+    the image, no mirrors, logit-normal times, internal guidance; the recipe's optimizer is Muon + AdamW, one
+    schedule moving both."""
+    from unirae_pipeline.training.muon import MuonAdamW, muon_optimizer
+
+    tree = load_params(compose_params(["method=raev2"], conf_dir=ROOT / "conf"))
+    assert isinstance(tree.dit, RAEv2DiTConfig) and tree.train_dit.muon.precision == "fp32"
+    assert not tree.decoder.denormalize and not tree.latents.hflip and tree.diffusion.time_dist == "logit_normal"
+    assert tree.sample.sampler.ig_scale > 1 and tree.train_dit.train_tables
+    model = build_raev2_dit(tree.dit, (8, 2, 2), 3, seed=0)
+    opt, sched = muon_optimizer(tree.train_dit, model.parameters())
+    assert isinstance(opt, MuonAdamW) and len(opt.param_groups) == 2
+    first = [g["lr"] for g in opt.param_groups]
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step()
+    assert first[0] == first[1] < tree.train_dit.lr  # warm-up
+    assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] > first[0]

@@ -112,6 +112,8 @@ EXERCISED = {
     "bash scripts/setup.sh": "test_readme.test_quick_start_has_two_commands_and_ci_runs_the_second",  # and CI itself
     "dvc exp run -S profile=imagenet":
         "test_readme.test_imagenet_commands_compose_and_every_file_they_need_is_documented",
+    "dvc exp run -S method=raev2": "test_pipelines.test_the_raev2_method_learns_on_the_embedded_default",
+    "dvc exp run -S profile=raev2": "test_raev2.test_profile_raev2_equals_raev2s_three_configs",
     "dvc exp run --queue": "test_e2e.test_queued_sweep_curated_table_and_plots_of_every_experiment",
     "dvc exp run -S": "test_e2e.test_exp_run_depth_reruns_only_the_dit_stages",
     "dvc queue start": "test_e2e.test_queued_sweep_curated_table_and_plots_of_every_experiment",

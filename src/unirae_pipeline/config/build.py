@@ -72,10 +72,29 @@ def build(cls: type[T], params: Any, name: str) -> T:
         raise
 
 
+class Tagged:
+    """A params group that is one of several dataclasses told apart by their `arch` field (a one-value Literal), as
+    `dit` is. Nodes annotate such a group by this base: Kedro validates a dataclass parameter but not a union of them,
+    and warns at every run that it passes one as a raw mapping (here it never does: the hook hands the built tree)."""
+
+
+def build_typed(hint: Any, value: Any, name: str) -> Any:
+    """A value checked against a type hint: a dataclass (or a union of them) built from its mapping, errors naming
+    the params key `name`."""
+    return _field(hint, value, name)
+
+
 def _field(hint: Any, value: Any, name: str) -> Any:
-    """A field's value, checked against its annotation: a sub-group (a dataclass type) is built from its mapping."""
+    """A field's value, checked against its annotation: a sub-group (a dataclass type) is built from its mapping; of a
+    union of groups, the one whose `arch` (a one-value Literal) the mapping names (absent: the first)."""
     options = _options(hint)
     groups = [t for t in options if dataclasses.is_dataclass(t)]
+    if len(groups) > 1 and isinstance(value, dict):
+        tags = {typing.get_args(typing.get_type_hints(g)["arch"])[0]: g for g in groups}
+        arch = value.get("arch", next(iter(tags)))
+        if arch not in tags:
+            raise ValueError(f"params '{name}.arch' must be one of {', '.join(map(repr, tags))}, got {arch!r}")
+        return build(tags[arch], value, name)
     if groups and not (value is None and type(None) in options):
         return build(groups[0], value, name)
     ok, wanted = _matches(hint, value)

@@ -22,7 +22,8 @@ from ..data.encoding import CacheConfig
 from ..data.source import DataConfig, check_file_names, count_images
 from ..diffusion.transport import TransportConfig
 from ..models.decoder import DecoderConfig
-from ..models.dit import DiTConfig
+from ..models.dit import AnyDiTConfig
+from ..models.dit_raev2 import RAEv2DiTConfig
 from ..models.encoder import EncoderConfig
 from ..runtime import RuntimeConfig
 from ..training.fit import TrainerConfig
@@ -45,7 +46,7 @@ class Params:
     latents: CacheConfig
     encoder: EncoderConfig
     decoder: DecoderConfig
-    dit: DiTConfig
+    dit: AnyDiTConfig
     trainer: TrainerConfig
     runtime: RuntimeConfig
     diffusion: TransportConfig
@@ -66,6 +67,7 @@ class Params:
                              f"(encoder.input_size {self.encoder.input_size} / its patch size) must equal "
                              f"data.image_size {self.data.image_size}: set data.image_size="
                              f"{self.decoder.patch_size * grid}, or decoder.patch_size or encoder.input_size to match")
+        self.check_method()
         if self.data.source == "shapes":  # the built-in set's size is known before it exists
             self.data.shapes.check_size(self.data.image_size)
             if self.fid.extractor == "classifier" and self.data.shapes.num_classes < 2:
@@ -73,6 +75,21 @@ class Params:
                                  "are class accuracy and features learnt by telling classes apart)")
             self.check_batch_sizes(self.data.shapes.num_classes * self.data.shapes.train_per_class,
                                    "data.shapes: num_classes x train_per_class")
+
+    def check_method(self) -> None:
+        """The keys that belong to one method: RAEv2's DiT trains on its logit-normal times and guides itself (no
+        AutoGuidance guide); internal guidance needs its base head."""
+        sampler = self.sample.sampler
+        if isinstance(self.dit, RAEv2DiTConfig):
+            if self.diffusion.time_dist != "logit_normal":
+                raise ValueError("dit.arch raev2 trains on RAEv2's (untruncated) logit-normal times: set "
+                                 "diffusion.time_dist=logit_normal (method=raev2 sets every RAEv2 value)")
+            if self.guide.source == "train" or (sampler.guidance == "autoguidance" and sampler.guidance_scale > 1):
+                raise ValueError("dit.arch raev2 guides itself (sample.sampler.ig_scale) and with CFG; AutoGuidance "
+                                 "is DiT-DH's: set sample.sampler.guidance=cfg and guide=snapshot")
+        elif sampler.ig_scale > 1:
+            raise ValueError(f"sample.sampler.ig_scale {sampler.ig_scale} guides RAEv2's DiT by its base head; "
+                             "dit.arch dit_dh has none: set sample.sampler.ig_scale=1, or dit=raev2_tiny")
 
     def batch_keys(self) -> tuple[str, ...]:
         """The fixed batch sizes drawn from the training images (the FID classifier's only when it is trained here;

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .sampler_config import SamplerConfig
-from .transport import T_MAX, VelocityFn, shift_time, x_to_velocity
+from .transport import T_EPS, T_MAX, VelocityFn, shift_time, x_to_velocity
 
 
 def with_guidance(cfg: SamplerConfig, model: VelocityFn, null_label: int,
@@ -25,9 +26,24 @@ def module_velocity(net: nn.Module, device: torch.device | str, compile: bool) -
     """A velocity network in eval mode on `device`, through torch.compile if asked (one graph per batch shape: the
     batch is fixed and doubles under CFG, so no dynamic-shape code), its output cast to fp32 so that guidance
     arithmetic stays exact under autocast."""
-    net = net.eval().to(device)
-    run = torch.compile(net, dynamic=False) if compile else net
+    run = prepared(net, device, compile)
     return lambda x, t, y: run(x, t, y).float()
+
+
+def prepared(net: nn.Module, device: torch.device | str, compile: bool) -> Callable[..., Any]:
+    """The network in eval mode on `device`, compiled if asked (see `module_velocity`)."""
+    net = net.eval().to(device)
+    return torch.compile(net, dynamic=False) if compile else net
+
+
+def raev2_velocity(cfg: SamplerConfig, net: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                   null_label: int) -> VelocityFn:
+    """RAEv2's DiT under the configured guidance: internal guidance and CFG (`internally_guided_velocity`)."""
+    if cfg.guidance == "autoguidance" and cfg.guidance_scale > 1:
+        raise ValueError("sample.sampler.guidance 'autoguidance' guides DiT-DH with a second model; RAEv2's DiT "
+                         "guides itself: set sample.sampler.guidance=cfg and use sample.sampler.ig_scale")
+    return internally_guided_velocity(net, T_EPS, null_label, cfg.ig_scale, cfg.ig_t_min, cfg.ig_t_max,
+                                      cfg.guidance_scale, cfg.guidance_t_min, cfg.guidance_t_max)
 
 
 def time_grid(num_steps: int, s: float) -> torch.Tensor:
@@ -41,8 +57,9 @@ def raev2_time_grid(num_steps: int, s: float) -> torch.Tensor:
     return shift_time(torch.linspace(1.0, 0.0, num_steps + 1), s)
 
 
-def internally_guided_velocity(net: nn.Module, t_eps: float, null_label: int, ig_scale: float, ig_t_min: float,
-                               ig_t_max: float, cfg_scale: float = 1.0, cfg_t_min: float = 0.0, cfg_t_max: float = 1.0,
+def internally_guided_velocity(net: Callable[..., tuple[torch.Tensor, torch.Tensor]], t_eps: float, null_label: int,
+                               ig_scale: float, ig_t_min: float, ig_t_max: float, cfg_scale: float = 1.0,
+                               cfg_t_min: float = 0.0, cfg_t_max: float = 1.0,
                                uncond_ig_scale: float | None = None) -> VelocityFn:
     """The velocity of a two-head clean-latent predictor (RAEv2's DiT, `(full, base)`) under RAEv2's guidance.
 

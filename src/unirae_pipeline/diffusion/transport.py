@@ -11,6 +11,8 @@ import torch
 
 # The reference draws training times on [0, 1 - 1/1000] and starts the sampling grid at the same bound.
 T_MAX = 0.999
+# RAEv2's floor of t where an x-prediction becomes a velocity (`t_eps`, its config default): (x_t - x) / max(t, T_EPS).
+T_EPS = 0.05
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

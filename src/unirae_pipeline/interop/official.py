@@ -90,10 +90,12 @@ def load_official_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, p
 def load_raev2_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, in_channels: int, patch_size: Any = 1,
                    hidden_size: Any = (1152, 2048), depth: Any = (28, 2), num_heads: Any = (16, 16),
                    mlp_ratio: float = 4.0, base_model_depth: int = 8, num_classes: int = 1000,
-                   condition_type: str = "label", cond_arch: Any = None, **unused: Any) -> RAEv2DiT:
+                   condition_type: str = "label", cond_arch: Any = None, cfg_dropout_prob: float = 0.1,
+                   **unused: Any) -> RAEv2DiT:
     """Our RAEv2 DiT from a `DiTwDDTHeadIG` state dict (a released checkpoint's "ema"); keyword names and defaults
     are those of RAEv2's class and its config's `stage_2.params` (`cond_arch` its `conditioning.arch`, a dict or an
-    object with `num_t_tokens`/`num_c_tokens`; the counts are also read from the weights)."""
+    object with `num_t_tokens`/`num_c_tokens`; the counts are also read from the weights). `cfg_dropout_prob`
+    (`conditioning.cfg_dropout_prob`, the released 0.1) is the training's label dropout, recorded in the config."""
     if condition_type != "label":
         raise ValueError(f"RAEv2 DiT with condition_type={condition_type!r} is not supported (class labels only)")
     for key, value in unused.items():
@@ -119,6 +121,7 @@ def load_raev2_dit(state_dict: dict[str, torch.Tensor], *, input_size: int, in_c
     cfg = RAEv2DiTConfig(hidden_size=d, depth=depth_s, num_heads=heads_s, head_hidden_size=dh, head_depth=depth_h,
                          head_num_heads=heads_h, mlp_ratio=mlp_ratio, patch_size=p_s, base_depth=base_model_depth,
                          time_tokens=tokens["num_t_tokens"], class_tokens=tokens["num_c_tokens"],
+                         class_dropout_prob=cfg_dropout_prob, label_init_std=0.02,  # RAEv2's init
                          fourier_features=state["t_embedder.W"].shape[0])
     model = RAEv2DiT(cfg, in_channels, input_size, num_classes)
     # RAEv2 stores its RoPE tables; ours are computed: check that they agree, then drop them.

@@ -18,11 +18,13 @@ from .serialization import ModelFile
 
 PixelNorm = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) of the encoder's input normalization
 IMAGENET_NORM: PixelNorm = (IMAGENET_MEAN, IMAGENET_STD)
+IDENTITY_NORM: PixelNorm = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # a decoder whose output is the image (RAEv2)
 
 
 @dataclass(frozen=True)
 class DecoderConfig:
-    """Decoder size (presets in `conf/decoder/`) and its training-time noise augmentation."""
+    """Decoder size (presets in `conf/decoder/`), its training-time noise augmentation, and whether its output undoes
+    the encoder's input normalization (`denormalize`, RAE) or is the image itself (RAEv2)."""
 
     hidden_size: int
     depth: int
@@ -31,6 +33,7 @@ class DecoderConfig:
     patch_size: int
     noise_tau: float
     noise_dist: Literal["uniform", "half_normal"]
+    denormalize: bool = True  # files written before the key existed denormalize
 
     def __post_init__(self) -> None:
         check_heads("decoder.hidden_size / decoder.num_heads", self.hidden_size, self.num_heads)
@@ -40,18 +43,20 @@ class DecoderConfig:
             raise ValueError(f"decoder.noise_tau must be >= 0, got {self.noise_tau}")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config a file holds; `denormalize` only when false, so that RAE decoders' files keep their bytes."""
+        return {k: v for k, v in asdict(self).items() if k != "denormalize" or not v}
 
 
 class ViTDecoder(nn.Module):
     """Linear in, trainable CLS, sin-cos positions, pre-LN ViT, final LN, linear to p*p*3, unpatchify, and the
-    encoder's input normalization undone (`pixel_norm`), as the reference decodes. The position table is a frozen
+    encoder's input normalization undone (`pixel_norm`), as the reference decodes (with `denormalize: false` the
+    output is the image, as RAEv2 decodes). The position table is a frozen
     parameter that `train_rae.train_tables` lets train (the reference's GPU trainer does), so files always carry it."""
 
     def __init__(self, cfg: DecoderConfig, latent_dim: int, grid: int, pixel_norm: PixelNorm = IMAGENET_NORM) -> None:
         super().__init__()
         self.cfg, self.latent_dim, self.grid = cfg, latent_dim, grid
-        self.pixel_norm = tuple(tuple(map(float, v)) for v in pixel_norm)
+        self.pixel_norm = tuple(tuple(map(float, v)) for v in (pixel_norm if cfg.denormalize else IDENTITY_NORM))
         d = cfg.hidden_size
         self.decoder_embed = nn.Linear(latent_dim, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))

@@ -6,17 +6,19 @@ where `num_classes` is the null (unconditional) label. The output is the flow-ma
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from timm.layers import PatchEmbed
 from torch import nn
 from torch.nn import functional as F
 
-from ..config.build import build
+from ..config.build import Tagged, build_typed
+from .dit_raev2 import RAEv2DiT, RAEv2DiTConfig, build_raev2_dit
 from .layers import (
+    FourierTimeEmbed,
+    LabelEmbedder,
     RMSNorm,
     Rope2D,
     SwiGLU,
@@ -33,8 +35,9 @@ from .serialization import ModelFile
 
 
 @dataclass(frozen=True)
-class DiTConfig:
-    """Architecture of DiT-DH; the presets (tiny/S/B/L/XL) live in `conf/dit/`."""
+class DiTConfig(Tagged):
+    """Architecture of DiT-DH; the presets (tiny/S/B/L/XL) live in `conf/dit/`. `arch` tells the `dit` group's two
+    architectures apart (RAEv2's: `dit_raev2.RAEv2DiTConfig`); files written before it existed are DiT-DH's."""
 
     hidden_size: int
     depth: int
@@ -47,6 +50,7 @@ class DiTConfig:
     class_dropout_prob: float
     label_init_std: float
     fourier_features: int
+    arch: Literal["dit_dh"] = "dit_dh"
 
     def __post_init__(self) -> None:
         check_heads("dit.hidden_size / dit.num_heads", self.hidden_size, self.num_heads)
@@ -68,30 +72,6 @@ class DiTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class FourierTimeEmbed(nn.Module):
-    """Fixed Gaussian Fourier features of t (not scaled by 1000) followed by an MLP."""
-
-    def __init__(self, dim: int, num_freqs: int) -> None:
-        super().__init__()
-        self.W = fixed_table(torch.randn(num_freqs))  # named as the reference
-        self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
-
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t.float()[:, None] * self.W[None] * 2 * math.pi  # the references' order of rounding
-        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.mlp[0].weight.dtype))
-
-
-class LabelEmbedder(nn.Module):
-    """Class table with one extra row, the null class of classifier-free guidance."""
-
-    def __init__(self, num_classes: int, dim: int) -> None:
-        super().__init__()
-        self.embedding_table = nn.Embedding(num_classes + 1, dim)
-
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.embedding_table(y)
 
 
 class Attention(nn.Module):
@@ -251,28 +231,34 @@ class LightningDiT(DiTBackbone):
         return self.unpatchify(self.final_layer(h, c))
 
 
-def build_dit(cfg: DiTConfig, latent_shape: tuple[int, int, int], num_classes: int, seed: int) -> DiTBackbone:
+AnyDiTConfig = DiTConfig | RAEv2DiTConfig  # the `dit` group: DiT-DH (`arch: dit_dh`) or RAEv2's DiT (`arch: raev2`)
+
+
+def build_dit(cfg: AnyDiTConfig, latent_shape: tuple[int, int, int], num_classes: int,
+              seed: int) -> DiTBackbone | RAEv2DiT:
     """Seeded construction, so training and the untrained baseline of `sample` start from the same weights.
 
-    `dit.head_depth: 0` builds the plain LightningDiT baseline, anything else DiT-DH."""
+    `dit.head_depth: 0` builds the plain LightningDiT baseline, `dit.arch: raev2` RAEv2's DiT, anything else DiT-DH."""
+    if isinstance(cfg, RAEv2DiTConfig):
+        return build_raev2_dit(cfg, latent_shape, num_classes, seed)
     channels, size, _ = latent_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return (LightningDiT if cfg.head_depth == 0 else DiTDH)(cfg, channels, size, num_classes)
 
 
-def dit_file(model: DiTBackbone, **meta: Any) -> ModelFile:
+def dit_file(model: DiTBackbone | RAEv2DiT, **meta: Any) -> ModelFile:
     """A DiT's file: its weights, its architecture (`config`) and what else the writer knows (latent shape, classes,
     encoder fingerprint, seed, ...)."""
     return ModelFile.of("dit", model, config=model.cfg.to_dict(), **meta)
 
 
-def dit_config(file: ModelFile) -> DiTConfig:
+def dit_config(file: ModelFile) -> AnyDiTConfig:
     """The architecture a DiT file holds, built as the `dit` params group is."""
-    return build(DiTConfig, file.expect("dit").meta["config"], "dit")
+    return build_typed(AnyDiTConfig, file.expect("dit").meta["config"], "dit")
 
 
-def dit_from_file(file: ModelFile) -> DiTBackbone:
-    """The DiT-DH (or LightningDiT) a file holds."""
+def dit_from_file(file: ModelFile) -> DiTBackbone | RAEv2DiT:
+    """The DiT a file holds (DiT-DH, LightningDiT or RAEv2's)."""
     model = build_dit(dit_config(file), tuple(file.meta["latent_shape"]), file.meta["num_classes"], seed=0)
     return file.load_into(model)

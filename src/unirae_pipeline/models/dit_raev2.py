@@ -12,20 +12,34 @@ checkpoints load without renaming and a seeded construction draws the same initi
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 from timm.layers import PatchEmbed
 from torch import nn
 from torch.nn import functional as F
 
-from .dit import FourierTimeEmbed, LabelEmbedder
-from .layers import RMSNorm, Rope2D, SplitSwiGLU, check_heads, modulate, swiglu_hidden, unpatchify, xavier_flat_
+from ..config.build import Tagged
+from .layers import (
+    FourierTimeEmbed,
+    LabelEmbedder,
+    RMSNorm,
+    Rope2D,
+    SplitSwiGLU,
+    check_heads,
+    modulate,
+    swiglu_hidden,
+    unpatchify,
+    xavier_flat_,
+)
 
 
 @dataclass(frozen=True)
-class RAEv2DiTConfig:
-    """Architecture of RAEv2's DiT: trunk (hidden_size, depth, num_heads), DDT head (head_*), the base head after
-    `base_depth` trunk blocks, and the numbers of in-context time and class tokens."""
+class RAEv2DiTConfig(Tagged):
+    """Architecture of RAEv2's DiT (`dit.arch: raev2`): trunk (hidden_size, depth, num_heads), DDT head (head_*), the
+    base head after `base_depth` trunk blocks, the numbers of in-context time and class tokens, and the probability
+    that the objective drops a label to the null class (RAEv2's `conditioning.cfg_dropout_prob`; the model itself
+    never drops one)."""
 
     hidden_size: int
     depth: int
@@ -38,7 +52,10 @@ class RAEv2DiTConfig:
     base_depth: int
     time_tokens: int
     class_tokens: int
+    class_dropout_prob: float
+    label_init_std: float
     fourier_features: int
+    arch: Literal["raev2"] = "raev2"
 
     def __post_init__(self) -> None:
         for name, width, heads in (("dit", self.hidden_size, self.num_heads),
@@ -53,6 +70,10 @@ class RAEv2DiTConfig:
             raise ValueError(f"dit.base_depth must be in [1, dit.depth={self.depth}], got {self.base_depth}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"dit.mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.label_init_std < 0:
+            raise ValueError(f"dit.label_init_std must be >= 0, got {self.label_init_std}")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"dit.class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -171,11 +192,11 @@ class RAEv2DiT(nn.Module):
         self.base_final_layer = OutputLayer(d, p * p * in_channels).zero_()  # created after the init, as RAEv2's
 
     def initialize_weights(self) -> None:
-        """RAEv2's init: xavier patch embeds, N(0, .02) class table and time MLP, zero adaLN and output; every other
-        Linear keeps PyTorch's default."""
+        """RAEv2's init: xavier patch embeds, N(0, label_init_std) class table (RAEv2's: .02), N(0, .02) time MLP,
+        zero adaLN and output; every other Linear keeps PyTorch's default."""
         xavier_flat_(self.x_embedder.proj)
         xavier_flat_(self.s_embedder.proj)
-        nn.init.normal_(self.ctx_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.ctx_embedder.embedding_table.weight, std=self.cfg.label_init_std)
         for block in self.blocks[self.cfg.depth:]:
             nn.init.zeros_(block.adaln_modulation[-1].weight)
             nn.init.zeros_(block.adaln_modulation[-1].bias)

@@ -1,4 +1,5 @@
-"""Building blocks shared by the decoder and DiT-DH: positions, RMSNorm, SwiGLU, 2-D RoPE."""
+"""Building blocks shared by the decoder and the DiTs: positions, RMSNorm, SwiGLU, 2-D RoPE, the time and label
+embedders."""
 
 from __future__ import annotations
 
@@ -143,3 +144,27 @@ def fixed_table(values: torch.Tensor) -> nn.Parameter:
     """A table the model initializes and does not train by default (sin-cos positions, Fourier frequencies): a frozen
     parameter, as the reference's, so that it travels with every checkpoint and `train_tables` can let it train."""
     return nn.Parameter(values, requires_grad=False)
+
+
+class FourierTimeEmbed(nn.Module):
+    """Fixed Gaussian Fourier features of t (not scaled by 1000) followed by an MLP."""
+
+    def __init__(self, dim: int, num_freqs: int) -> None:
+        super().__init__()
+        self.W = fixed_table(torch.randn(num_freqs))  # named as the reference
+        self.mlp = nn.Sequential(nn.Linear(2 * num_freqs, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = t.float()[:, None] * self.W[None] * 2 * math.pi  # the references' order of rounding
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+class LabelEmbedder(nn.Module):
+    """Class table with one extra row, the null class of classifier-free guidance."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.embedding_table(y)

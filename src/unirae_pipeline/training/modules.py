@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import lightning as L
 import torch
@@ -11,17 +11,22 @@ from torch import nn
 
 from .optim import EMA, OptimConfig, build_optimizer
 
-Objective = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor]
+# the loss, or {"loss": the loss, other names: terms to log}
+Objective = Callable[[nn.Module, tuple[torch.Tensor, ...]], torch.Tensor | dict[str, torch.Tensor]]
+OptimizerFactory = Callable[[OptimConfig, Iterable[nn.Parameter]],
+                            tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]]
 DIVERGED = 1e4  # a loss this many times the first step's (at least 1) is a divergence, not training
 
 
 class TrainModule(L.LightningModule):
-    """AdamW + per-step schedule, EMA after every optimizer step, `loss` logged per step. A recipe with
-    `train_tables` (DiT-DH's, the decoder's) trains every parameter, the frozen tables too, as the reference's
-    `model.requires_grad_(True)` does; otherwise they stay as initialized."""
+    """AdamW (or `make_optimizer`'s) + per-step schedule, EMA after every optimizer step, `loss` logged per step. A
+    recipe with `train_tables` (DiT-DH's, the decoder's) trains every parameter, the frozen tables too, as the
+    reference's `model.requires_grad_(True)` does; otherwise they stay as initialized."""
 
-    def __init__(self, model: nn.Module, optim: OptimConfig, objective: Objective | None) -> None:
+    def __init__(self, model: nn.Module, optim: OptimConfig, objective: Objective | None,
+                 make_optimizer: OptimizerFactory = build_optimizer) -> None:
         super().__init__()
+        self.make_optimizer = make_optimizer  # train_dit's recipe may ask for Muon (training.muon)
         if getattr(optim, "train_tables", False):  # only the recipes of models with fixed tables have the key
             model.requires_grad_(True)
         self.model, self.optim, self.objective = model, optim, objective
@@ -42,17 +47,19 @@ class TrainModule(L.LightningModule):
 
     def compute_loss(self, batch: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         """{"loss": the loss to minimize, other names: detached terms for the logs and the loss curve}."""
-        return {"loss": self.objective(self.net, batch)}
+        out = self.objective(self.net, batch)
+        return out if isinstance(out, dict) else {"loss": out}
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
         out = self.compute_loss(batch)
         self._watch(out["loss"])
         self.log("loss", out["loss"], prog_bar=True, on_step=True, on_epoch=False)
-        self.log_dict({k: v for k, v in out.items() if k != "loss"}, on_step=True, on_epoch=False)
-        return out
+        terms = {k: v.detach() for k, v in out.items() if k != "loss"}
+        self.log_dict(terms, on_step=True, on_epoch=False)
+        return {"loss": out["loss"], **terms}
 
     def configure_optimizers(self):
-        opt, sched = build_optimizer(self.optim, self.model.parameters())
+        opt, sched = self.make_optimizer(self.optim, self.model.parameters())
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def _watch(self, loss: torch.Tensor) -> None:

@@ -4,7 +4,8 @@ Muon replaces a matrix's momentum by the nearest semi-orthogonal matrix, approxi
 X <- a X + (b A + c A^2) X with A = X X^T. Polar Express (Amsel et al. 2025, arXiv 2505.16932) picks a different
 (a, b, c) for each of the five steps; torch.optim.Muon holds one triple for every step, so it cannot run them. The
 precisions are RAEv2's: momentum in the parameter's dtype, the update in bf16, the iteration in fp16 after a
-Frobenius normalization in fp32. Non-square matrices iterate on their Gram matrix (the same polynomial, computed on
+Frobenius normalization in fp32 (`precision: fp32` iterates in fp32 instead: a CPU runs fp16 matrix products many
+times slower than fp32 ones). Non-square matrices iterate on their Gram matrix (the same polynomial, computed on
 the small side, restarted once), square ones on X itself.
 """
 
@@ -13,9 +14,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
+
+from .optim import OptimConfig, lr_factor
 
 # Polar Express's per-step coefficients for five steps, divided by (1.05, 1.05^3, 1.05^5) for safety: the preset
 # RAEv2 trains with ("POLAR_EXPRESS_COEFFICIENTS").
@@ -28,14 +32,16 @@ POLAR_EXPRESS = tuple((a / 1.05, b / 1.05**3, c / 1.05**5) for a, b, c in _POLAR
 # Where the Gram iteration recomputes X and its Gram matrix: the position gram-newton-schulz's tuner picks for these
 # coefficients (the condition of the accumulated polynomial under a perturbed smallest eigenvalue).
 GRAM_RESTARTS = (2,)
+NS_DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 
 def newton_schulz(x: torch.Tensor, coefficients: Sequence[tuple[float, float, float]] = POLAR_EXPRESS,
-                  restarts: Sequence[int] = GRAM_RESTARTS, eps: float = 1e-7) -> torch.Tensor:
-    """Semi-orthogonalize each matrix of a batch (B, m, n); returned in fp16."""
+                  restarts: Sequence[int] = GRAM_RESTARTS, eps: float = 1e-7,
+                  dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Semi-orthogonalize each matrix of a batch (B, m, n); iterated and returned in `dtype`."""
     tall = x.shape[-2] > x.shape[-1]
     x = x.float()
-    x = (x / (x.norm(dim=(-2, -1), keepdim=True) + eps)).half()
+    x = (x / (x.norm(dim=(-2, -1), keepdim=True) + eps)).to(dtype)
     gram = (lambda m: m.mT @ m) if tall else (lambda m: m @ m.mT)
     apply = (lambda m, q: m @ q) if tall else (lambda m, q: q @ m)  # X <- X Q (tall) or Q X (wide, square)
     if x.shape[-2] == x.shape[-1]:
@@ -66,7 +72,8 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, momentum: float = 0.95, nesterov: bool = True,
                  weight_decay: float = 0.0, coefficients: Sequence[tuple[float, float, float]] = POLAR_EXPRESS,
-                 restarts: Sequence[int] = GRAM_RESTARTS, eps: float = 1e-7) -> None:
+                 restarts: Sequence[int] = GRAM_RESTARTS, eps: float = 1e-7,
+                 dtype: torch.dtype = torch.float16) -> None:
         if not 0 <= momentum < 1 or lr < 0 or weight_decay < 0:
             raise ValueError(f"Muon needs 0 <= momentum < 1, lr >= 0, weight_decay >= 0: {momentum}, {lr}, "
                              f"{weight_decay}")
@@ -74,7 +81,7 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             if any(p.ndim != 2 for p in group["params"]):
                 raise ValueError("Muon takes matrices only; give the other parameters to AdamW (muon_adamw)")
-        self.coefficients, self.restarts, self.eps = tuple(coefficients), tuple(restarts), eps
+        self.coefficients, self.restarts, self.eps, self.dtype = tuple(coefficients), tuple(restarts), eps, dtype
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch.optim's signature
@@ -89,7 +96,8 @@ class Muon(torch.optim.Optimizer):
                     by_shape[(p.shape, p.dtype)].append(p)
             for (shape, _), params in by_shape.items():
                 updates = torch.stack([self._momentum_update(p, group) for p in params])
-                updates = newton_schulz(updates, self.coefficients, self.restarts, self.eps).to(torch.bfloat16)
+                updates = newton_schulz(updates, self.coefficients, self.restarts, self.eps,
+                                        self.dtype).to(torch.bfloat16)
                 updates.mul_(group["lr"] * (0.2 * math.sqrt(max(shape))))
                 for p, update in zip(params, updates):
                     p.mul_(1 - group["lr"] * group["weight_decay"]).sub_(update)
@@ -143,12 +151,23 @@ class MuonAdamW(torch.optim.Optimizer):
 
 def muon_adamw(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float] = (0.9, 0.95),
                weight_decay: float = 0.0, momentum: float = 0.95, nesterov: bool = True,
-               eps: float = 1e-8) -> MuonAdamW:
+               eps: float = 1e-8, precision: Literal["fp16", "fp32"] = "fp16") -> MuonAdamW:
     """RAEv2's `gmuon` split: every parameter with two dimensions (Linear weights, the class table, the learned
     tokens) to Muon, the others (biases, norm gains, 4-D patch convolutions, Fourier frequencies) to AdamW."""
     params = [p for p in params if p.requires_grad]
     matrices, rest = [p for p in params if p.ndim == 2], [p for p in params if p.ndim != 2]
-    muon = Muon(matrices, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    muon = Muon(matrices, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                dtype=NS_DTYPES[precision])
     adamw = torch.optim.AdamW(rest or [nn.Parameter(torch.empty(0))], lr=lr, betas=betas, eps=eps,
                               weight_decay=weight_decay)
     return MuonAdamW(muon, adamw)
+
+
+def muon_optimizer(cfg: OptimConfig, params: Iterable[nn.Parameter],
+                   ) -> tuple[MuonAdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer of a recipe with `muon` (train_dit's, RAEv2's): Muon + AdamW, one per-step schedule moving
+    both LRs (RAEv2 resets every group's LR from the same factor)."""
+    muon = cfg.muon
+    opt = muon_adamw(params, cfg.lr, cfg.betas, cfg.weight_decay, muon.momentum, muon.nesterov,
+                     precision=muon.precision)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(cfg, step))

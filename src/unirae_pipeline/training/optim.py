@@ -100,13 +100,29 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class MuonConfig:
+    """`train_dit.muon`: Muon (RAEv2's `gmuon`) for the matrices with this momentum (Nesterov's or plain), the
+    Newton-Schulz iteration in `precision` (RAEv2: fp16); null trains every parameter with AdamW."""
+
+    momentum: float
+    nesterov: bool
+    precision: Literal["fp16", "fp32"]
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"train_dit.muon.momentum must be in [0, 1), got {self.momentum}")
+
+
+@dataclass(frozen=True)
 class DiTTrainConfig(OptimConfig):
-    """`train_dit`: the recipe, when (in `unit`) the EMA weights are kept as the AutoGuidance guide, and whether the
+    """`train_dit`: the recipe, when (in `unit`) the EMA weights are kept as the AutoGuidance guide, whether the
     DiT's sin-cos position table and Fourier frequencies train (`train_tables`: the reference's GPU trainer calls
-    `requires_grad_(True)` on the whole model, so they do, with the weight decay and EMA of every weight)."""
+    `requires_grad_(True)` on the whole model, so they do, with the weight decay and EMA of every weight), and
+    `muon`: null for AdamW on every parameter, or RAEv2's Muon for the matrices (AdamW with `betas` for the rest)."""
 
     guide_at: float
     train_tables: bool
+    muon: MuonConfig | None
 
     TIMES = (*OptimConfig.TIMES, "guide_at")
     POSITIVE = (*OptimConfig.POSITIVE, "guide_at")
@@ -132,8 +148,9 @@ def lr_factor(cfg: OptimConfig, step: int) -> float:
 
 def build_optimizer(cfg: OptimConfig, params, delayed=(), delay: int = 0,
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW with the recipe's per-step schedule. `delayed` parameters (the stage-1 discriminator) get the same
-    schedule shifted to start at step `delay`, LR 0 before: the reference steps their scheduler only once they train."""
+    """AdamW with the recipe's per-step schedule (a recipe with `muon` builds `muon.muon_optimizer` instead).
+    `delayed` parameters (the stage-1 discriminator) get the same schedule shifted to start at step `delay`, LR 0
+    before: the reference steps their scheduler only once they train."""
     groups = [{"params": list(params)}]
     factors = [lambda step: lr_factor(cfg, step)]
     delayed = list(delayed)

@@ -22,11 +22,20 @@ from ...config.sample import SampleConfig
 from ...data.normalization import denormalize, norm_stats
 from ...data.samples import SampleSet, intact_shard, read_shard, write_shard
 from ...diffusion.sampler_config import SamplerConfig
-from ...diffusion.sampling import integrate, module_velocity, time_grid, with_guidance
+from ...diffusion.sampling import (
+    integrate,
+    module_velocity,
+    prepared,
+    raev2_time_grid,
+    raev2_velocity,
+    time_grid,
+    with_guidance,
+)
 from ...diffusion.transport import TransportConfig, VelocityFn, shift_factor
 from ...evaluation.report import check_finite, labelled_grid, to_uint8_nhwc
 from ...models.decoder import decoder_from_file
 from ...models.dit import build_dit, dit_config, dit_from_file
+from ...models.dit_raev2 import RAEv2DiT
 from ...models.serialization import ModelFile, check_fingerprints, digest
 from ...runtime import RuntimeConfig
 from ...runtime.progress import Progress
@@ -44,8 +53,14 @@ def balanced_labels(num_classes: int, per_class: int, seed: int) -> torch.Tensor
 
 def velocity_of(model: torch.nn.Module, guide: torch.nn.Module | None, sampler: SamplerConfig,
                 runtime: RuntimeConfig) -> VelocityFn:
-    """The guided velocity of `model` on the sampling device, compiled once per run with `runtime.compile`."""
+    """The guided velocity of `model` on the sampling device, compiled once per run with `runtime.compile`: RAEv2's
+    DiT with its internal guidance and CFG, DiT-DH with CFG or AutoGuidance (`guide`)."""
     device = runtime.sampling_device()
+    if isinstance(model, RAEv2DiT):
+        return raev2_velocity(sampler, prepared(model, device, runtime.compile), model.num_classes)
+    if sampler.ig_scale > 1:
+        raise ValueError(f"sample.sampler.ig_scale {sampler.ig_scale} guides a RAEv2 DiT by its base head; this DiT "
+                         "(DiT-DH) has none: set sample.sampler.ig_scale=1")
     return with_guidance(sampler, module_velocity(model, device, runtime.compile), model.num_classes,
                          module_velocity(guide, device, runtime.compile) if guide is not None else None)
 
@@ -138,7 +153,8 @@ def sample(dit: ModelFile, dit_snapshot: ModelFile | None, dit_guide: ModelFile,
     models = [dit, decoder, latent_stats, *([guide_file] if guide_file else [])]
     key = RunKey({"sample": cfg, "diffusion": transport, "seed": seed}, {"models": digest(*models)})
     start = time.perf_counter()
-    times = time_grid(sampler.num_steps, shift).float()
+    times = (raev2_time_grid(sampler.num_steps - 1, shift) if isinstance(model, RAEv2DiT)
+             else time_grid(sampler.num_steps, shift)).float()
     velocity, shape = velocity_of(model, guide, sampler, run), tuple(meta["latent_shape"])
     samples = generate_shards(key.folder(scratch), labels, cfg, image_shape, lambda y, first: generate(
         velocity, shape, dec, stats, y, cfg, sampler, times, seed, device, first))
@@ -148,7 +164,7 @@ def sample(dit: ModelFile, dit_snapshot: ModelFile | None, dit_guide: ModelFile,
              ", compiled" if run.compile else "", device, world_size(), seconds, len(labels) / seconds)
     if cfg.untrained_baseline:  # the floor: the untrained twin, unguided (its zero-init velocity is 0 anyway)
         untrained = build_dit(dit_config(dit), tuple(meta["latent_shape"]), meta["num_classes"], meta["seed"])
-        unguided = replace(sampler, guidance="cfg", guidance_scale=1.0)
+        unguided = replace(sampler, guidance="cfg", guidance_scale=1.0, ig_scale=1.0)
         floor = velocity_of(untrained, None, unguided, run)
         start = time.perf_counter()
         baseline = generate_shards(key.folder(scratch, suffix="-untrained"), labels, cfg, image_shape,
