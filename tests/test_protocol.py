@@ -353,7 +353,7 @@ def _stage1_replay(ref, tmp_path, module_class) -> dict[str, list[float]]:
         unit="epochs", duration=k["epochs"], batch_size=k["batch"], lr=k["lr"], final_lr=k["final_lr"],
         betas=k["betas"], weight_decay=k["weight_decay"], warmup=1, schedule="cosine", decay_start=None,
         decay_end=None, ema_decay=k["ema_decay"], grad_clip=k["clip_grad"], fit_batch=False, source="latents",
-        resize_ratio=1.0,
+        resize_ratio=1.0, encoder_rope_rescale=None,
         lpips_weight=0.0, lpips_start=0, gan_weight=k["disc_weight"], disc_start=k["disc_start"],
         disc_upd_start=k["disc_upd_start"], max_d_weight=k["max_d_weight"], diffaug=True, train_tables=True,
         tf32=False, lpips={"vgg_weights": None, "heads_weights": None},

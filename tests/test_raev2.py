@@ -157,6 +157,8 @@ def test_profile_raev2_equals_raev2s_three_configs(configs, profile):
     assert s1["gan"]["scheduler"] == sched and s1["gan"]["optimizer"] == t1["optimizer"]
     assert rae["disc"]["kernel_size"] == s1["gan"]["arch"]["ks"] and s1["gan"]["augment"]["cutout"] == 0
     assert rae["source"] == "images" and rae["resize_ratio"] == 1.0  # Resize(256) of 256 px images: no crop
+    with safe_open(str(FIXTURES / "raev2_encoder.safetensors"), framework="pt") as f:  # its DINOv3 hub's ViT-L
+        assert rae["encoder_rope_rescale"] == float(f.metadata()["rope_rescale_coords"])  # train mode in stage 1
     assert not profile["latents"]["hflip"]  # RAEv2 mirrors no image in either stage
     # stage 2: the latents' normalization, the objective, the optimizer and its schedule
     assert s2["stage_1"]["params"]["noise_tau"] == 0.0  # the decoder in eval mode: no noise in stage 2 anyway
@@ -361,6 +363,39 @@ def test_encoder_readout_equals_raev2s_on_a_native_dinov3_file(tmp_path):
     assert rel_err(latents.flatten(2).transpose(1, 2), tensors["encoder_out"]) < 1e-5
     last = FrozenEncoder(EncoderConfig(cfg.model, cfg.weights, cfg.input_size, cfg.overrides), 0, encoder_state(cfg))
     assert rel_err(last(tensors["encoder_in"]).flatten(2).transpose(1, 2), tensors["encoder_out"]) > 0.1
+
+
+def test_encoder_in_train_mode_equals_raev2s_stage_one(tmp_path):
+    """RAEv2's stage 1 runs DINOv3 in train mode: each block rescales the RoPE coordinates by its own log-uniform
+    factor in [1/2, 2]. `FrozenEncoder(..., rope_rescale=2).forward(x, rescale_rope=True)` draws the same factors from
+    the same seed (one per block, in order) and equals RAEv2's encoder class in train mode; without the flag it is
+    the eval-mode encoder, and its fingerprint does not change."""
+    from safetensors.torch import save_file
+
+    from unirae_pipeline.interop.encoder_weights import encoder_state
+    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
+
+    with safe_open(str(FIXTURES / "raev2_encoder.safetensors"), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    sizes, layers = json.loads(meta["sizes"]), json.loads(meta["layers"])
+    save_file(part(tensors, "encoder."), str(tmp_path / "dinov3.safetensors"))
+    cfg = EncoderConfig("vit_large_patch16_dinov3_qkvb.lvd1689m", str(tmp_path / "dinov3.safetensors"),
+                        sizes["img_size"], {k: sizes[k] for k in ("embed_dim", "depth", "num_heads")},
+                        layers=layers, readout="mean_plus_global")
+    rescale = float(meta["rope_rescale_coords"])
+    plain, enc = FrozenEncoder(cfg, 0, encoder_state(cfg)), FrozenEncoder(cfg, 0, encoder_state(cfg), rescale)
+    images, train = tensors["encoder_in"], tensors["encoder_out_train"]
+    torch.manual_seed(int(meta["train_seed"]))
+    jittered = enc(images, rescale_rope=True).flatten(2).transpose(1, 2)
+    assert rel_err(jittered, train) < 1e-5
+    assert rel_err(train, tensors["encoder_out"]) > 1e-2  # the fixture's train mode differs from its eval mode
+    assert torch.equal(enc(images), plain(images)) and enc.fingerprint() == plain.fingerprint()
+    assert rel_err(enc(images, rescale_rope=True).flatten(2).transpose(1, 2), train) > 1e-3  # a new draw
+    with pytest.raises(ValueError, match="needs an encoder built with rope_rescale"):
+        plain(images, rescale_rope=True)
+    with pytest.raises(ValueError, match="needs a DINOv3 encoder"):
+        FrozenEncoder(EncoderConfig("vit_small_patch14_reg4_dinov2", "none", 16, {"patch_size": 4, "embed_dim": 64,
+                                    "depth": 2, "num_heads": 4}), 0, rope_rescale=2.0)
 
 
 def test_encoder_readout_params_are_checked_and_fingerprinted():

@@ -186,8 +186,8 @@ RAE_SCRIPT = textwrap.dedent('''
     cfg = build(RAETrainConfig, dict(
         unit="steps", duration=14, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0, warmup=2,
         schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0, fit_batch=False,
-        source="images", resize_ratio=1.25, lpips_weight=1.0, lpips_start=0, gan_weight=0.75, disc_start=6,
-        disc_upd_start=4, max_d_weight=1e4, diffaug=True, train_tables=False, tf32=False,
+        source="images", resize_ratio=1.25, encoder_rope_rescale=None, lpips_weight=1.0, lpips_start=0,
+        gan_weight=0.75, disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True, train_tables=False, tf32=False,
         lpips={"vgg_weights": "vgg16.pth", "heads_weights": sys.argv[2]},
         disc={"model": "vit_small_patch8_224", "weights": "dino.pth", "input_size": 32, "key_depths": [1],
               "kernel_size": 3, "overrides": tiny}), "train_rae")

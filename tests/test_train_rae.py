@@ -59,8 +59,9 @@ def weights(tmp_path_factory) -> dict[str, str]:
 def recipe(weights: dict[str, str], **over) -> dict:
     base = dict(unit="steps", duration=12, batch_size=8, lr=1e-3, final_lr=1e-5, betas=[0.9, 0.95], weight_decay=0.0,
                 warmup=2, schedule="cosine", decay_start=None, decay_end=None, ema_decay=0.9, grad_clip=0.0,
-                fit_batch=False, source="latents", resize_ratio=1.25, lpips_weight=1.0, lpips_start=0, gan_weight=0.75,
-                disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True, train_tables=False, tf32=False,
+                fit_batch=False, source="latents", resize_ratio=1.25, encoder_rope_rescale=None, lpips_weight=1.0,
+                lpips_start=0, gan_weight=0.75, disc_start=6, disc_upd_start=4, max_d_weight=1e4, diffaug=True,
+                train_tables=False, tf32=False,
                 lpips={"vgg_weights": weights["vgg"], "heads_weights": LPIPS_HEADS},
                 disc={"model": "vit_small_patch8_224", "weights": weights["dino"], "input_size": 32,
                       "key_depths": [1, 2], "kernel_size": 3, "overrides": TINY_DINO})
@@ -339,3 +340,42 @@ def test_the_adaptive_weight_under_accumulation_is_the_whole_batch_one(weights, 
     micro = [float(probe.generator_loss(z[rows], images[rows].float() / 255)["gan_weight"]) for rows in
              (order[:4], order[4:])]
     assert all(abs(m / weight - 1) > 1e-3 for m in micro), (micro, weight)
+
+
+def test_rescaled_rope_reaches_the_generator_and_not_the_discriminator(weights, p, tmp_path, monkeypatch):
+    """`train_rae.encoder_rope_rescale` (RAEv2's stage 1): each generator step encodes with the DINOv3 encoder's
+    train-mode RoPE, each discriminator step's fakes decode its eval-mode latents (RAEv2's engine puts the whole RAE
+    in eval mode for them). Refused without source: images, below 1, or with an encoder without DINOv3's RoPE."""
+    from unirae_pipeline.config.params import load_params
+    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
+
+    monkeypatch.chdir(tmp_path)  # Lightning's logs
+    encoder = FrozenEncoder(EncoderConfig("vit_base_patch16_dinov3_qkvb.lvd1689m", "none", 16,
+                                          {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}), 0,
+                            rope_rescale=2.0)
+    gen = torch.Generator().manual_seed(0)
+    for param in encoder.parameters():  # DINOv3's init scales its blocks by 1e-5, where the RoPE hardly shows
+        param.normal_(0, 0.3, generator=gen)
+    calls: list[bool] = []
+    encoder.register_forward_pre_hook(lambda m, args, kwargs: calls.append(kwargs.get("rescale_rope", False)),
+                                      with_kwargs=True)
+    cfg = build(RAETrainConfig, recipe(weights, source="images", encoder_rope_rescale=2.0, lpips_weight=0.0,
+                                       disc_upd_start=2, disc_start=3, duration=4), "train_rae")
+    torch.manual_seed(0)
+    module = RAEModule(ViTDecoder(DecoderConfig(32, 1, 2, 64, 4, 0.0, "uniform"), 32, 4), cfg, encoder)
+    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8)
+    fit(module, TensorBatches((images,), 8, seed=0), _trainer(), runtime(log_every_n_steps=1), "stage1", 0)
+    assert calls == [True, True, True, False, True, False]  # generator steps; the discriminator's from step 2
+    x = images[:4].float() / 255
+    torch.manual_seed(1)
+    rescaled = encoder(x, rescale_rope=True)
+    assert (rescaled - encoder(x)).abs().max() > 1e-2
+    torch.manual_seed(1)
+    assert torch.equal(module._inputs((images[:4],))[0], rescaled)
+    for over, match in (({"source": "latents"}, "with source 'latents'"), ({"source": "images",
+                                                                             "encoder_rope_rescale": 0.5}, ">= 1")):
+        with pytest.raises(ValueError, match=match):
+            build(RAETrainConfig, recipe(weights, **{"encoder_rope_rescale": 2.0, **over}), "train_rae")
+    p["train_rae"].update(source="images", encoder_rope_rescale=2.0)
+    with pytest.raises(ValueError, match="rescales DINOv3's RoPE; encoder.model"):
+        load_params(p)

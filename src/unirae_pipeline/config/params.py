@@ -67,6 +67,9 @@ class Params:
                              f"(encoder.input_size {self.encoder.input_size} / its patch size) must equal "
                              f"data.image_size {self.data.image_size}: set data.image_size="
                              f"{self.decoder.patch_size * grid}, or decoder.patch_size or encoder.input_size to match")
+        if self.train_rae.encoder_rope_rescale is not None and self.encoder.family.name != "dinov3":
+            raise ValueError(f"train_rae.encoder_rope_rescale rescales DINOv3's RoPE; encoder.model "
+                             f"{self.encoder.model!r} has none: set train_rae.encoder_rope_rescale=null")
         self.check_method()
         if self.data.source == "shapes":  # the built-in set's size is known before it exists
             self.data.shapes.check_size(self.data.image_size)

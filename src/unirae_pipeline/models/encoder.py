@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -137,17 +139,26 @@ class EncoderConfig:
 class FrozenEncoder(nn.Module):
     """Images in [0, 1] of any square size -> raw latent (B, C, h, w); never trained. `state`: the weights that
     `encoder.weights` names, in timm's layout (`interop.encoder_weights.encoder_state` reads them); None for `none`
-    (seeded random weights) and `hub` (timm's pretrained id)."""
+    (seeded random weights) and `hub` (timm's pretrained id).
 
-    def __init__(self, cfg: EncoderConfig, seed: int, state: dict[str, torch.Tensor] | None = None) -> None:
+    `rope_rescale` (a DINOv3 encoder only) lets `forward(..., rescale_rope=True)` run DINOv3's train-mode RoPE, as
+    RAEv2's stage 1 runs it: each block multiplies the patch coordinates by its own factor, log-uniform in
+    [1/rope_rescale, rope_rescale], drawn from the global generator in DINOv3's order (one per block). Nothing else of
+    train mode applies (the encoder has no dropout), and the eval-mode latents and the fingerprint stay as they are."""
+
+    def __init__(self, cfg: EncoderConfig, seed: int, state: dict[str, torch.Tensor] | None = None,
+                 rope_rescale: float | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         if (state is None) != (cfg.weights in ("none", "hub")):
             raise ValueError(f"encoder.weights {cfg.weights!r}: the encoder takes its state dict exactly when the "
                              "weights are a file or folder (interop.encoder_weights.encoder_state reads it)")
+        if rope_rescale is not None and cfg.family.name != "dinov3":
+            raise ValueError(f"the RoPE rescaling of DINOv3's train mode needs a DINOv3 encoder, not {cfg.model!r}")
+        rope = {} if rope_rescale is None else {"rope_rescale_coords": rope_rescale}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", **cfg.timm_kwargs())
+            vit = timm.create_model(cfg.model, pretrained=cfg.weights == "hub", **cfg.timm_kwargs(), **rope)
         vit.reset_classifier(0, "")  # no pooling head: the RAE reads the patch tokens
         # Affine-free final norm: every token is standardized over its channels, nothing learned on top.
         vit.norm = nn.LayerNorm(vit.embed_dim, eps=vit.norm.eps, elementwise_affine=False)
@@ -160,6 +171,7 @@ class FrozenEncoder(nn.Module):
                     module.eps = cfg.family.layer_norm_eps
         self.vit = vit.eval().requires_grad_(False)
         self.num_prefix_tokens = vit.num_prefix_tokens
+        self.rope_rescale = rope_rescale
         self.grid = vit.patch_embed.grid_size[0]
         self.channels = vit.embed_dim
         mean, std = cfg.pixel_norm
@@ -195,11 +207,37 @@ class FrozenEncoder(nn.Module):
             h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
         return h.hexdigest()[:16]
 
+    @contextmanager
+    def _rope_per_block(self) -> Iterator[None]:
+        """Every block gets a freshly rescaled RoPE table, as DINOv3's block loop computes it in train mode (timm's
+        forward computes one table for all blocks): the rope module is in train mode for each block's draw only."""
+        rope = self.vit.rope
+
+        def draw(block: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            rope.train()
+            try:
+                return args, {**kwargs, "rope": rope.get_embed(shape=[self.grid, self.grid])}
+            finally:
+                rope.eval()
+
+        hooks = [block.register_forward_pre_hook(draw, with_kwargs=True) for block in self.vit.blocks]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, rescale_rope: bool = False) -> torch.Tensor:
         if images.shape[-1] != self.cfg.input_size or images.shape[-2] != self.cfg.input_size:
             images = F.interpolate(images, size=(self.cfg.input_size,) * 2, mode="bicubic", align_corners=False)
         x = (images - self.mean) / self.std
+        if rescale_rope and self.rope_rescale is None:
+            raise ValueError("rescale_rope=True needs an encoder built with rope_rescale")
+        with self._rope_per_block() if rescale_rope else nullcontext():
+            return self._readout(x)
+
+    def _readout(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.readout == "last":
             tokens = self.vit.forward_features(x)[:, self.num_prefix_tokens:]
         else:  # RAEv2: each listed block through the final norm, their mean, plus the last one's mean over tokens

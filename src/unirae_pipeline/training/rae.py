@@ -25,13 +25,16 @@ class RAETrainConfig(OptimConfig):
 
     `source: latents` trains on the cached centre-crop latents and their images (fast, the embedded default);
     `source: images` encodes random crops online with the frozen encoder (the reference: shorter side resized to
-    `int(resize_ratio x data.image_size)`, 384 at 256 px and 768 at 512, then a random crop, no flip). LPIPS and
+    `int(resize_ratio x data.image_size)`, 384 at 256 px and 768 at 512, then a random crop, no flip);
+    `encoder_rope_rescale` runs a DINOv3 encoder's RoPE as in train mode in the generator's steps (each block's
+    coordinates scaled by a log-uniform factor in [1/r, r]), as RAEv2's stage 1 does (r = 2). LPIPS and
     the discriminator need pretrained weights (`lpips`, `disc`); with their weights at 0 they are not built, which
     is how the embedded default runs offline.
     """
 
     source: Literal["latents", "images"]
     resize_ratio: float
+    encoder_rope_rescale: float | None
     lpips_weight: float
     lpips_start: float
     gan_weight: float
@@ -51,6 +54,10 @@ class RAETrainConfig(OptimConfig):
         if not self.resize_ratio >= 1:
             raise ValueError(f"train_rae.resize_ratio must be >= 1 (the shorter side is resized to resize_ratio x "
                              f"data.image_size before the random data.image_size crop), got {self.resize_ratio}")
+        if self.encoder_rope_rescale is not None and not (self.encoder_rope_rescale >= 1 and self.source == "images"):
+            raise ValueError(f"train_rae.encoder_rope_rescale {self.encoder_rope_rescale} with source "
+                             f"{self.source!r}: the factor is >= 1 (RAEv2: 2), and the encoder runs in the training "
+                             "step only with source: images (cached latents are encoded once, in eval mode)")
         if min(self.lpips_weight, self.gan_weight, self.lpips_start, self.disc_start, self.disc_upd_start,
                self.max_d_weight) < 0:
             raise ValueError(f"train_rae: loss weights, starts and max_d_weight must be >= 0: "
@@ -129,7 +136,9 @@ class RAEModule(TrainModule):
     gradients; the discriminator step does not count as an optimizer step. Gradient accumulation over `accumulate`
     micro-batches (set by `fit`) keeps them for the discriminator step; once the adversarial term is on, it also
     computes the adaptive weight of the whole batch before the micro-batches' backward passes. Batches are
-    (latent, image) or, with an online `encoder`, (image,), images uint8."""
+    (latent, image) or, with an online `encoder`, (image,), images uint8. With `encoder_rope_rescale` the generator
+    sees the encoder's train-mode latents and the discriminator's fakes decode its eval-mode ones, as in RAEv2's
+    engine, where the whole RAE is in eval mode for the discriminator's step."""
 
     def __init__(self, decoder: nn.Module, cfg: RAETrainConfig, encoder: nn.Module | None = None,
                  seed: int = 0) -> None:
@@ -153,7 +162,7 @@ class RAEModule(TrainModule):
         if self.encoder is not None:
             (images,) = batch
             x = images.float() / 255
-            return self.encoder(x), x
+            return self.encoder(x, rescale_rope=self.optim.encoder_rope_rescale is not None), x
         z, images = batch
         return z, images.float() / 255
 
@@ -207,6 +216,8 @@ class RAEModule(TrainModule):
     def discriminator_loss(self, z: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Hinge loss on DiffAug'd 8-bit fakes (the decoder in eval mode: no latent noise) and reals; gradients
         reach the heads only."""
+        if self.optim.encoder_rope_rescale is not None:
+            z = self.encoder(x)  # `z` is the generator's, from the rescaled RoPE
         with torch.no_grad():
             self.model.eval()
             fakes = to_8bit(self.model(z) * 2 - 1)

@@ -53,7 +53,7 @@ def train_rae(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig,
                          "steps per batch and no fp16 loss scaling; use 32-true (the reference) or bf16-mixed")
     online = None
     if recipe.source == "images":  # random crops through the frozen encoder, streamed from disk
-        online = FrozenEncoder(encoder, seed, encoder_state(encoder))
+        online = FrozenEncoder(encoder, seed, encoder_state(encoder), recipe.encoder_rope_rescale)
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
         size = manifest["image_size"]
         crops = RandomCrops(image_set, "train", size, int(recipe.resize_ratio * size), seed)
