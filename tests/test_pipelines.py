@@ -291,6 +291,8 @@ def test_train_rae_reference_recipe_from_images(chain, tmp_path):
     metrics, _ = evaluate_rae(decoder, latents, image_set, outputs["feature_extractor"], outputs["reference_stats"],
                                   False, run)
     assert set(metrics) == {"psnr", "ssim", "recon_fd", "recon_accuracy"}
+    centre = replace(recipe, resize_ratio=None, duration=2, warmup=0, gan_weight=0.0, lpips_weight=0.0)
+    assert len(train_rae(latents, image_set, params.encoder, params.decoder, centre, trainer, params.seed, run)[1]) == 2
     # the online encoder must be the one that made the cache
     with pytest.raises(ValueError, match="fingerprints differ"):
         train_rae(latents, image_set, replace(params.encoder, overrides={**params.encoder.overrides, "depth": 1}),

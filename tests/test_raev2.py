@@ -156,7 +156,7 @@ def test_profile_raev2_equals_raev2s_three_configs(configs, profile):
                                      loss["disc_start"], loss["disc_upd_start"], loss["max_d_weight"])
     assert s1["gan"]["scheduler"] == sched and s1["gan"]["optimizer"] == t1["optimizer"]
     assert rae["disc"]["kernel_size"] == s1["gan"]["arch"]["ks"] and s1["gan"]["augment"]["cutout"] == 0
-    assert rae["source"] == "images" and rae["resize_ratio"] == 1.0  # Resize(256) of 256 px images: no crop
+    assert rae["source"] == "images" and rae["resize_ratio"] is None  # Resize(256) of pre-cropped images: centre
     with safe_open(str(FIXTURES / "raev2_encoder.safetensors"), framework="pt") as f:  # its DINOv3 hub's ViT-L
         assert rae["encoder_rope_rescale"] == float(f.metadata()["rope_rescale_coords"])  # train mode in stage 1
     assert not profile["latents"]["hflip"]  # RAEv2 mirrors no image in either stage

@@ -18,7 +18,8 @@ import torch
 import torchvision
 
 from unirae_pipeline.config.build import build
-from unirae_pipeline.data.crops import RandomCrops
+from unirae_pipeline.data.crops import CentreCrops, RandomCrops
+from unirae_pipeline.data.loading import ImageDataset
 from unirae_pipeline.interop.loss_weights import disc_state, lpips_states
 from unirae_pipeline.models.decoder import DecoderConfig, ViTDecoder
 from unirae_pipeline.models.discriminator import DinoDiscriminator, DiscConfig
@@ -262,6 +263,9 @@ def test_random_crops_are_seeded_by_draw_and_stream_from_disk(tmp_path):
     with pytest.raises(ValueError, match="train_rae.resize_ratio"):
         RandomCrops(image_set, "train", 16, 8, seed=0)
     assert np.unique(crops[(3, 1)][0].numpy()).size > 1
+    # resize_ratio null: the cache's centre crops, whatever the draw
+    centre, cached = CentreCrops(image_set, "train", 16), ImageDataset(image_set, "train", 16)
+    assert all(torch.equal(centre[(row, draw)][0], cached[row][0]) for row, draw in ((0, 0), (0, 5), (3, 1)))
 
 
 DDP_SCRIPT = '''

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from .images import ImageSet, to_rgb
+from .loading import ImageDataset
 
 
 class RandomCrops(torch.utils.data.Dataset):
@@ -36,3 +37,11 @@ class RandomCrops(torch.utils.data.Dataset):
             top = int(rng.integers(0, img.size[1] - self.size + 1))
             arr = np.asarray(img.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
         return (torch.from_numpy(arr.copy()).permute(2, 0, 1),)  # a 1-tuple: batches are tuples everywhere
+
+
+class CentreCrops(ImageDataset):
+    """(uint8 (3, S, S),) keyed by (row, draw) as `RandomCrops`: the ADM centre crops the latent cache encodes, for a
+    stage 1 without random crops (`train_rae.resize_ratio: null`; RAEv2 trains on pre-cropped images)."""
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor]:
+        return (super().__getitem__(key[0])[0],)

@@ -23,7 +23,7 @@ from .fit import EMASnapshot, TrainerConfig, fit, recipe_in_steps
 from .modules import TrainModule
 from .muon import muon_optimizer
 from .objectives import dit_objective, raev2_objective
-from .optim import DiTTrainConfig
+from .optim import DiTTrainConfig, build_optimizer
 
 
 def fit_dit(latents: LatentStore, latent_stats: ModelFile, cfg: AnyDiTConfig, optim: DiTTrainConfig,
@@ -46,7 +46,7 @@ def fit_dit(latents: LatentStore, latent_stats: ModelFile, cfg: AnyDiTConfig, op
     objective = (partial(raev2_objective, null_label=num_classes, label_dropout=cfg.class_dropout_prob)
                  if isinstance(cfg, RAEv2DiTConfig) else dit_objective)
     module = TrainModule(model, optim, partial(objective, transport=transport, shift=shift, stats=stats),
-                         **({"make_optimizer": muon_optimizer} if optim.muon is not None else {}))
+                         muon_optimizer if optim.muon is not None else build_optimizer)
     callbacks: tuple[L.Callback, ...] = (EMASnapshot(int(optim.guide_at)),) if snapshot else ()
     curve = fit(module, batches, trainer, run, name, seed, callbacks=callbacks,
                 key=RunKey({**params, "diffusion": transport, "trainer": trainer, "seed": seed}, {"latents": manifest}))

@@ -25,7 +25,8 @@ class RAETrainConfig(OptimConfig):
 
     `source: latents` trains on the cached centre-crop latents and their images (fast, the embedded default);
     `source: images` encodes random crops online with the frozen encoder (the reference: shorter side resized to
-    `int(resize_ratio x data.image_size)`, 384 at 256 px and 768 at 512, then a random crop, no flip);
+    `int(resize_ratio x data.image_size)`, 384 at 256 px and 768 at 512, then a random crop, no flip; `resize_ratio:
+    null` encodes the cache's centre crops instead, as RAEv2's pre-cropped images);
     `encoder_rope_rescale` runs a DINOv3 encoder's RoPE as in train mode in the generator's steps (each block's
     coordinates scaled by a log-uniform factor in [1/r, r]), as RAEv2's stage 1 does (r = 2). LPIPS and
     the discriminator need pretrained weights (`lpips`, `disc`); with their weights at 0 they are not built, which
@@ -33,7 +34,7 @@ class RAETrainConfig(OptimConfig):
     """
 
     source: Literal["latents", "images"]
-    resize_ratio: float
+    resize_ratio: float | None
     encoder_rope_rescale: float | None
     lpips_weight: float
     lpips_start: float
@@ -51,9 +52,10 @@ class RAETrainConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.resize_ratio >= 1:
+        if self.resize_ratio is not None and not self.resize_ratio >= 1:
             raise ValueError(f"train_rae.resize_ratio must be >= 1 (the shorter side is resized to resize_ratio x "
-                             f"data.image_size before the random data.image_size crop), got {self.resize_ratio}")
+                             f"data.image_size before the random data.image_size crop) or null (the centre crop), "
+                             f"got {self.resize_ratio}")
         if self.encoder_rope_rescale is not None and not (self.encoder_rope_rescale >= 1 and self.source == "images"):
             raise ValueError(f"train_rae.encoder_rope_rescale {self.encoder_rope_rescale} with source "
                              f"{self.source!r}: the factor is >= 1 (RAEv2: 2), and the encoder runs in the training "

@@ -1,4 +1,4 @@
-"""train_rae: train the ViT decoder (stage 1), from cached latents or online-encoded random crops; PSNR, SSIM and
+"""train_rae: train the ViT decoder (stage 1), from cached latents or online-encoded crops; PSNR, SSIM and
 reconstruction FD on val."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from ...data.crops import RandomCrops
+from ...data.crops import CentreCrops, RandomCrops
 from ...data.images import ImageSet
 from ...data.latents import LatentStore
 from ...data.loading import ImageDataset, load_split_uint8
@@ -56,7 +56,8 @@ def train_rae(latents: LatentStore, image_set: ImageSet, encoder: EncoderConfig,
         online = FrozenEncoder(encoder, seed, encoder_state(encoder), recipe.encoder_rope_rescale)
         check_fingerprints(encoder=online.fingerprint(), latents=manifest["fingerprint"])
         size = manifest["image_size"]
-        crops = RandomCrops(image_set, "train", size, int(recipe.resize_ratio * size), seed)
+        crops = (CentreCrops(image_set, "train", size) if recipe.resize_ratio is None else
+                 RandomCrops(image_set, "train", size, int(recipe.resize_ratio * size), seed))
         optim = recipe_in_steps(recipe, len(crops), trainer, "train_rae")
         batches = KeyedBatches(crops, optim.batch_size, seed, run.num_workers, key="train_rae.batch_size")
     else:  # the cached centre-crop latents and their images, held in memory
