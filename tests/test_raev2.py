@@ -19,9 +19,11 @@ from unirae_pipeline.diffusion.sampling import (
     sample_ode,
 )
 from unirae_pipeline.diffusion.transport import draw_raev2, x_prediction_losses, x_to_velocity
+from unirae_pipeline.interop.encoder_weights import encoder_state
 from unirae_pipeline.interop.official import load_raev2_dit
 from unirae_pipeline.models.dit import AnyDiTConfig
 from unirae_pipeline.models.dit_raev2 import RAEv2DiTConfig, build_raev2_dit
+from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
 from unirae_pipeline.models.layers import count_params
 from unirae_pipeline.tools.compose import compose_params
 from unirae_pipeline.training.muon import GRAM_RESTARTS, newton_schulz
@@ -341,22 +343,26 @@ def test_linear_schedule_equals_raev2s(optim):
     assert torch.allclose(ours, tensors["schedule"], rtol=0, atol=1e-12)
 
 
-def test_encoder_readout_equals_raev2s_on_a_native_dinov3_file(tmp_path):
-    """RAEv2's readout (each listed block through the affine-free final norm, registers and CLS dropped, their mean,
-    plus the last listed block's mean over tokens) of a DINOv3 that facebookresearch/dinov3 built with its ViT-L/16
-    settings, read from its native layout through `encoder.weights`: equal to RAEv2's encoder class."""
+def read_encoder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, str], EncoderConfig]:
+    """The encoder fixture's tensors and metadata, and RAEv2's readout of its DINOv3 as `encoder` params, the
+    weights written to `folder` in DINOv3's native layout."""
     from safetensors.torch import save_file
-
-    from unirae_pipeline.interop.encoder_weights import encoder_state
-    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
 
     with safe_open(str(FIXTURES / "raev2_encoder.safetensors"), framework="pt") as f:
         tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
     sizes, layers = json.loads(meta["sizes"]), json.loads(meta["layers"])
-    save_file(part(tensors, "encoder."), str(tmp_path / "dinov3.safetensors"))
-    cfg = EncoderConfig("vit_large_patch16_dinov3_qkvb.lvd1689m", str(tmp_path / "dinov3.safetensors"),
+    save_file(part(tensors, "encoder."), str(folder / "dinov3.safetensors"))
+    cfg = EncoderConfig("vit_large_patch16_dinov3_qkvb.lvd1689m", str(folder / "dinov3.safetensors"),
                         sizes["img_size"], {k: sizes[k] for k in ("embed_dim", "depth", "num_heads")},
                         layers=layers, readout="mean_plus_global")
+    return tensors, meta, cfg
+
+
+def test_encoder_readout_equals_raev2s_on_a_native_dinov3_file(tmp_path):
+    """RAEv2's readout (each listed block through the affine-free final norm, registers and CLS dropped, their mean,
+    plus the last listed block's mean over tokens) of a DINOv3 that facebookresearch/dinov3 built with its ViT-L/16
+    settings, read from its native layout through `encoder.weights`: equal to RAEv2's encoder class."""
+    tensors, meta, cfg = read_encoder(tmp_path)
     enc = FrozenEncoder(cfg, seed=0, state=encoder_state(cfg))
     latents = enc(tensors["encoder_in"])
     assert latents.shape == (2, 64, 4, 4)
@@ -370,18 +376,7 @@ def test_encoder_in_train_mode_equals_raev2s_stage_one(tmp_path):
     factor in [1/2, 2]. `FrozenEncoder(..., rope_rescale=2).forward(x, rescale_rope=True)` draws the same factors from
     the same seed (one per block, in order) and equals RAEv2's encoder class in train mode; without the flag it is
     the eval-mode encoder, and its fingerprint does not change."""
-    from safetensors.torch import save_file
-
-    from unirae_pipeline.interop.encoder_weights import encoder_state
-    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
-
-    with safe_open(str(FIXTURES / "raev2_encoder.safetensors"), framework="pt") as f:
-        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
-    sizes, layers = json.loads(meta["sizes"]), json.loads(meta["layers"])
-    save_file(part(tensors, "encoder."), str(tmp_path / "dinov3.safetensors"))
-    cfg = EncoderConfig("vit_large_patch16_dinov3_qkvb.lvd1689m", str(tmp_path / "dinov3.safetensors"),
-                        sizes["img_size"], {k: sizes[k] for k in ("embed_dim", "depth", "num_heads")},
-                        layers=layers, readout="mean_plus_global")
+    tensors, meta, cfg = read_encoder(tmp_path)
     rescale = float(meta["rope_rescale_coords"])
     plain, enc = FrozenEncoder(cfg, 0, encoder_state(cfg)), FrozenEncoder(cfg, 0, encoder_state(cfg), rescale)
     images, train = tensors["encoder_in"], tensors["encoder_out_train"]
@@ -399,8 +394,6 @@ def test_encoder_in_train_mode_equals_raev2s_stage_one(tmp_path):
 
 
 def test_encoder_readout_params_are_checked_and_fingerprinted():
-    from unirae_pipeline.models.encoder import EncoderConfig, FrozenEncoder
-
     tiny = dict(model="vit_small_patch14_reg4_dinov2", weights="none", input_size=16,
                 overrides={"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4})
     with pytest.raises(ValueError, match="'last' reads the final block"):
